@@ -1,0 +1,42 @@
+# kubetune: the two commands are `make demo` (the main job) and `make test` (everything CI runs).
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo dev-up dev-down test lint typecheck crds crds-check unit integration
+
+$(BIN)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) bash scripts/install.sh
+	touch $@
+
+install: $(BIN)/.installed
+
+## The main job (for now): build and start a local control plane with fake GPU nodes.
+demo dev-up: install
+	$(BIN)/kubetune dev up
+
+dev-down: install
+	$(BIN)/kubetune dev down
+
+## Everything: lint, types, CRD drift, unit, training, serving and integration tests.
+test: install lint typecheck crds-check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check operator trainer tests
+
+typecheck: install
+	$(BIN)/mypy
+
+crds: install
+	$(BIN)/kubetune crds
+
+crds-check: install
+	$(BIN)/kubetune crds --check
+
+unit: install
+	$(BIN)/python -m pytest -m "not integration and not training and not serving" $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)

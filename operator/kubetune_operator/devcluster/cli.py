@@ -1,0 +1,89 @@
+"""`kubetune dev …`: build, start, stop and inspect a local control plane."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from kubetune_operator.devcluster.build import BuildError, build_all
+from kubetune_operator.devcluster.cluster import ClusterError, LocalCluster
+from kubetune_operator.devcluster.topology import load_topology
+
+name_option = click.option("--name", default="default", show_default=True, help="Cluster name (its state folder).")
+state_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=None,
+    help="Parent folder of cluster state (default ~/.local/state/kubetune/clusters).",
+)
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group()
+def dev() -> None:
+    """A real local Kubernetes control plane with fake GPU nodes (kwok), for development and tests."""
+
+
+@dev.command()
+def build() -> None:
+    """Build (or find cached) etcd, kube-apiserver, controller-manager, scheduler, kwok and helm."""
+    start = time.monotonic()
+    try:
+        took = build_all(say=_say)
+    except BuildError as e:
+        raise click.ClickException(str(e)) from e
+    _say(f"components ready ({took:.0f}s building, {time.monotonic() - start:.0f}s in all)")
+
+
+@dev.command()
+@name_option
+@state_option
+@click.option("--topology", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fake-node pools YAML (default: 4×8 H100 + 4×4 A100).")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for readiness.")
+def up(name: str, state_dir: Path | None, topology: str | None, timeout: float) -> None:
+    """Start the cluster (building components first when their pins changed)."""
+    cluster = LocalCluster(name, state_dir, say=_say)
+    try:
+        state = cluster.up(load_topology(topology), timeout=timeout)
+    except (BuildError, ClusterError) as e:
+        raise click.ClickException(str(e)) from e
+    _say(f"kubeconfig: {state.kubeconfig}")
+    click.echo(f"export KUBECONFIG={state.kubeconfig}")
+
+
+@dev.command()
+@name_option
+@state_option
+def down(name: str, state_dir: Path | None) -> None:
+    """Stop every process the cluster started (by pid) and remove its state."""
+    if LocalCluster(name, state_dir, say=_say).down():
+        _say(f"cluster {name!r} stopped and removed")
+    else:
+        _say(f"cluster {name!r} was not running")
+
+
+@dev.command()
+@name_option
+@state_option
+def status(name: str, state_dir: Path | None) -> None:
+    """Say what runs (JSON)."""
+    info = LocalCluster(name, state_dir, say=_say).status()
+    click.echo(json.dumps(info, indent=2))
+    sys.exit(0 if info.get("running") else 1)
+
+
+@dev.command()
+@name_option
+@state_option
+def env(name: str, state_dir: Path | None) -> None:
+    """Print `export KUBECONFIG=…` for eval in a shell."""
+    state = LocalCluster(name, state_dir, say=_say).state()
+    if state is None:
+        raise click.ClickException(f"cluster {name!r} is not running: start it with `kubetune dev up`")
+    click.echo(f"export KUBECONFIG={state.kubeconfig}")

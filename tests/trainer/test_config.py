@@ -1,0 +1,76 @@
+"""TrainerConfig: the contract with the operator. Bad configs fail with a message naming the field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kubetune_trainer.config import EXIT_CONFIG_ERROR, TrainerConfig
+from pydantic import ValidationError
+
+from tests.trainer.conftest import REPO, child_env, make_config, run_cli, write_config
+
+BASE = {
+    "jobName": "j",
+    "task": "instruction",
+    "baseModel": {"uri": "/models/x"},
+    "data": {"train": {"uri": "/data/train.jsonl"}},
+    "output": {"root": "/out"},
+}
+
+
+def test_config_imports_without_torch() -> None:
+    code = "import sys, kubetune_trainer.config; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), cwd=REPO)
+
+
+def test_config_round_trips_through_camel_case_json() -> None:
+    config = TrainerConfig.model_validate(BASE)
+    again = TrainerConfig.from_json(config.to_json())
+    assert again == config
+    assert '"jobName": "j"' in config.to_json()
+    assert '"maxSeqLength"' in config.to_json()
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"task": "summarise"}, "task"),
+        ({"task": "classification", "labels": ["only-one"]}, "two labels"),
+        ({"method": {"type": "dora"}}, "method.type"),
+        ({"hyperparameters": {"learningRate": 0}}, "hyperparameters.learningRate"),
+        ({"hyperparameters": {"batchSizePerDevice": 0}}, "hyperparameters.batchSizePerDevice"),
+        ({"data": {"train": {"uri": "/a", "sql": {"query": "select 1"}}}}, "exactly one of uri or sql"),
+        ({"data": {"train": {}}}, "exactly one of uri or sql"),
+        ({"strategy": {"type": "deepspeed", "zeroStage": 1}}, "strategy.zeroStage"),
+        ({"distillation": {"alpha": 1.5}}, "distillation.alpha"),
+        ({"output": {"root": "/out", "checkpoints": {"keep": 0}}}, "output.checkpoints.keep"),
+        ({"unknownField": 1}, "unknownField"),
+    ],
+)
+def test_invalid_config_names_the_field(patch: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        TrainerConfig.model_validate({**BASE, **patch})
+    rendered = "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in err.value.errors())
+    assert field in rendered
+
+
+def test_cli_rejects_invalid_config_with_exit_43_and_termination_message(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "bad.json", {**BASE, "hyperparameters": {"epochs": -1}})
+    termination = tmp_path / "termination-log"
+    proc = run_cli("train", "--config", str(cfg), env=child_env(KUBETUNE_TERMINATION_LOG=str(termination)))
+    assert proc.returncode == EXIT_CONFIG_ERROR, proc.stderr
+    assert "hyperparameters.epochs" in proc.stderr
+    assert "hyperparameters.epochs" in termination.read_text()
+
+
+def test_cli_reports_a_missing_model_directory(tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "c"}) + "\n" for i in range(20)))
+    cfg = write_config(tmp_path / "c.json", make_config(tmp_path, tmp_path / "no-such-model", train))
+    proc = run_cli("train", "--config", str(cfg))
+    assert proc.returncode == EXIT_CONFIG_ERROR
+    assert "no-such-model" in proc.stderr and "no such directory" in proc.stderr

@@ -1,0 +1,123 @@
+"""The progress channel: the merge patch rank 0 sends to the FineTuneJob's status subresource.
+
+The payload is unit-tested here; the transport is exercised against a local HTTP endpoint that
+records requests (the lead's integration tests run it against a real API server).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubetune_trainer.config import EXIT_OK
+from kubetune_trainer.progress import ProgressReporter, StatusPatcher, build_progress_patch
+from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+
+from tests.trainer.conftest import child_env, make_config, run_cli, write_config
+
+
+def test_patch_has_the_contract_keys_in_camel_case() -> None:
+    patch = build_progress_patch(step=25, total_steps=100, epoch=0.5, loss=1.23456789, eval_loss=None,
+                                 tokens_per_second=1234.56, elapsed_seconds=50.0, start_step=0, now=0.0)
+    assert patch == {"status": {"progress": {
+        "step": 25, "totalSteps": 100, "percent": 25.0, "epoch": 0.5, "loss": 1.23457,
+        "tokensPerSecond": 1234.6, "etaSeconds": 150, "updatedAt": "1970-01-01T00:00:00Z"}}}
+
+
+def test_eta_uses_only_the_steps_done_since_resuming() -> None:
+    patch = build_progress_patch(step=60, total_steps=100, epoch=None, loss=None, eval_loss=0.5,
+                                 tokens_per_second=None, elapsed_seconds=10.0, start_step=50)
+    progress = patch["status"]["progress"]
+    assert progress["etaSeconds"] == 40 and progress["evalLoss"] == 0.5 and "loss" not in progress
+
+
+@pytest.fixture
+def status_endpoint(tmp_path: Path) -> Iterator[tuple[Path, list[dict]]]:
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PATCH(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append({"path": self.path, "contentType": self.headers["Content-Type"], "body": body})
+            out = json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "t", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+        "users": [{"name": "t", "user": {"token": "abc"}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+    }))
+    yield kubeconfig, received
+    server.shutdown()
+
+
+def test_reporter_sends_a_merge_patch_to_the_status_subresource(status_endpoint: tuple[Path, list[dict]],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    kubeconfig, received = status_endpoint
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    reporter = ProgressReporter(StatusPatcher("team-a", "chatbot"))
+    reporter.submit({"status": {"progress": {"step": 1}}})
+    reporter.close()
+    assert received == [{"path": "/apis/kubetune.io/v1alpha1/namespaces/team-a/finetunejobs/chatbot/status",
+                         "contentType": "application/merge-patch+json",
+                         "body": {"status": {"progress": {"step": 1}}}}]
+
+
+def test_plain_https_fallback_speaks_the_same_protocol(status_endpoint: tuple[Path, list[dict]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    kubeconfig, received = status_endpoint
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    patcher = StatusPatcher("ns", "job")
+    patcher._send = patcher._https_sender()  # what runs when the kubernetes client is not installed
+    patcher.send({"status": {"progress": {"step": 2}}})
+    assert received[0]["path"].endswith("/namespaces/ns/finetunejobs/job/status")
+    assert received[0]["contentType"] == "application/merge-patch+json"
+
+
+def test_unreachable_api_warns_once_and_does_not_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text(json.dumps({
+        "current-context": "t", "clusters": [{"name": "t", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "t", "user": {}}], "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    reporter = ProgressReporter(StatusPatcher("ns", "job"))
+    for i in range(3):
+        reporter.submit({"status": {"progress": {"step": i}}})
+        time.sleep(0.2)
+    reporter.close()
+    assert reporter.sent == 0
+    warnings = [r for r in caplog.records if "cannot report progress" in r.getMessage()]
+    assert len(warnings) <= 1
+
+
+@pytest.mark.training
+def test_training_reports_progress_to_its_finetunejob(tmp_path: Path, tiny_lm: Path,
+                                                      status_endpoint: tuple[Path, list[dict]]) -> None:
+    kubeconfig, received = status_endpoint
+    train = write_jsonl(codeword_instructions(8) * 4, tmp_path / "train.jsonl")
+    cfg = make_config(tmp_path, tiny_lm, train, progress={"enabled": True, "minIntervalSeconds": 0.5})
+    env = child_env(KUBECONFIG=str(kubeconfig), KUBETUNE_JOB_NAMESPACE="team-a", KUBETUNE_JOB_NAME="tiny")
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "c.json", cfg)), env=env)
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    assert received, "no progress patch arrived"
+    last = received[-1]["body"]["status"]["progress"]
+    assert last["step"] == last["totalSteps"] == 8 and last["percent"] == 100.0
+    assert set(last) >= {"step", "totalSteps", "percent", "epoch", "loss", "updatedAt"}
+    assert all(set(r["body"]) == {"status"} and set(r["body"]["status"]) == {"progress"} for r in received)

@@ -1,0 +1,96 @@
+"""The model card (README.md of a version): what a person reads before deploying it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_model_card(manifest: dict[str, Any], objective: str) -> str:
+    m = manifest
+    gate = m["gate"]
+    if gate["metric"] is None:
+        gate_line = "No evaluation gate was set: the version passes."
+    else:
+        verdict = "**passed**" if gate["passed"] else "**failed**"
+        op = ">=" if gate["direction"] == "min" else "<="
+        measured = m["metrics"].get(gate["metric"])
+        gate_line = (f"{verdict}: {gate['metric']} = {_fmt(measured)}, required {op} {_fmt(gate['threshold'])}")
+    metrics = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(m["metrics"].items())) or "| (none) | |"
+    hyper = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in m["hyperparameters"].items())
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    labels = f"\n**Labels:** {', '.join(m['labels'])}\n" if m["labels"] else ""
+    distill = ""
+    if m.get("teacher"):
+        distill = f"\n**Distilled from:** `{m['teacher']}`\n"
+    return f"""---
+library_name: {"peft" if m["adapter"] else "transformers"}
+base_model: {m["baseModel"]}
+tags: [kubetune, {m["task"]}, {m["method"]}]
+---
+
+# {m["versionName"]}
+
+{objective.strip() or "_No objective was given._"}
+
+| | |
+| --- | --- |
+| job | `{m["jobName"]}` (run {m["run"]}, version {m["version"]}) |
+| task | {m["task"]} |
+| method | {m["method"]} ({m["format"]}) |
+| base model | `{m["baseModel"]}` |
+| training data | sha256 `{m["dataDigest"]}` ({m["data"]["trainExamples"]} training examples, {m["data"]["validationExamples"]} validation) |
+| strategy | {m["strategy"]["chosen"]}: {m["strategy"]["reason"]} |
+| created | {m["createdAt"]} |
+{labels}{distill}
+## Evaluation gate
+
+{gate_line}
+
+## Metrics (validation set)
+
+| metric | value |
+| --- | --- |
+{metrics}
+
+## Loss
+
+![training and evaluation loss](loss.png)
+
+## Hyperparameters
+
+| name | value |
+| --- | --- |
+{hyper}
+
+## Libraries
+
+{libs}
+
+## Loading
+
+```python
+{_loading_snippet(m)}
+```
+
+<details><summary>manifest.json</summary>
+
+```json
+{json.dumps({k: v for k, v in m.items() if k != "files"}, indent=2)}
+```
+</details>
+"""
+
+
+def _loading_snippet(m: dict[str, Any]) -> str:
+    if m["format"] == "adapter":
+        cls = "AutoPeftModelForSequenceClassification" if m["task"] == "classification" else "AutoPeftModelForCausalLM"
+        return f'from peft import {cls}\nmodel = {cls}.from_pretrained("<this directory>")'
+    cls = "AutoModelForSequenceClassification" if m["task"] == "classification" else "AutoModelForCausalLM"
+    return f'from transformers import {cls}\nmodel = {cls}.from_pretrained("<this directory>")'

@@ -1,0 +1,267 @@
+"""The progress channel: rank 0 patches `status.progress` of its own FineTuneJob.
+
+Contract with the operator (DESIGN.md §3): a JSON merge patch `{"status": {"progress": {...}}}`
+on `finetunejobs/status` (group kubetune.io, version v1alpha1) of KUBETUNE_JOB_NAMESPACE /
+KUBETUNE_JOB_NAME, at most every `progress.minIntervalSeconds`. Credentials: KUBECONFIG when set,
+else the pod's service account. The `kubernetes` client is used when importable, plain HTTPS
+otherwise. Patches go out from a background thread that only keeps the newest one, so a slow API
+server never slows training; a trainer that cannot reach the API logs one warning and trains on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from kubetune_trainer.config import TrainerConfig
+from kubetune_trainer.logs import get_logger
+
+log = get_logger(__name__)
+
+GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_progress_patch(*, step: int, total_steps: int, epoch: float | None, loss: float | None,
+                         eval_loss: float | None, tokens_per_second: float | None, elapsed_seconds: float,
+                         start_step: int = 0, now: float | None = None) -> dict[str, Any]:
+    """The merge patch for one progress report. ETA extrapolates the pace of this process's steps."""
+    now = time.time() if now is None else now
+    done_here = step - start_step
+    eta = None
+    if total_steps and done_here > 0 and elapsed_seconds > 0:
+        eta = round((total_steps - step) * elapsed_seconds / done_here)
+    progress: dict[str, Any] = {
+        "step": int(step),
+        "totalSteps": int(total_steps),
+        "percent": round(100.0 * step / total_steps, 1) if total_steps else 0.0,
+        "updatedAt": rfc3339(now),
+    }
+    optional = {
+        "epoch": None if epoch is None else round(float(epoch), 3),
+        "loss": None if loss is None else round(float(loss), 5),
+        "evalLoss": None if eval_loss is None else round(float(eval_loss), 5),
+        "tokensPerSecond": None if tokens_per_second is None else round(float(tokens_per_second), 1),
+        "etaSeconds": eta,
+    }
+    progress.update({k: v for k, v in optional.items() if v is not None})
+    return {"status": {"progress": progress}}
+
+
+class StatusPatcher:
+    """Sends merge patches to one FineTuneJob's status subresource."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.namespace, self.name = namespace, name
+        self._send: Any = None
+
+    @property
+    def path(self) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}/status"
+
+    def send(self, patch: dict[str, Any]) -> None:
+        if self._send is None:
+            self._send = self._client_sender() or self._https_sender()
+        self._send(patch)
+
+    def _client_sender(self) -> Any:
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            return None
+        if os.environ.get("KUBECONFIG"):
+            api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        else:
+            config.load_incluster_config()
+            api_client = client.ApiClient()
+        api = client.CustomObjectsApi(api_client)
+
+        def send(patch: dict[str, Any]) -> None:
+            api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, patch,
+                _content_type="application/merge-patch+json", _request_timeout=10,
+            )
+
+        return send
+
+    def _https_sender(self) -> Any:
+        server, headers, context = _connection()
+        url = server.rstrip("/") + self.path
+
+        def send(patch: dict[str, Any]) -> None:
+            request = urllib.request.Request(
+                url, data=json.dumps(patch).encode(), method="PATCH",
+                headers={**headers, "Content-Type": "application/merge-patch+json"},
+            )
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                response.read()
+
+        return send
+
+
+def _connection() -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+    """Server URL, auth headers and TLS context from KUBECONFIG, else from the service account."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        return _from_kubeconfig(Path(kubeconfig.split(os.pathsep)[0]))
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise RuntimeError("not in a cluster (KUBERNETES_SERVICE_HOST unset) and KUBECONFIG unset")
+    token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
+    context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+    host = f"[{host}]" if ":" in host else host
+    return f"https://{host}:{port}", {"Authorization": f"Bearer {token}"}, context
+
+
+def _materialise(data_b64: str | None, path: str | None) -> str | None:
+    if path:
+        return path
+    if not data_b64:
+        return None
+    with tempfile.NamedTemporaryFile(prefix="kubetune-kc-", delete=False) as f:
+        f.write(base64.b64decode(data_b64))
+    return f.name
+
+
+def _from_kubeconfig(path: Path) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+    import yaml
+
+    kc = yaml.safe_load(path.read_text())
+    ctx_name = kc.get("current-context")
+    ctx = next(c["context"] for c in kc["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in kc["clusters"] if c["name"] == ctx["cluster"])
+    user: dict[str, Any] = next((u["user"] for u in kc.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
+    server = cluster["server"]
+    headers: dict[str, str] = {}
+    if user.get("token"):
+        headers["Authorization"] = f"Bearer {user['token']}"
+    context = None
+    if server.startswith("https://"):
+        ca = _materialise(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"))
+        context = ssl.create_default_context(cafile=ca)
+        if cluster.get("insecure-skip-tls-verify"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        cert = _materialise(user.get("client-certificate-data"), user.get("client-certificate"))
+        key = _materialise(user.get("client-key-data"), user.get("client-key"))
+        if cert and key:
+            context.load_cert_chain(cert, key)
+    return server, headers, context
+
+
+class ProgressReporter:
+    """Coalesces patches and sends the newest one from a daemon thread."""
+
+    def __init__(self, patcher: StatusPatcher) -> None:
+        self.patcher = patcher
+        self._latest: dict[str, Any] | None = None
+        self._cond = threading.Condition()
+        self._warned = False
+        self._closed = False
+        self.sent = 0
+        self._thread = threading.Thread(target=self._loop, name="kubetune-progress", daemon=True)
+        self._thread.start()
+
+    def submit(self, patch: dict[str, Any]) -> None:
+        with self._cond:
+            self._latest = patch
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._latest is None and not self._closed:
+                    self._cond.wait()
+                patch, self._latest = self._latest, None
+                if patch is None:
+                    return
+            try:
+                self.patcher.send(patch)
+                self.sent += 1
+            except Exception as e:  # any failure: keep training, say it once
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot report progress to the FineTuneJob status; training goes on",
+                                extra={"job": f"{self.patcher.namespace}/{self.patcher.name}", "error": str(e)})
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+
+class ProgressCallback(TrainerCallback):
+    """Builds a patch on every log/evaluate of rank 0 and hands it to the reporter, throttled."""
+
+    def __init__(self, reporter: ProgressReporter | None, min_interval: float) -> None:
+        self.reporter = reporter
+        self.min_interval = min_interval
+        self.last_sent = 0.0
+        self.started = time.monotonic()
+        self.start_step = 0
+        self.loss: float | None = None
+        self.eval_loss: float | None = None
+        self.tokens_per_second: float | None = None
+        self.last_patch: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainerConfig) -> ProgressCallback:
+        p = config.progress
+        namespace = p.namespace or os.environ.get("KUBETUNE_JOB_NAMESPACE")
+        name = p.name or os.environ.get("KUBETUNE_JOB_NAME")
+        reporter = None
+        if p.enabled and namespace and name:
+            reporter = ProgressReporter(StatusPatcher(namespace, name))
+        elif p.enabled:
+            log.info("progress channel off: KUBETUNE_JOB_NAMESPACE/KUBETUNE_JOB_NAME unset (not in a cluster)")
+        return cls(reporter, p.min_interval_seconds)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+        self.start_step = state.global_step
+
+    def _emit(self, state: Any, force: bool = False) -> None:
+        if not state.is_world_process_zero:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_sent < self.min_interval:
+            return
+        self.last_sent = now
+        self.last_patch = build_progress_patch(
+            step=state.global_step, total_steps=state.max_steps, epoch=state.epoch, loss=self.loss,
+            eval_loss=self.eval_loss, tokens_per_second=self.tokens_per_second,
+            elapsed_seconds=now - self.started, start_step=self.start_step,
+        )
+        if self.reporter is not None:
+            self.reporter.submit(self.last_patch)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        logs = logs or {}
+        self.loss = logs.get("loss", self.loss)
+        self.eval_loss = logs.get("eval_loss", self.eval_loss)
+        self.tokens_per_second = logs.get("tokens_per_second", self.tokens_per_second)
+        self._emit(state, force="eval_loss" in logs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._emit(state, force=True)
+
+    def close(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()

@@ -1,0 +1,206 @@
+"""What to serve, decided from directories alone, before any weight is read.
+
+Three shapes are accepted:
+- a plain Hugging Face model directory (no manifest.json);
+- a kubetune model version: the trainer's directory with manifest.json (merged weights, or a LoRA
+  adapter whose manifest names the base model);
+- `--model BASE --adapter ADAPTER`, where ADAPTER may itself be a kubetune version.
+
+`resolve_model_source` checks all of it and raises IncompatibleModelError with a message that
+names the file, the field and the fix, so a bad version fails at start-up, not at the first request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+MANIFEST = "manifest.json"
+TASKS = ("instruction", "text", "classification")
+FORMATS = ("merged", "adapter")
+REQUIRED_MANIFEST_FIELDS = ("jobName", "version", "task", "baseModel", "format")
+
+Task = Literal["instruction", "text", "classification"]
+
+
+class IncompatibleModelError(ValueError):
+    """The directories given cannot be served; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The resolved plan: which directory holds the weights, which the adapter, and what task it is."""
+
+    weights_dir: Path
+    adapter_dir: Path | None
+    tokenizer_dir: Path
+    task: Task
+    served_name: str
+    labels: tuple[str, ...] = ()
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generative(self) -> bool:
+        return self.task != "classification"
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The version manifest, checked for the fields serving relies on; None for a plain HF directory."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IncompatibleModelError(f"{path}: not readable JSON ({exc}); re-export the model version") from exc
+    if not isinstance(data, dict):
+        raise IncompatibleModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    missing = [k for k in REQUIRED_MANIFEST_FIELDS if k not in data]
+    if missing:
+        raise IncompatibleModelError(
+            f"{path}: missing field(s) {', '.join(missing)}; this is not a kubetune model version "
+            "(serve a plain model directory by removing manifest.json, or re-run the trainer)"
+        )
+    if data["task"] not in TASKS:
+        raise IncompatibleModelError(f"{path}: task {data['task']!r} is not one of {', '.join(TASKS)}")
+    if data["format"] not in FORMATS:
+        raise IncompatibleModelError(f"{path}: format {data['format']!r} is not one of {', '.join(FORMATS)}")
+    if "adapter" in data and bool(data["adapter"]) != (data["format"] == "adapter"):
+        raise IncompatibleModelError(
+            f"{path}: adapter={data['adapter']!r} contradicts format={data['format']!r}"
+        )
+    labels = data.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise IncompatibleModelError(f"{path}: labels must be a list of strings")
+    if data["task"] == "classification" and not labels:
+        raise IncompatibleModelError(f"{path}: a classification version needs its labels in `labels`")
+    return data
+
+
+def version_name(manifest: dict[str, Any]) -> str:
+    """`<job>-v<N>` for a numbered version, the version itself when it already carries the job name."""
+    job, version = str(manifest["jobName"]), str(manifest["version"])
+    if version.isdigit():
+        return f"{job}-v{version}"
+    if version.startswith(job):
+        return version
+    return f"{job}-{version}"
+
+
+def local_dir(uri: str) -> Path | None:
+    """A base-model reference as a local directory, or None (hub ids and object stores are not local)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+    elif parsed.scheme == "":
+        path = Path(uri)
+    else:
+        return None
+    return path if path.is_dir() else None
+
+
+def _check_weights(directory: Path, flag: str) -> None:
+    if not directory.is_dir():
+        raise IncompatibleModelError(f"{flag} {directory}: no such directory")
+    if not (directory / "config.json").is_file():
+        hint = " (it holds a LoRA adapter: pass the base model as --model and this as --adapter)" if (
+            directory / "adapter_config.json"
+        ).is_file() else ""
+        raise IncompatibleModelError(f"{flag} {directory}: no config.json, not a Hugging Face model directory{hint}")
+
+
+def _check_adapter(directory: Path, flag: str) -> None:
+    if not directory.is_dir():
+        raise IncompatibleModelError(f"{flag} {directory}: no such directory")
+    if not (directory / "adapter_config.json").is_file():
+        raise IncompatibleModelError(f"{flag} {directory}: no adapter_config.json, not a LoRA adapter directory")
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def _task_of_plain_model(directory: Path) -> Task:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IncompatibleModelError(f"{directory / 'config.json'}: not readable JSON ({exc})") from exc
+    architectures = config.get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "classification"
+    return "instruction"
+
+
+def _labels_of_plain_model(directory: Path) -> tuple[str, ...]:
+    config = json.loads((directory / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return tuple(str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k)))
+
+
+def resolve_model_source(model: Path, adapter: Path | None = None, served_model_name: str | None = None) -> ModelSource:
+    """Decide what to load from `--model` (and `--adapter`), or raise IncompatibleModelError."""
+    model = model.expanduser()
+    if not model.is_dir():
+        raise IncompatibleModelError(f"--model {model}: no such directory")
+    model_manifest = read_manifest(model)
+    adapter_manifest = None
+
+    if adapter is not None:
+        adapter = adapter.expanduser()
+        _check_adapter(adapter, "--adapter")
+        adapter_manifest = read_manifest(adapter)
+        if adapter_manifest is not None and adapter_manifest["format"] != "adapter":
+            raise IncompatibleModelError(
+                f"--adapter {adapter}: its manifest says format={adapter_manifest['format']!r}; "
+                "a merged version is served alone with --model"
+            )
+        if model_manifest is not None and model_manifest["format"] == "adapter":
+            raise IncompatibleModelError(f"--model {model} is itself an adapter version; pass a base model as --model")
+        _check_weights(model, "--model")
+        weights_dir, adapter_dir, manifest = model, adapter, adapter_manifest or {}
+    elif model_manifest is not None and model_manifest["format"] == "adapter":
+        _check_adapter(model, "--model")
+        base = local_dir(str(model_manifest["baseModel"]))
+        if base is None:
+            raise IncompatibleModelError(
+                f"{model / MANIFEST}: baseModel {model_manifest['baseModel']!r} is not a local directory; "
+                f"serve it with --model <base model dir> --adapter {model}"
+            )
+        _check_weights(base, "baseModel")
+        weights_dir, adapter_dir, manifest = base, model, model_manifest
+    else:
+        _check_weights(model, "--model")
+        weights_dir, adapter_dir, manifest = model, None, model_manifest or {}
+
+    if manifest:
+        task: Task = manifest["task"]
+        labels = tuple(manifest.get("labels", []))
+        default_name = version_name(manifest)
+    else:
+        task = _task_of_plain_model(weights_dir)
+        labels = _labels_of_plain_model(weights_dir) if task == "classification" else ()
+        default_name = (adapter_dir or weights_dir).resolve().name
+    if task == "classification" and adapter_dir is not None:
+        raise IncompatibleModelError(
+            "classification with a LoRA adapter is not served; the trainer writes classification "
+            "versions merged (format=merged)"
+        )
+    if task != "classification" and _task_of_plain_model(weights_dir) == "classification":
+        raise IncompatibleModelError(
+            f"{weights_dir}: a sequence-classification model, but the manifest says task={task!r}"
+        )
+    tokenizer_dir = adapter_dir if adapter_dir is not None and _has_tokenizer(adapter_dir) else weights_dir
+    if not _has_tokenizer(tokenizer_dir):
+        raise IncompatibleModelError(f"{tokenizer_dir}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    return ModelSource(
+        weights_dir=weights_dir,
+        adapter_dir=adapter_dir,
+        tokenizer_dir=tokenizer_dir,
+        task=task,
+        served_name=served_model_name or default_name,
+        labels=labels,
+        manifest=manifest,
+    )
