@@ -44,7 +44,7 @@ def build() -> None:
 @name_option
 @state_option
 @click.option("--topology", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Fake-node pools YAML (default: 4×8 H100 + 4×4 A100).")
+              help="Fake-node pools YAML (default: 4 x 8 H100 + 4 x 4 A100).")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for readiness.")
 def up(name: str, state_dir: Path | None, topology: str | None, timeout: float) -> None:
     """Start the cluster (building components first when their pins changed)."""
