@@ -73,3 +73,33 @@ def kubetune_crds(cluster: DevCluster) -> list[str]:
         names += out
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
     return names
+
+
+@pytest.fixture
+def operator_for(cluster: DevCluster, kubetune_crds: list[str], tmp_path: Path) -> Iterator[Any]:
+    """Start operators watching the given namespaces; every one is stopped when the test ends.
+
+    Usage: `op = operator_for([namespace])`; `op.kill()` / `op.start()` to restart it.
+    On failure the operator's log is printed by pytest (captured stdout of the teardown).
+    """
+    from tests.support import OperatorProcess
+
+    started: list[OperatorProcess] = []
+
+    def start(namespaces: list[str], controllers: str = "finetunejob,modeldeployment",
+              env: dict[str, str] | None = None) -> OperatorProcess:
+        op = OperatorProcess(cluster, namespaces, tmp_path / f"operator-{len(started)}.log", controllers, env)
+        started.append(op)
+        return op.start()
+
+    yield start
+    for op in started:
+        op.stop()
+    for op in started:
+        print(f"--- operator log {op.log_path} (last 6000 chars) ---\n{op.logs()[-6000:]}")
+
+
+@pytest.fixture
+def operator(operator_for: Any, namespace: str) -> Any:
+    """An operator watching only this test's namespace."""
+    return operator_for([namespace])

@@ -35,6 +35,14 @@ def test_config_round_trips_through_camel_case_json() -> None:
     assert '"maxSeqLength"' in config.to_json()
 
 
+def test_attempt_and_resume_from_are_camel_case_and_optional() -> None:
+    config = TrainerConfig.model_validate(BASE)
+    assert config.attempt == 1 and config.resume_from is None
+    retry = TrainerConfig.model_validate({**BASE, "attempt": 3, "resumeFrom": "/out/j/runs/2/checkpoints"})
+    assert retry.attempt == 3 and retry.resume_from == "/out/j/runs/2/checkpoints"
+    assert '"resumeFrom": "/out/j/runs/2/checkpoints"' in retry.to_json() and '"attempt": 3' in retry.to_json()
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
@@ -49,6 +57,8 @@ def test_config_round_trips_through_camel_case_json() -> None:
         ({"distillation": {"alpha": 1.5}}, "distillation.alpha"),
         ({"output": {"root": "/out", "checkpoints": {"keep": 0}}}, "output.checkpoints.keep"),
         ({"unknownField": 1}, "unknownField"),
+        ({"attempt": 0}, "attempt"),
+        ({"resumeFrom": ""}, "resumeFrom"),
     ],
 )
 def test_invalid_config_names_the_field(patch: dict, field: str) -> None:

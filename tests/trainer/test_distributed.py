@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,33 @@ def test_two_process_instruction_tuning(tmp_path: Path, tiny_lm: Path, strategy:
     weights = load_file(version / "model.safetensors")
     assert weights["model.embed_tokens.weight"].shape[0] == 1024
     assert AutoModelForCausalLM.from_pretrained(version).num_parameters() > 0
+
+
+def test_two_process_fsdp_on_cpu_shards_trains_and_publishes_a_loadable_model(tmp_path: Path, tiny_lm: Path) -> None:
+    train = write_jsonl(codeword_instructions(8) * 4, tmp_path / "train.jsonl")
+    cfg = make_config(tmp_path, tiny_lm, train, strategy={"type": "fsdp"},
+                      hyperparameters={"maxSteps": 4, "learningRate": 3e-3, "batchSizePerDevice": 2,
+                                       "maxSeqLength": 64, "precision": "fp32", "loggingSteps": 1, "seed": 7},
+                      output={"root": str(tmp_path / "out"), "checkpoints": {"everySteps": 4, "keep": 1}})
+    proc = run_torchrun(2, "train", "--config", str(write_config(tmp_path / "c.json", cfg)))
+    assert proc.returncode == EXIT_OK, proc.stderr[-5000:]
+    assert "FSDP2 on CPU over gloo" in proc.stderr
+
+    # The checkpoint was written by accelerate's FSDP path (plain DDP would leave optimizer.pt).
+    checkpoint = tmp_path / "out" / "tiny" / "runs" / "1" / "checkpoints" / "checkpoint-4"
+    assert {"pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in checkpoint.iterdir()}
+
+    version = tmp_path / "out" / "tiny" / "versions" / "1"
+    m = read_manifest(version)
+    assert m["strategy"]["chosen"] == "fsdp" and m["training"]["worldSize"] == 2
+    assert math.isfinite(m["metrics"]["loss"])
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(version)  # a full state dict: every weight, not a shard
+    tok = AutoTokenizer.from_pretrained(version)
+    ids = tok("The zorblish word for water is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    assert math.isfinite(float(loss))

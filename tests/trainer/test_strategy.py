@@ -72,8 +72,15 @@ def test_zero3_config_gathers_16bit_weights_and_offload_uses_deepspeed_adam() ->
     assert "stage3_gather_16bit_weights_on_model_save" not in z2["zero_optimization"]
 
 
-def test_fsdp_wraps_decoder_layers(tmp_path: Path) -> None:
-    args = fsdp_arguments(_model(tmp_path, 64, 2), lora=True)
-    assert args["fsdp"] == "full_shard auto_wrap"
-    assert args["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
-    assert args["fsdp_config"]["use_orig_params"] is True
+def test_fsdp_is_fsdp2_wrapping_decoder_layers(tmp_path: Path) -> None:
+    args = fsdp_arguments(_model(tmp_path, 64, 2))
+    assert args["fsdp"] is True
+    config = args["fsdp_config"]
+    assert config["version"] == 2 and config["reshard_after_forward"] is True
+    assert config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert config["state_dict_type"] == "FULL_STATE_DICT"
+    from transformers import TrainingArguments
+
+    plugin = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **args).fsdp_plugin_args
+    assert plugin["fsdp_version"] == 2 and plugin["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"

@@ -1,10 +1,14 @@
 """`kubetune-train` / `python -m kubetune_trainer`: the training pod's entrypoint.
 
     kubetune-train train --config job.json
+    kubetune-train launch --config job.json --nnodes N --nproc-per-node P --node-rank R \
+        --master-addr HOST --master-port PORT       # a pod's main process: torchrun + exit codes
     kubetune-train validate-data --config job.json [--report report.json]
 
 Exit codes (config.py): 0 ok; 42 preempted after a checkpoint; 43 data or configuration error
 (message also in /dev/termination-log, or $KUBETUNE_TERMINATION_LOG); 1 anything unexpected.
+Under `launch` (env KUBETUNE_EXIT_DIR set) a worker records its code and message for the launcher,
+which sets the pod's exit code and termination message (launcher.py).
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from pydantic import ValidationError
 
-from kubetune_trainer.config import EXIT_OK, TrainerConfig
+from kubetune_trainer.config import EXIT_OK, EXIT_PREEMPTED, TrainerConfig
 from kubetune_trainer.errors import ConfigError, write_termination_message
+from kubetune_trainer.launcher import add_arguments as add_launch_arguments
+from kubetune_trainer.launcher import record_exit, under_launcher
 from kubetune_trainer.logs import get_logger, setup_logging
 
 log = get_logger("cli")
@@ -42,6 +50,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kubetune_trainer.training import run_training
 
     return run_training(load_config(args.config))
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from kubetune_trainer.launcher import launch, validate_arguments
+
+    validate_arguments(args)
+    load_config(args.config)  # a config that does not parse fails now (43), before any worker starts
+    return launch(args)
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
@@ -68,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train, evaluate and publish one model version")
     train.add_argument("--config", required=True, help="TrainerConfig JSON")
     train.set_defaults(func=cmd_train)
+    launch = sub.add_parser("launch", help="a pod's main process: run torchrun, forward SIGTERM, exit 0/42/43")
+    add_launch_arguments(launch)
+    launch.set_defaults(func=cmd_launch)
     val = sub.add_parser("validate-data", help="write the data quality report; exit 43 when the gate fails")
     val.add_argument("--config", required=True, help="TrainerConfig JSON")
     val.add_argument("--report", help="write the JSON report here instead of stdout")
@@ -75,20 +94,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm_before_training(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM while still importing and reading the config: nothing to checkpoint, leave as preempted.
+
+    run_training() replaces this handler with the checkpointing one (preemption.py) before loading
+    data and model. No exit record is written: a launcher that was itself stopped maps it to 42; one
+    whose torchrun stopped this worker because another one failed keeps that failure."""
+    print("kubetune-train: SIGTERM before training started: nothing to checkpoint, exiting "
+          f"{EXIT_PREEMPTED}", file=sys.stderr, flush=True)
+    os._exit(EXIT_PREEMPTED)
+
+
+def report_exit(code: int, message: str) -> None:
+    """Under `launch`, record the code and message for the launcher; otherwise write the termination log."""
+    if under_launcher():
+        record_exit(code, message)
+    elif code != EXIT_OK:
+        write_termination_message(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     setup_logging()
     args = parser().parse_args(argv)
+    if args.command == "train":
+        signal.signal(signal.SIGTERM, _sigterm_before_training)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except ConfigError as e:
         message = str(e)
         print(f"kubetune-train: error: {message}", file=sys.stderr)
-        write_termination_message(message)
+        report_exit(e.exit_code, message)
         return e.exit_code
     except Exception as e:
-        write_termination_message(f"{type(e).__name__}: {e}")
+        report_exit(1, f"{type(e).__name__}: {e}")
         raise
+    if args.command == "train":
+        report_exit(code, "preempted: SIGTERM received, a checkpoint was saved; the next attempt resumes from it"
+                    if code == EXIT_PREEMPTED else "")
+    return code
 
 
 if __name__ == "__main__":

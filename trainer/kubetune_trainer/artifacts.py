@@ -94,6 +94,7 @@ def build_manifest(config: TrainerConfig, *, adapter: bool, metrics: dict[str, f
         "schemaVersion": MANIFEST_SCHEMA_VERSION,
         "jobName": config.job_name,
         "run": config.run,
+        "attempt": config.attempt,
         "version": config.version,
         "versionName": f"{config.job_name}-v{config.version}",
         "objective": config.objective,

@@ -15,6 +15,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune_trainer.logs import get_logger
+
+log = get_logger(__name__)
 COMPLETE_MARKER = "kubetune-complete"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -36,6 +39,22 @@ def latest_complete_checkpoint(checkpoints_dir: str | Path) -> Path | None:
         if (path / COMPLETE_MARKER).exists() and (path / "trainer_state.json").exists():
             return path
     return None
+
+
+def resume_checkpoint(checkpoints_dir: str | Path, *, resume_from: str | None, attempt: int = 1) -> Path | None:
+    """The checkpoint a run starts from: the newest complete one of `resume_from` when set (the operator sets
+    it on attempts > 1), else of the run's own `checkpoints_dir`; None (start fresh) when there is none."""
+    source = Path(resume_from) if resume_from else Path(checkpoints_dir)
+    found = latest_complete_checkpoint(source)
+    if found is not None:
+        log.info("resuming", extra={"checkpoint": str(found), "attempt": attempt})
+    elif resume_from:
+        incomplete = [p.name for _, p in checkpoint_steps(source)]
+        why = ("it does not exist" if not source.is_dir() else
+               f"only incomplete checkpoints ({', '.join(incomplete)})" if incomplete else "it holds no checkpoint")
+        log.warning(f"resumeFrom {source}: no complete checkpoint, {why}; starting fresh from step 0",
+                    extra={"resume_from": str(source), "attempt": attempt})
+    return found
 
 
 class CheckpointCompletionCallback(TrainerCallback):

@@ -302,6 +302,17 @@ class TrainerConfig(SpecModel):
     job_name: str = Field(min_length=1, description="FineTuneJob name; also the folder under output.root.")
     run: int = Field(1, ge=1, description="Run number (one per execution of the job).")
     version: int = Field(1, ge=1, description="Model version this run produces when it succeeds.")
+    attempt: int = Field(
+        1, ge=1, le=10_000, description="Attempt number of this run (1, then one more per retried pod); in manifest.json."
+    )
+    resume_from: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "A checkpoints directory (<output.root>/<job>/runs/<run>/checkpoints): resume from its newest complete "
+            "checkpoint, or start fresh (logged) when it has none. Unset: the run's own checkpoints directory."
+        ),
+    )
     objective: str = Field("", max_length=4096, description="Free text, copied into the model card.")
     task: Task
     labels: list[str] = Field(default_factory=list, description="Class labels (task classification).")

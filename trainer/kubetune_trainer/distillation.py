@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
 
+from kubetune_trainer.hf_trainer import KubetuneTrainer
 from kubetune_trainer.preparation import IGNORE_INDEX
 
 
@@ -35,7 +35,7 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return kl * temperature**2
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(KubetuneTrainer):
     """A transformers Trainer whose loss adds the distillation term; the teacher never trains."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, temperature: float, alpha: float, causal: bool,

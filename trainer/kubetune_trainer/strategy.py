@@ -153,18 +153,24 @@ def deepspeed_config(choice: StrategyChoice) -> dict[str, Any]:
     return config
 
 
-def fsdp_arguments(model_dir: str | Path | None, lora: bool) -> dict[str, Any]:
-    """TrainingArguments fields for FSDP: full sharding, one wrap unit per decoder layer."""
+def fsdp_arguments(model_dir: str | Path | None) -> dict[str, Any]:
+    """TrainingArguments fields for FSDP2 (`fully_shard`): parameters, gradients and optimizer state
+    sharded over every rank (resharded after forward), one wrap unit per decoder layer, a full
+    (servable) state dict on save. FSDP2 shards per parameter, so LoRA's frozen and trainable weights
+    may share a unit (FSDP1 needed `use_orig_params` for that). Runs on GPUs (nccl) and, through
+    `hf_trainer.KubetuneTrainer`, on CPU (gloo)."""
     layer_cls: list[str] = []
     if model_dir and (Path(model_dir) / "config.json").exists():
         arch = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures", [""])[0]
         family = arch.removesuffix("ForCausalLM").removesuffix("ForSequenceClassification")
         layer_cls = [f"{family}DecoderLayer"] if family and family != "Bert" else ["BertLayer"]
     fsdp_config: dict[str, Any] = {
-        "use_orig_params": lora,  # peft leaves frozen and trainable params in one wrap unit
+        "version": 2,
+        "reshard_after_forward": True,  # full_shard; False would be shard_grad_op (ZeRO-2 like)
         "state_dict_type": "FULL_STATE_DICT",
-        "sync_module_states": True,
+        "cpu_ram_efficient_loading": False,
     }
     if layer_cls:
+        fsdp_config["auto_wrap_policy"] = "TRANSFORMER_BASED_WRAP"
         fsdp_config["transformer_layer_cls_to_wrap"] = layer_cls
-    return {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config}
+    return {"fsdp": True, "fsdp_config": fsdp_config}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_trainer.augmentation import augment
-from kubetune_trainer.config import EXIT_OK, EXIT_PREEMPTED, MethodType, StrategyType, Task, TrainerConfig
+from kubetune_trainer.config import EXIT_OK, EXIT_PREEMPTED, StrategyType, Task, TrainerConfig
 from kubetune_trainer.data_quality import build_report, check_gate, map_rows
 from kubetune_trainer.data_sources import load_source
 from kubetune_trainer.errors import ConfigError
@@ -86,7 +86,7 @@ def training_arguments(config: TrainerConfig, choice: StrategyChoice, output_dir
     if choice.chosen == StrategyType.DEEPSPEED:
         extra["deepspeed"] = deepspeed_config(choice)
     elif choice.chosen == StrategyType.FSDP:
-        extra.update(fsdp_arguments(model_dir, lora=config.method.type != MethodType.FULL))
+        extra.update(fsdp_arguments(model_dir))
     eval_steps = config.evaluation.eval_steps
     return TrainingArguments(
         output_dir=output_dir,
@@ -140,12 +140,13 @@ def final_metrics(trainer: Any, config: TrainerConfig, has_eval: bool) -> dict[s
 def run_training(config: TrainerConfig) -> int:
     """Train, evaluate and publish; returns the process exit code (EXIT_OK or EXIT_PREEMPTED)."""
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, set_seed
+    from transformers import DataCollatorWithPadding, PrinterCallback, set_seed
     from transformers.utils import logging as hf_logging
 
     from kubetune_trainer.artifacts import checkpoints_dir, publish_version, run_dir
-    from kubetune_trainer.checkpoints import CheckpointCompletionCallback, latest_complete_checkpoint
+    from kubetune_trainer.checkpoints import CheckpointCompletionCallback, resume_checkpoint
     from kubetune_trainer.classification_metrics import metrics_for
+    from kubetune_trainer.hf_trainer import KubetuneTrainer
     from kubetune_trainer.model_loading import (
         apply_method,
         check_method_supported,
@@ -210,12 +211,10 @@ def run_training(config: TrainerConfig) -> int:
         trainer: Any = DistillationTrainer(**kwargs, teacher=teacher, temperature=config.distillation.temperature,
                                            alpha=config.distillation.alpha, causal=causal)
     else:
-        trainer = Trainer(**kwargs)
+        trainer = KubetuneTrainer(**kwargs)
     trainer.remove_callback(PrinterCallback)  # prints raw dicts; TrainingMetricsCallback logs them as JSON
 
-    resume = latest_complete_checkpoint(checkpoints_dir(config))
-    if resume is not None:
-        log.info("resuming", extra={"checkpoint": str(resume)})
+    resume = resume_checkpoint(checkpoints_dir(config), resume_from=config.resume_from, attempt=config.attempt)
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
@@ -231,6 +230,7 @@ def run_training(config: TrainerConfig) -> int:
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "resumedFrom": resume.name if resume else None,
+        "resumedFromPath": str(resume.resolve()) if resume else None,
         "worldSize": world_size(),
         "tokensSeen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
         "seconds": round(time.time() - started, 1),

@@ -464,7 +464,8 @@ class CurrentRun(StatusModel):
     gpu_type: str | None = Field(None, description="GPU type the run was admitted on.")
     queue_position: int | None = Field(None, ge=0, description="Position in the GPU queue while waiting (0 = next).")
     wait_reason: str | None = Field(None, description="Why the run waits (e.g. quota full, no node with that GPU type).")
-    job_name: str | None = Field(None, description="Name of the batch/v1 Job of the run.")
+    job_name: str | None = Field(None, description="Name of the batch/v1 Job of the run's current attempt.")
+    queued_at: datetime | None = Field(None, description="When the current attempt started waiting for admission.")
     resumed_from_step: int | None = Field(None, ge=0, description="Checkpoint step the run resumed from.")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -81,6 +82,16 @@ def build(component: Component, say: Callable[[str], None] = print) -> float:
     """Build one component into its cache folder; returns the seconds it took (0 when cached)."""
     if is_built(component):
         return 0.0
+    component_dir(component).mkdir(parents=True, exist_ok=True)
+    # Parallel test sessions may start cold at once: one builds, the others wait and reuse it.
+    with (component_dir(component) / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_built(component):
+            return 0.0
+        return _build_locked(component, say)
+
+
+def _build_locked(component: Component, say: Callable[[str], None]) -> float:
     if shutil.which("go") is None:
         raise BuildError(f"building {component.name} {component.version} needs the Go toolchain (`go`) on PATH")
     start = time.monotonic()

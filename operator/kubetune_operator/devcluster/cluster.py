@@ -33,6 +33,8 @@ from kubetune_operator.devcluster.build import binary_path, build_all
 from kubetune_operator.devcluster.pins import components
 from kubetune_operator.devcluster.topology import Topology, load_topology, node_manifests
 
+# helm is built on demand (chart tests, docs); a cluster needs only these.
+CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -135,7 +137,7 @@ class LocalCluster:
             self.down()
 
         build_start = time.monotonic()
-        built = build_all(say=self.say)
+        built = build_all(say=self.say, only=list(CLUSTER_COMPONENTS))
         if built:
             self.say(f"cold build took {time.monotonic() - build_start:.0f}s")
         start = time.monotonic()

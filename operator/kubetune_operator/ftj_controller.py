@@ -1,0 +1,639 @@
+"""The FineTuneJob controller: one converging reconcile per job (STYLE.md: level, not edges).
+
+`reconcile(namespace, name)` reads the job and its children, takes at most a few idempotent steps
+(create a child with a deterministic name, un-suspend an admitted Job, delete expired children) and
+writes status derived from what it saw. It runs on every watch event of the job, its Jobs and its
+pods, and from a resync loop, so time-based rules (retry back-off, deadline, TTL) fire without
+events. Everything it needs is in the cluster: killing the operator at any point and starting it
+again leaves the same children and the same runs.
+
+Run lifecycle (run n, attempt k):
+  Validating  ConfigMap <job>-r<n>-a1 + Job <job>-r<n>-validate (CPU, checks the data gate)
+  Queued      Service <job>-r<n> + Indexed Job <job>-r<n>-a<k>, created suspended
+  Running     admission granted the whole gang: Job annotated and un-suspended in one patch
+  Succeeded   Job Complete: the version from rank 0's termination message is recorded
+  Failed      data gate, config error (exit 43), backoff limit, deadline or unschedulable
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
+from pydantic import ValidationError
+
+from kubetune_operator import events, kube, metrics, settings
+from kubetune_operator.admission import ADMISSION_LOCK, Admission, CapacityAdmission, Decision, GangRequest
+from kubetune_operator.api.common import API_VERSION
+from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.builders import names
+from kubetune_operator.builders.storage import parse_pvc_uri
+from kubetune_operator.builders.trainer_config import RunInputs, build_trainer_config, version_uri
+from kubetune_operator.builders.training import (
+    GPU_PRODUCT_LABEL,
+    build_config_map,
+    build_headless_service,
+    build_progress_role,
+    build_progress_role_binding,
+    build_service_account,
+    build_training_job,
+    build_validation_job,
+)
+from kubetune_operator.status import condition_is, now, parse_time, set_condition, shorten, timestamp
+
+log = logging.getLogger("kubetune.finetunejob")
+Body = dict[str, Any]
+KIND = "FineTuneJob"
+RUN_HISTORY_LIMIT = 20
+
+admission: Admission = CapacityAdmission()
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def object_lock(namespace: str, name: str) -> Iterator[None]:
+    """One reconcile per job at a time (watch events and the resync loop may overlap)."""
+    with _locks_guard:
+        lock = _locks.setdefault((namespace, name), threading.Lock())
+    with lock:
+        yield
+
+
+def forget(namespace: str, name: str) -> None:
+    metrics.record_phase(namespace, name, None)
+
+
+# --------------------------------------------------------------------------- reading children
+
+
+def _job_state(job: Body) -> str:
+    """Complete | Failed | Suspended | Active for a batch/v1 Job."""
+    status = job.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+            return str(c["type"])
+    if (job.get("spec") or {}).get("suspend"):
+        return "Suspended"
+    return "Active"
+
+
+def _job_condition_time(job: Body, type_: str) -> Any:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return parse_time(c.get("lastTransitionTime"))
+    return None
+
+
+def _terminated(pod: Body) -> Body | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return dict(term)
+    return None
+
+
+def _pods_of(pods: list[Body], job_name: str) -> list[Body]:
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+            or (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job_name]
+
+
+def _failure_of(job: Body, pods: list[Body]) -> tuple[int | None, str]:
+    """Exit code and termination message of the pod that failed the Job (the lowest index first)."""
+    failed = [p for p in _pods_of(pods, job["metadata"]["name"]) if (p.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=lambda p: int((p["metadata"].get("annotations") or {}).get(
+        "batch.kubernetes.io/job-completion-index", 0)))
+    for pod in failed:
+        term = _terminated(pod)
+        if term:
+            message = (term.get("message") or term.get("reason") or "").strip()
+            return term.get("exitCode"), message
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed":
+            return None, f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+    return None, "the Job failed"
+
+
+def _rank0_message(job: Body, pods: list[Body]) -> str:
+    for pod in _pods_of(pods, job["metadata"]["name"]):
+        index = (pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+        if index in (None, "0"):
+            term = _terminated(pod)
+            if term and term.get("message"):
+                return str(term["message"])
+    return ""
+
+
+def _json_object(text: str) -> Body | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --------------------------------------------------------------------------- the reconcile
+
+
+class Reconcile:
+    """One pass over one FineTuneJob. Steps mutate the cluster idempotently; `status` is rebuilt."""
+
+    def __init__(self, body: Body, ftj: FineTuneJob) -> None:
+        self.body = body
+        self.ftj = ftj
+        self.name = ftj.metadata.name or ""
+        self.namespace = ftj.metadata.namespace or ""
+        self.generation = ftj.metadata.generation
+        self.old = copy.deepcopy(body.get("status") or {})
+        self.status: Body = {k: v for k, v in copy.deepcopy(self.old).items() if k != "progress"}
+        self.status.setdefault("conditions", [])
+        self.status.setdefault("runs", [])
+        self.status.setdefault("versions", [])
+        self.cfg = settings.current()
+        selector = f"{names.LABEL_JOB}={self.name}"
+        self.jobs = kube.list_objects("batch/v1", "Job", self.namespace, selector)
+        self.pods = kube.list_objects("v1", "Pod", self.namespace, selector)
+        self.pending_events: list[tuple[str, str, bool]] = []
+
+    # ---- status helpers
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
+        self.status["conditions"] = set_condition(
+            self.status["conditions"], type_, status, reason, message, self.generation
+        )
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.pending_events.append((reason, message, warning))
+
+    def phase(self, phase: str) -> None:
+        self.status["phase"] = phase
+
+    # ---- children of the run
+
+    def run_jobs(self, run: int, component: str) -> list[Body]:
+        out = [j for j in self.jobs
+               if (j["metadata"].get("labels") or {}).get(names.LABEL_RUN) == str(run)
+               and (j["metadata"].get("labels") or {}).get(names.LABEL_COMPONENT) == component]
+        return sorted(out, key=lambda j: int(j["metadata"]["labels"].get(names.LABEL_ATTEMPT, 0)))
+
+    def current_run_number(self) -> int:
+        labelled = [int((j["metadata"].get("labels") or {}).get(names.LABEL_RUN, 0)) for j in self.jobs]
+        recorded = (self.status.get("currentRun") or {}).get("number", 0)
+        return max([recorded, *labelled, 1])
+
+    def run_record(self, run: int) -> Body | None:
+        return next((r for r in self.status["runs"] if r.get("number") == run), None)
+
+    def image(self) -> str:
+        return self.ftj.spec.pod.image or self.cfg.trainer_image
+
+    def next_version(self) -> int:
+        return int(self.status.get("latestVersion") or 0) + 1
+
+    # ---- main
+
+    def run(self) -> None:
+        n = self.current_run_number()
+        current = self.status.get("currentRun") or {}
+        if current.get("number") != n:
+            current = {"number": n, "attempts": 0}
+        self.status["currentRun"] = current
+        record = self.run_record(n)
+        if record is not None:
+            self.finished(record)
+            return
+        if self.deadline_passed(current):
+            return
+        if not self.prechecks():
+            return
+        if not self.validation(n):
+            return
+        self.training(n, current)
+
+    # ---- finished runs: keep status, clean up after the TTL
+
+    def finished(self, record: Body) -> None:
+        self.phase(record["result"] if record["result"] != "Cancelled" else "Failed")
+        ttl = self.ftj.spec.run_policy.ttl_seconds_after_finished
+        done = parse_time(record.get("completionTime"))
+        if ttl is None or done is None or now() < done + timedelta(seconds=ttl):
+            return
+        removed = 0
+        for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap"), ("v1", "Service")):
+            for obj in kube.list_objects(api_version, kind, self.namespace, f"{names.LABEL_JOB}={self.name}"):
+                removed += kube.delete(api_version, kind, obj["metadata"]["name"], self.namespace)
+        if removed:
+            self.event("ChildrenCleanedUp", f"ttlSecondsAfterFinished={ttl} passed: removed {removed} "
+                       "Jobs, ConfigMaps and Services of finished runs; model versions are kept")
+
+    def finish(self, run: int, result: str, reason: str, message: str, version: int | None = None) -> None:
+        current = self.status["currentRun"]
+        current["completionTime"] = timestamp()
+        record = {
+            "number": run, "result": result, "reason": reason, "message": shorten(message),
+            "startTime": current.get("startTime"), "completionTime": current["completionTime"],
+            "attempts": current.get("attempts", 0), "trigger": "Create",
+        }
+        if version is not None:
+            record["version"] = version
+        self.status["runs"] = [*self.status["runs"], {k: v for k, v in record.items() if v is not None}][
+            -RUN_HISTORY_LIMIT:]
+        self.condition("Running", False, reason, message)
+        if result == "Succeeded":
+            self.phase("Succeeded")
+            self.condition("Succeeded", True, reason, message)
+            self.condition("Failed", False, reason, message)
+            metrics.RUNS_SUCCEEDED.labels(self.namespace).inc()
+            self.event(reason, message)
+        else:
+            self.phase("Failed")
+            self.condition("Failed", True, reason, message)
+            self.condition("Succeeded", False, reason, message)
+            metrics.RUNS_FAILED.labels(self.namespace, reason).inc()
+            self.event(reason, message, warning=True)
+            for job in self.jobs:  # a failed run holds no GPUs: stop whatever still runs
+                labels = job["metadata"].get("labels") or {}
+                if labels.get(names.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
+                    kube.delete("batch/v1", "Job", job["metadata"]["name"], self.namespace)
+
+    # ---- checks that need no GPU
+
+    def deadline_passed(self, current: Body) -> bool:
+        deadline = self.ftj.spec.run_policy.active_deadline_seconds
+        started = parse_time(current.get("startTime"))
+        if deadline is None or started is None or now() < started + timedelta(seconds=deadline):
+            return False
+        self.finish(current["number"], "Failed", "DeadlineExceeded",
+                    f"run {current['number']} ran longer than runPolicy.activeDeadlineSeconds={deadline}")
+        return True
+
+    def prechecks(self) -> bool:
+        """Referenced Secrets, ConfigMaps and PVCs exist; the output is shareable; some node fits a pod."""
+        spec = self.ftj.spec
+        missing: list[str] = []
+        for split, src in (("train", spec.datasets.train), ("validation", spec.datasets.validation)):
+            if src is None:
+                continue
+            if src.sql is not None:
+                ref = src.sql.secret_key_ref
+                secret = kube.get("v1", "Secret", ref.name, self.namespace)
+                if secret is None:
+                    missing.append(f"Secret {ref.name} (spec.datasets.{split}.sql.secretKeyRef)")
+                elif ref.key not in (secret.get("data") or {}):
+                    missing.append(f"key {ref.key} in Secret {ref.name} (spec.datasets.{split}.sql.secretKeyRef)")
+            if src.config_map is not None:
+                cm = kube.get("v1", "ConfigMap", src.config_map.name, self.namespace)
+                if cm is None:
+                    missing.append(f"ConfigMap {src.config_map.name} (spec.datasets.{split}.configMap)")
+                elif src.config_map.key not in (cm.get("data") or {}):
+                    missing.append(f"key {src.config_map.key} in ConfigMap {src.config_map.name} "
+                                   f"(spec.datasets.{split}.configMap)")
+        claims: dict[str, str] = {}
+        for field, uri in (("spec.output.uri", spec.output.uri), ("spec.baseModel.uri", spec.base_model.uri),
+                           ("spec.datasets.train.uri", spec.datasets.train.uri)):
+            pvc = parse_pvc_uri(uri) if uri else None
+            if pvc:
+                claims.setdefault(pvc[0], field)
+        output_claim = parse_pvc_uri(spec.output.uri)
+        for claim, field in claims.items():
+            pvc_body = kube.get("v1", "PersistentVolumeClaim", claim, self.namespace)
+            if pvc_body is None:
+                missing.append(f"PersistentVolumeClaim {claim} ({field})")
+                continue
+            modes = (pvc_body.get("spec") or {}).get("accessModes") or []
+            if output_claim and claim == output_claim[0] and spec.resources.nodes > 1 and "ReadWriteMany" not in modes:
+                self.finish(self.status["currentRun"]["number"], "Failed", "OutputNotShared",
+                            f"spec.output.uri: claim {claim} has access modes {modes}, but a run on "
+                            f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
+                            "ReadWriteMany claim or an s3:// output, or set spec.resources.nodes: 1")
+                return False
+        if missing:
+            self.phase("Pending")
+            self.condition("DataValidated", "Unknown", "MissingDependency",
+                           "waiting for " + "; ".join(missing) + ": create it in namespace " + self.namespace)
+            return False
+        if not self.run_jobs(self.status["currentRun"]["number"], names.COMPONENT_TRAIN):
+            decision = self.decide(dry_run=True)
+            if decision.never:
+                self.finish(self.status["currentRun"]["number"], "Failed", "Unschedulable", decision.message)
+                return False
+        return True
+
+    # ---- data validation
+
+    def inputs(self, run: int, attempt: int = 1, resume: bool = False) -> RunInputs:
+        return RunInputs(run=run, version=self.next_version(), attempt=attempt, resume=resume)
+
+    def validation(self, run: int) -> bool:
+        """True once the data of run `run` passed its gate."""
+        jobs = self.run_jobs(run, names.COMPONENT_VALIDATE)
+        if not jobs:
+            if self.run_jobs(run, names.COMPONENT_TRAIN):
+                return True  # validated earlier; its Job was cleaned up
+            self.ensure_job_rbac()
+            inputs = self.inputs(run)
+            rendered = build_trainer_config(self.ftj, inputs)
+            kube.apply(build_config_map(self.ftj, inputs, rendered))
+            kube.apply(build_validation_job(self.ftj, inputs, self.image(), rendered))
+            self.phase("Validating")
+            self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
+            self.event("ValidatingData", f"run {run}: checking the training data against the quality gate")
+            return False
+        job = jobs[0]
+        state = _job_state(job)
+        if state == "Complete":
+            report = _json_object(_rank0_message(job, self.pods))
+            self.record_report(report, passed=True)
+            if not condition_is(self.status["conditions"], "DataValidated"):
+                self.event("DataValidated", f"run {run}: the data passed the quality gate")
+            self.condition("DataValidated", True, "QualityGatePassed",
+                           (report or {}).get("message") or f"run {run}: the data passed the quality gate")
+            return True
+        if state == "Failed":
+            _code, message = _failure_of(job, self.pods)
+            report = _json_object(message)
+            self.record_report(report, passed=False)
+            text = (report or {}).get("message") or "; ".join((report or {}).get("errors") or []) or message
+            self.condition("DataValidated", False, "QualityGateFailed", text)
+            self.finish(run, "Failed", "DataValidationFailed",
+                        f"run {run}: the data failed its quality gate (spec.datasets.quality): {text}")
+            return False
+        self.phase("Validating")
+        self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
+        return False
+
+    def record_report(self, report: Body | None, passed: bool) -> None:
+        if report is None:
+            return
+        allowed = {"rows", "validationRows", "duplicates", "empty", "invalid", "tokenLength",
+                   "labelDistribution", "errors", "passed", "message", "checkedAt"}
+        clean = {k: v for k, v in report.items() if k in allowed}
+        clean.setdefault("passed", passed)
+        clean.setdefault("checkedAt", timestamp())
+        self.status["dataQuality"] = clean
+
+    def ensure_job_rbac(self) -> None:
+        if not self.ftj.spec.pod.service_account_name:
+            kube.apply(build_service_account(self.ftj))
+        kube.apply(build_progress_role(self.ftj))
+        kube.apply(build_progress_role_binding(self.ftj))
+
+    # ---- admission and training
+
+    def request(self) -> GangRequest:
+        res = self.ftj.spec.resources
+        return GangRequest(self.namespace, self.name, self.status["currentRun"]["number"], res.nodes,
+                           res.gpus_per_node, res.gpu_type, self.ftj.spec.run_policy.priority or 0)
+
+    def decide(self, dry_run: bool = False) -> Decision:
+        nodes = kube.list_objects("v1", "Node")
+        held = kube.list_objects("batch/v1", "Job", None, f"{names.LABEL_COMPONENT}={names.COMPONENT_TRAIN}")
+        return admission.decide(self.request(), nodes, held)
+
+    def create_attempt(self, run: int, attempt: int, resume: bool) -> Body:
+        inputs = self.inputs(run, attempt, resume)
+        rendered = build_trainer_config(self.ftj, inputs)
+        self.ensure_job_rbac()
+        kube.apply(build_config_map(self.ftj, inputs, rendered))
+        kube.apply(build_headless_service(self.ftj, run))
+        job = kube.apply(build_training_job(self.ftj, inputs, self.image(), self.cfg.rendezvous_port,
+                                            rendered=rendered))
+        self.jobs.append(job)
+        self.status["currentRun"]["attempts"] = attempt
+        self.status["currentRun"]["jobName"] = job["metadata"]["name"]
+        return job
+
+    def training(self, run: int, current: Body) -> None:
+        attempts = self.run_jobs(run, names.COMPONENT_TRAIN)
+        if not attempts:
+            attempts = [self.create_attempt(run, 1, resume=False)]
+            self.status["currentRun"]["queuedAt"] = timestamp()
+            self.event("Queued", f"run {run}: waiting for GPU admission")
+        job = attempts[-1]
+        attempt = int(job["metadata"]["labels"][names.LABEL_ATTEMPT])
+        current["attempts"] = attempt
+        current["jobName"] = job["metadata"]["name"]
+        state = _job_state(job)
+        if state == "Complete":
+            self.succeeded(run, job)
+        elif state == "Failed":
+            self.attempt_failed(run, attempt, attempts)
+        elif state == "Suspended":
+            self.queued_or_suspended(run, job)
+        else:
+            self.active(run, job)
+
+    def queued_or_suspended(self, run: int, job: Body) -> None:
+        if self.ftj.spec.run_policy.suspend:
+            self.mark_suspended(run)
+            return
+        with ADMISSION_LOCK:
+            decision = self.decide()
+            if decision.admitted:
+                patch: Body = {
+                    "metadata": {"annotations": {
+                        names.ANNOTATION_ADMITTED_GPUS: str(self.ftj.spec.resources.nodes
+                                                            * self.ftj.spec.resources.gpus_per_node),
+                        names.ANNOTATION_GPU_TYPE: decision.gpu_type or "",
+                    }},
+                    "spec": {"suspend": False},
+                }
+                if decision.gpu_type and not self.ftj.spec.resources.gpu_type:
+                    # Pin the gang to the type it was admitted on (allowed while the Job never ran).
+                    patch["spec"]["template"] = {"spec": {"nodeSelector": {GPU_PRODUCT_LABEL: decision.gpu_type}}}
+                kube.patch_merge("batch/v1", "Job", job["metadata"]["name"], self.namespace, patch)
+        if decision.never:
+            self.finish(run, "Failed", "Unschedulable", decision.message)
+            return
+        current = self.status["currentRun"]
+        if not decision.admitted:
+            self.phase("Queued")
+            current["waitReason"] = decision.message
+            current["queuePosition"] = 0
+            self.condition("Admitted", False, decision.reason, decision.message)
+            self.condition("Running", False, "Queued", decision.message)
+            self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
+            return
+        queued = parse_time(current.pop("queuedAt", None))
+        if queued is not None:
+            metrics.QUEUE_WAIT_SECONDS.observe((now() - queued).total_seconds())
+        current.pop("waitReason", None)
+        current.pop("queuePosition", None)
+        current.setdefault("startTime", timestamp())
+        current["admittedGPUs"] = self.ftj.spec.resources.nodes * self.ftj.spec.resources.gpus_per_node
+        if decision.gpu_type:
+            current["gpuType"] = decision.gpu_type
+        metrics.RUNS_STARTED.labels(self.namespace).inc()
+        self.phase("Running")
+        self.condition("Admitted", True, "Admitted", decision.message)
+        self.condition("Running", True, "Started", f"run {run}: {decision.message}")
+        self.condition("Suspended", False, "Resumed" if condition_is(self.status["conditions"], "Suspended")
+                       else "NotSuspended", "the run is not suspended")
+        self.event("Admitted", f"run {run} attempt {current.get('attempts', 1)}: {decision.message}")
+
+    def mark_suspended(self, run: int) -> None:
+        self.phase("Suspended")
+        if not condition_is(self.status["conditions"], "Suspended"):
+            self.event("Suspended", f"run {run}: suspended by spec.runPolicy.suspend; GPUs released")
+        self.condition("Suspended", True, "SuspendedBySpec",
+                       "spec.runPolicy.suspend is true: the trainer checkpointed and stopped; set it to false to resume")
+        self.condition("Running", False, "Suspended", "suspended by spec.runPolicy.suspend")
+        self.condition("Admitted", False, "Suspended", "GPUs released while suspended")
+
+    def active(self, run: int, job: Body) -> None:
+        if self.ftj.spec.run_policy.suspend:
+            # The Job controller deletes the pods; each trainer gets SIGTERM, saves a checkpoint and
+            # exits 42. Un-suspending later resumes from that checkpoint (same run, same attempt).
+            kube.patch_merge("batch/v1", "Job", job["metadata"]["name"], self.namespace, {
+                "metadata": {"annotations": {names.ANNOTATION_ADMITTED_GPUS: None, names.ANNOTATION_GPU_TYPE: None}},
+                "spec": {"suspend": True},
+            })
+            self.mark_suspended(run)
+            return
+        self.phase("Running")
+        self.condition("Admitted", True, "Admitted", self.admitted_message())
+        self.condition("Running", True, "Running", f"run {run} attempt {self.status['currentRun'].get('attempts')} "
+                       "is training")
+
+    def admitted_message(self) -> str:
+        old = next((c for c in self.status["conditions"] if c.get("type") == "Admitted"), None)
+        return str(old["message"]) if old and old.get("status") == "True" else "admitted"
+
+    def attempt_failed(self, run: int, attempt: int, attempts: list[Body]) -> None:
+        job = attempts[-1]
+        code, message = _failure_of(job, self.pods)
+        detail = f"attempt {attempt} failed" + (f" with exit code {code}" if code is not None else "") + (
+            f": {message}" if message else "")
+        if code == EXIT_CONFIG_ERROR:
+            self.finish(run, "Failed", "ConfigError", f"run {run} {detail} (a data or configuration error; "
+                        "fix the spec and re-apply)")
+            return
+        counted = [j for j in attempts if _job_state(j) == "Failed" and _failure_of(j, self.pods)[0] != EXIT_PREEMPTED]
+        limit = self.ftj.spec.run_policy.backoff_limit
+        if code != EXIT_PREEMPTED and len(counted) > limit:
+            self.finish(run, "Failed", "BackoffLimitExceeded",
+                        f"run {run} failed {len(counted)} time(s), more than runPolicy.backoffLimit={limit}; "
+                        f"last: {detail}")
+            return
+        delay = 0.0 if code == EXIT_PREEMPTED else min(
+            self.cfg.retry_base_seconds * 2 ** (len(counted) - 1), self.cfg.retry_max_seconds)
+        failed_at = _job_condition_time(job, "Failed") or now()
+        wait = (failed_at + timedelta(seconds=delay) - now()).total_seconds()
+        if wait > 0:
+            self.phase("Queued")
+            self.status["currentRun"]["waitReason"] = f"{detail}; retrying in {wait:.0f}s"
+            self.condition("Running", False, "BackOff", f"{detail}; retrying in {wait:.0f}s")
+            return
+        self.create_attempt(run, attempt + 1, resume=True)
+        metrics.RETRIES.labels(self.namespace).inc()
+        self.status["currentRun"]["queuedAt"] = timestamp()
+        self.phase("Queued")
+        self.condition("Running", False, "Retrying", f"{detail}; attempt {attempt + 1} resumes from the "
+                       "newest checkpoint")
+        self.event("Retrying", f"run {run} {detail}; starting attempt {attempt + 1} from the newest checkpoint",
+                   warning=True)
+
+    def succeeded(self, run: int, job: Body) -> None:
+        manifest = _json_object(_rank0_message(job, self.pods)) or {}
+        version = int(manifest.get("version") or self.next_version())
+        gate = self.ftj.spec.evaluation.gate
+        passed = manifest.get("passedGate")
+        if passed is None and gate is None:
+            passed = True
+        entry: Body = {
+            "version": version,
+            "uri": version_uri(self.ftj.spec.output.uri, self.name, version),
+            "metrics": {k: float(v) for k, v in (manifest.get("metrics") or {}).items()
+                        if isinstance(v, int | float)},
+            "createdAt": manifest.get("createdAt") or timestamp(),
+            "run": run,
+        }
+        if passed is not None:
+            entry["passedGate"] = bool(passed)
+        if manifest.get("adapter") is not None:
+            entry["adapter"] = bool(manifest["adapter"])
+        versions = [v for v in self.status["versions"] if v.get("version") != version]
+        self.status["versions"] = sorted([*versions, entry], key=lambda v: v["version"])
+        self.status["latestVersion"] = max(v["version"] for v in self.status["versions"])
+        passing = [v["version"] for v in self.status["versions"] if v.get("passedGate")]
+        if passing:
+            self.status["latestPassingVersion"] = max(passing)
+        self.status["metrics"] = entry["metrics"]
+        gate_text = "" if gate is None else (
+            f"; evaluation gate {gate.metric} {'>=' if gate.direction == 'max' else '<='} {gate.threshold}: "
+            + ("passed" if passed else "failed" if passed is False else "not reported"))
+        name = f"{self.name}-v{version}"
+        if not manifest:
+            gate_text += " (the trainer reported no manifest in its termination message)"
+        self.finish(run, "Succeeded", "Completed", f"run {run} produced model version {name}{gate_text}",
+                    version=version)
+
+    # ---- writing status
+
+    def write(self) -> None:
+        self.status["observedGeneration"] = self.generation
+        new = {k: v for k, v in self.status.items() if v not in (None, [], {}) or k in ("runs", "versions")}
+        old = {k: v for k, v in self.old.items() if k != "progress"}
+        if new != old:
+            patch = {k: v for k, v in new.items()}
+            for k in old:
+                if k not in new:
+                    patch[k] = None
+            kube.patch_status(KIND, self.name, self.namespace, patch)
+        if self.old.get("phase") != self.status.get("phase"):
+            log.info("%s/%s: phase %s -> %s", self.namespace, self.name, self.old.get("phase"),
+                     self.status.get("phase"))
+        metrics.record_phase(self.namespace, self.name, self.status.get("phase"))
+        for reason, message, warning in self.pending_events:
+            events.post(self.body, reason, message, warning)
+
+
+def invalid_spec(body: Body, error: ValidationError) -> None:
+    """A stored object the models reject (e.g. created before a rule existed): fail it, loudly, once."""
+    meta = body["metadata"]
+    problems = "; ".join(
+        f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" if e["loc"][:1] == ("spec",)
+        else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    old = body.get("status") or {}
+    if old.get("phase") == "Failed" and any(c.get("reason") == "InvalidSpec" for c in old.get("conditions") or []):
+        return
+    conditions = set_condition(old.get("conditions") or [], "Failed", True, "InvalidSpec", problems,
+                               meta.get("generation"))
+    kube.patch_status(KIND, meta["name"], meta["namespace"],
+                      {"phase": "Failed", "conditions": conditions, "observedGeneration": meta.get("generation")})
+    events.post(body, "InvalidSpec", problems, warning=True)
+
+
+def reconcile(namespace: str, name: str) -> None:
+    """Converge one FineTuneJob; safe to call any number of times, from any trigger."""
+    started = time.monotonic()
+    with object_lock(namespace, name):
+        body = kube.get(API_VERSION, KIND, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            forget(namespace, name)  # children go by owner references
+            return
+        try:
+            ftj = FineTuneJob.model_validate(body)
+        except ValidationError as e:
+            invalid_spec(body, e)
+            return
+        r = Reconcile(body, ftj)
+        try:
+            r.run()
+        except ApiException as e:
+            if e.status == 409:  # a concurrent write; the next pass sees it
+                log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
+                return
+            raise
+        r.write()
+    metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the operator, served on the metrics port (settings.metrics_port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+JOBS_BY_PHASE = Gauge(
+    "kubetune_finetunejobs", "FineTuneJobs by phase, as last reconciled.", ["namespace", "phase"]
+)
+RUNS_STARTED = Counter("kubetune_runs_started_total", "Runs started (admitted and un-suspended).", ["namespace"])
+RUNS_SUCCEEDED = Counter("kubetune_runs_succeeded_total", "Runs that produced a model version.", ["namespace"])
+RUNS_FAILED = Counter("kubetune_runs_failed_total", "Runs that failed for good.", ["namespace", "reason"])
+RETRIES = Counter("kubetune_run_retries_total", "Attempts started after a failed attempt.", ["namespace"])
+RECONCILE_SECONDS = Histogram(
+    "kubetune_reconcile_duration_seconds",
+    "Time of one reconcile of one object.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "kubetune_queue_wait_seconds",
+    "Time from a run being queued to its admission.",
+    buckets=(1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+)
+DEPLOYMENTS_AVAILABLE = Gauge(
+    "kubetune_modeldeployments_available", "ModelDeployments whose Available condition is True.", ["namespace"]
+)
+
+_phases: dict[tuple[str, str], str] = {}
+
+
+def record_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Keep kubetune_finetunejobs{phase} equal to the number of jobs in each phase."""
+    key = (namespace, name)
+    old = _phases.get(key)
+    if old == phase:
+        return
+    if old is not None:
+        JOBS_BY_PHASE.labels(namespace, old).dec()
+    if phase is None:
+        _phases.pop(key, None)
+    else:
+        _phases[key] = phase
+        JOBS_BY_PHASE.labels(namespace, phase).inc()
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

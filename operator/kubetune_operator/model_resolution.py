@@ -1,0 +1,255 @@
+"""Which model a ModelDeployment serves: a FineTuneJob version (latest, latest-passing, N) or a uri.
+
+Pure functions: the handler reads the FineTuneJob and passes it in. The answer is one of
+- `ServedModel`: what a server Deployment should load;
+- `Waiting`: nothing to serve yet (the version does not exist) or nothing servable (`stuck`:
+  someone must change a spec), with a CamelCase reason and a message naming the object, the
+  field and the fix;
+- `InvalidSpec`: the ModelDeployment's own spec can never work (a `kopf.PermanentError`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from kubetune_operator.api import FineTuneJob, ModelDeployment, ModelVersion
+
+# Annotations of a server Deployment: the model it serves (with what was pinned at its rollout) and
+# the ModelDeployment generation it was resolved for (promotion policy manual).
+SERVED_MODEL_ANNOTATION = "kubetune.io/served-model"
+RESOLVED_GENERATION_ANNOTATION = "kubetune.io/resolved-generation"
+# Ranks vLLM accepts for --max-lora-rank (vllm.config.LoRAConfig); an adapter's rank is rounded up.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model a server Deployment loads, with what is pinned to it when it is first rolled out.
+
+    Options derived from the FineTuneJob's spec (LoRA rank, sequence length, base model) are
+    recorded here and stored on the Deployment, so editing the FineTuneJob later never restarts
+    the servers of a version already rolled out.
+    """
+
+    uri: str
+    version: int | None = None
+    job: str | None = None
+    adapter: bool = False
+    base_uri: str | None = None
+    passed_gate: bool | None = None
+    lora_rank: int | None = None
+    max_model_len: int | None = None
+
+    def same_model(self, other: ServedModel | None) -> bool:
+        return other is not None and (self.version, self.uri) == (other.version, other.uri)
+
+    @property
+    def label(self) -> str:
+        return f"version {self.version}" if self.version is not None else self.uri
+
+    def to_annotation(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_annotation(cls, text: str | None) -> ServedModel | None:
+        if not text:
+            return None
+        try:
+            raw = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Nothing (new) to serve. `stuck`: waiting alone will not help, a spec must change (Degraded)."""
+
+    reason: str
+    message: str
+    stuck: bool = False
+
+
+@dataclass(frozen=True)
+class InvalidSpec:
+    """The ModelDeployment's spec can never work; `field` is the path of the culprit."""
+
+    field: str
+    message: str
+    reason: str = "InvalidSpec"
+
+
+Resolution = ServedModel | Waiting | InvalidSpec
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds an adapter of `rank`."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
+
+
+def hf_repo(uri: str) -> tuple[str, str | None]:
+    """hf://org/name@rev -> ("org/name", "rev")."""
+    repo, _, rev = uri.removeprefix("hf://").partition("@")
+    return repo, rev or None
+
+
+def location_problem(uri: str, runtime: str) -> str | None:
+    """Why a server pod of `runtime` cannot read `uri`, or None when it can."""
+    if uri.startswith(("pvc://", "/")):
+        return None
+    if uri.startswith("hf://"):
+        if runtime == "vllm":
+            return None
+        return "the transformers runtime loads local directories only (pvc://claim/path or a path in the image)"
+    scheme = uri.split("://", 1)[0]
+    return (
+        f"{scheme}:// locations are not served yet: server pods mount pvc:// claims or read paths in the image; "
+        "copy the model to a PersistentVolumeClaim and use pvc://claim/path"
+    )
+
+
+def check_spec(md: ModelDeployment) -> InvalidSpec | None:
+    """Spec problems that no FineTuneJob and no amount of waiting can fix."""
+    spec, name = md.spec, md.metadata.name
+    runtime = spec.runtime.type
+    for field, uri in (("spec.model.uri", spec.model.uri), ("spec.model.baseModel", spec.model.base_model)):
+        if uri is not None and (problem := location_problem(uri, runtime)):
+            return InvalidSpec(field, f"ModelDeployment {name}: {field} {uri!r}: {problem}")
+    auto = spec.autoscaling
+    if auto is not None and auto.target_utilization is not None and spec.resources.cpu is None:
+        return InvalidSpec(
+            "spec.autoscaling.targetUtilization",
+            f"ModelDeployment {name}: spec.autoscaling.targetUtilization is a percent of the CPU request, and "
+            "spec.resources.cpu is not set; set spec.resources.cpu or use spec.autoscaling.targetConcurrency",
+        )
+    return None
+
+
+def resolve_model(md: ModelDeployment, job: FineTuneJob | None) -> Resolution:
+    """The model `md` asks for now (the rollout policy then decides whether and how to roll it out)."""
+    if (invalid := check_spec(md)) is not None:
+        return invalid
+    source, name = md.spec.model, md.metadata.name
+    if source.uri is not None:
+        adapter = source.weights == "adapter" or (source.weights == "auto" and source.base_model is not None)
+        return ServedModel(uri=source.uri, adapter=adapter, base_uri=source.base_model if adapter else None)
+    ref = source.fine_tune_job_ref
+    assert ref is not None  # the API's CEL rule: exactly one of uri and fineTuneJobRef
+    where = f"ModelDeployment {name}: spec.model.fineTuneJobRef"
+    if job is None:
+        return Waiting(
+            "FineTuneJobNotFound",
+            f"{where}.name: FineTuneJob {ref.name!r} does not exist in namespace {md.metadata.namespace}; "
+            "create it or fix the name",
+        )
+    picked = _pick_version(job, ref.version, where)
+    if isinstance(picked, Waiting):
+        return picked
+    return _served_version(md, job, picked)
+
+
+def _pick_version(job: FineTuneJob, selector: str, where: str) -> ModelVersion | Waiting:
+    status, jname = job.status, job.metadata.name
+    versions = {v.version: v for v in status.versions}
+    newest = max(versions, default=None)
+    if selector == "latest-passing":
+        number = status.latest_passing_version
+        if number is None or number not in versions or versions[number].passed_gate is False:
+            passing = [v for v, entry in versions.items() if entry.passed_gate is True]
+            number = max(passing, default=None)
+        if number is None:
+            had = f"its {len(versions)} version(s) all failed the gate" if versions else "it has no version yet"
+            return Waiting(
+                "NoPassingVersion",
+                f"{where}.version is latest-passing and FineTuneJob {jname} has no version that passed its "
+                f"evaluation gate ({had}); the deployment starts when one passes, or set "
+                f"spec.model.fineTuneJobRef.version to a version number to serve it anyway",
+            )
+        return versions[number]
+    if selector == "latest":
+        number = status.latest_version if status.latest_version in versions else newest
+        if number is None:
+            return Waiting(
+                "NoVersionYet",
+                f"{where}.version is latest and FineTuneJob {jname} has produced no model version yet; "
+                "the deployment starts when its first run succeeds",
+            )
+        return versions[number]
+    number = int(selector)
+    if number not in versions:
+        return Waiting(
+            "VersionNotFound",
+            f"{where}.version: FineTuneJob {jname} has no version {number} yet (newest: "
+            f"{newest if newest is not None else 'none'}); the deployment starts when it appears, or set the "
+            "field to an existing version, latest or latest-passing",
+        )
+    return versions[number]
+
+
+def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) -> ServedModel | Waiting:
+    spec, runtime = md.spec, md.spec.runtime.type
+    jname, where = job.metadata.name, f"version {entry.version} of FineTuneJob {job.metadata.name}"
+    if problem := location_problem(entry.uri, runtime):
+        return Waiting("UnsupportedModelLocation", f"{where} is at {entry.uri!r}: {problem}", stuck=True)
+    is_adapter = bool(entry.adapter)
+    weights = spec.model.weights
+    if weights == "adapter" and not is_adapter:
+        return Waiting(
+            "WeightsMismatch",
+            f"ModelDeployment {md.metadata.name}: spec.model.weights is adapter but {where} holds merged weights; "
+            "set spec.model.weights to auto or merged",
+            stuck=True,
+        )
+    if weights == "merged" and is_adapter and runtime == "vllm":
+        return Waiting(
+            "WeightsMismatch",
+            f"ModelDeployment {md.metadata.name}: spec.model.weights is merged but {where} is a LoRA adapter; "
+            f"set spec.output.mergeAdapter: true on FineTuneJob {jname} for merged versions, or set "
+            "spec.model.weights to auto (vLLM serves the adapter with --enable-lora)",
+            stuck=True,
+        )
+    base = job.spec.base_model
+    if is_adapter:
+        if base.gguf_file is not None:
+            return Waiting(
+                "AdapterOnGgufBase",
+                f"{where} is a LoRA adapter on a GGUF base model (FineTuneJob {jname} spec.baseModel.ggufFile), "
+                f"which the servers cannot load as a base; set spec.output.mergeAdapter: true on FineTuneJob {jname} "
+                "so its versions hold full weights",
+                stuck=True,
+            )
+        if problem := location_problem(base.uri, runtime):
+            return Waiting(
+                "UnsupportedModelLocation",
+                f"{where} is a LoRA adapter on FineTuneJob {jname} spec.baseModel.uri {base.uri!r}: {problem}",
+                stuck=True,
+            )
+    lora = job.spec.method.lora
+    return ServedModel(
+        uri=entry.uri,
+        version=entry.version,
+        job=jname,
+        adapter=is_adapter,
+        base_uri=base.uri if is_adapter else None,
+        passed_gate=entry.passed_gate,
+        lora_rank=vllm_lora_rank(lora.r) if is_adapter else None,
+        max_model_len=job.spec.hyperparameters.max_seq_length,
+    )
+
+
+def parse_finetunejob(body: dict[str, Any] | None) -> FineTuneJob | Waiting | None:
+    """The FineTuneJob from the API, or a Waiting that says why it cannot be read."""
+    if body is None:
+        return None
+    try:
+        return FineTuneJob.model_validate(body)
+    except ValueError as exc:
+        name = body.get("metadata", {}).get("name")
+        return Waiting(
+            "FineTuneJobUnreadable",
+            f"FineTuneJob {name} does not parse ({str(exc).splitlines()[0]}); fix its spec",
+            stuck=True,
+        )

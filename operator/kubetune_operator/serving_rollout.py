@@ -1,0 +1,291 @@
+"""Rollout of model versions: which version the stable and canary Deployments serve, and how many replicas.
+
+Pure and level-based: the plan is computed from the spec, the model asked for now, and the two
+server Deployments as they are (each one records the model it serves in an annotation), never
+from remembered steps. Running it twice on the same inputs gives the same plan, so an operator
+killed half-way picks up where the cluster is.
+
+- No stable Deployment yet: deploy the model.
+- Stable already serves it: nothing to roll; a canary of another version is removed (rolled back).
+- A new model: with `promotion.canaryWeight` 1-99 (auto policy, FineTuneJob versions, a stable
+  Deployment that is available) a canary Deployment serves it beside the stable one, replicas in
+  proportion; once the canary has been available for `canarySeconds` the stable Deployment rolls
+  to it (maxUnavailable 0) and the canary goes when that rollout completes. Otherwise the stable
+  Deployment rolls to it at once.
+- Manual policy: the model is resolved again only when the spec changes (a new generation).
+- A version that failed its evaluation gate is never promoted over a served one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kubetune_operator.api import ModelDeploymentSpec, Rollout
+from kubetune_operator.model_resolution import (
+    RESOLVED_GENERATION_ANNOTATION,
+    SERVED_MODEL_ANNOTATION,
+    ServedModel,
+    Waiting,
+)
+
+HISTORY_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class Track:
+    """A server Deployment (stable or canary) as observed."""
+
+    model: ServedModel | None
+    replicas: int
+    ready: int
+    available: bool
+    available_since: datetime | None = None
+    rolled_out: bool = False
+    updated: int = 0
+    failure: str | None = None
+    resolved_generation: int | None = None
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
+
+
+def observe_track(body: dict[str, Any] | None) -> Track | None:
+    """Read a Deployment (as the API returns it) into a Track; None when it does not exist."""
+    if body is None:
+        return None
+    meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    wanted = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    available = conditions.get("Available", {})
+    progressing = conditions.get("Progressing", {})
+    replica_failure = conditions.get("ReplicaFailure", {})
+    failure = None
+    if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
+        failure = f"ProgressDeadlineExceeded: {progressing.get('message', '')}"
+    elif replica_failure.get("status") == "True":
+        failure = f"ReplicaFailure: {replica_failure.get('message', '')}"
+    seen = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    rolled_out = (
+        seen
+        and updated == wanted
+        and int(status.get("replicas") or 0) == wanted
+        and int(status.get("availableReplicas") or 0) == wanted
+    )
+    generation = annotations.get(RESOLVED_GENERATION_ANNOTATION)
+    return Track(
+        model=ServedModel.from_annotation(annotations.get(SERVED_MODEL_ANNOTATION)),
+        replicas=wanted,
+        ready=int(status.get("readyReplicas") or 0),
+        available=available.get("status") == "True",
+        available_since=_time(available.get("lastTransitionTime")) if available.get("status") == "True" else None,
+        rolled_out=rolled_out,
+        updated=updated,
+        failure=failure,
+        resolved_generation=int(generation) if generation and generation.isdigit() else None,
+    )
+
+
+@dataclass(frozen=True)
+class PlanEvent:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What the server Deployments should be. `stable` None: nothing to serve yet (no Deployment)."""
+
+    stable: ServedModel | None = None
+    canary: ServedModel | None = None
+    stable_replicas: int | None = 1  # None: the HorizontalPodAutoscaler owns the count
+    canary_replicas: int = 0
+    hold: Waiting | None = None  # why the model asked for is not (yet) what is rolled out
+    promote_in_seconds: float | None = None  # canary due for promotion after this long
+    events: tuple[PlanEvent, ...] = field(default_factory=tuple)
+
+
+def replica_split(spec: ModelDeploymentSpec) -> tuple[int | None, int, int]:
+    """(stable replicas or None under an HPA, stable replicas during a canary, canary replicas)."""
+    weight = spec.promotion.canary_weight
+    if spec.autoscaling is not None:
+        base = spec.autoscaling.min_replicas
+        return None, base, max(1, round(base * weight / 100))
+    total = 1 if spec.replicas is None else spec.replicas
+    if total == 0:
+        return 0, 0, 0
+    canary = min(max(1, round(total * weight / 100)), total)
+    return total, max(1, total - canary), canary
+
+
+def plan_rollout(
+    spec: ModelDeploymentSpec,
+    generation: int,
+    target: ServedModel | Waiting,
+    stable: Track | None,
+    canary: Track | None,
+    now: datetime,
+) -> RolloutPlan:
+    """The next state of the stable and canary Deployments (see the module docstring)."""
+    full, stable_during_canary, canary_count = replica_split(spec)
+    served = stable.model if stable is not None else None
+    canary_model = canary.model if canary is not None else None
+    events: list[PlanEvent] = []
+
+    if served is None:  # nothing deployed yet (or a Deployment kubetune did not label: take it over)
+        if isinstance(target, Waiting):
+            return RolloutPlan(stable=None, stable_replicas=full, hold=target)
+        return RolloutPlan(stable=target, stable_replicas=full)
+
+    desired, hold = _desired(spec, generation, target, stable, served)
+    if canary_model is not None and canary_model.same_model(desired):
+        desired = canary_model  # keep what was pinned when the canary started
+    keep_finishing_canary = (
+        canary is not None and canary_model is not None and canary_model.same_model(desired)
+    )
+
+    if served.same_model(desired):
+        plan_canary = canary_model if keep_finishing_canary and not stable.rolled_out else None
+        if canary_model is not None and plan_canary is None and not canary_model.same_model(served):
+            events.append(PlanEvent(
+                "Normal", "CanaryRolledBack",
+                f"canary of {canary_model.label} removed; {served.label} keeps serving all requests",
+            ))
+        return RolloutPlan(
+            stable=served, canary=plan_canary, stable_replicas=full,
+            canary_replicas=canary.replicas if plan_canary is not None and canary is not None else 0,
+            hold=hold, events=tuple(events),
+        )
+
+    weight = spec.promotion.canary_weight
+    direct = (
+        weight == 0 or weight >= 100 or spec.promotion.policy == "manual" or desired.version is None
+        or not stable.available
+    )
+    if direct:
+        if canary_model is not None and not keep_finishing_canary:
+            events.append(PlanEvent("Normal", "CanaryRolledBack", f"canary of {canary_model.label} removed"))
+        events.append(PlanEvent("Normal", "RolloutStarted", f"rolling out {desired.label} (was {served.label})"))
+        return RolloutPlan(
+            stable=desired, canary=canary_model if keep_finishing_canary else None, stable_replicas=full,
+            canary_replicas=canary.replicas if keep_finishing_canary and canary is not None else 0,
+            hold=hold, events=tuple(events),
+        )
+
+    if keep_finishing_canary and canary is not None:
+        healthy_for = (now - canary.available_since).total_seconds() if canary.available_since else None
+        if canary.rolled_out and canary.available and healthy_for is not None:
+            left = spec.promotion.canary_seconds - healthy_for
+            if left <= 0:
+                events.append(PlanEvent(
+                    "Normal", "CanaryPromoted",
+                    f"canary of {desired.label} was available for {int(healthy_for)}s "
+                    f"(spec.promotion.canarySeconds: {spec.promotion.canary_seconds}); rolling it out to all replicas",
+                ))
+                return RolloutPlan(
+                    stable=desired, canary=desired, stable_replicas=full, canary_replicas=canary.replicas,
+                    hold=hold, events=tuple(events),
+                )
+            return RolloutPlan(
+                stable=served, canary=desired, stable_replicas=stable_during_canary if full is not None else None,
+                canary_replicas=canary_count, hold=hold, promote_in_seconds=left,
+            )
+        return RolloutPlan(
+            stable=served, canary=desired, stable_replicas=stable_during_canary if full is not None else None,
+            canary_replicas=canary_count, hold=hold,
+        )
+    events.append(PlanEvent(
+        "Normal", "CanaryStarted",
+        f"canary of {desired.label} on {canary_count} replica(s) beside {served.label}"
+        + (f" (replaces the canary of {canary_model.label})" if canary_model is not None else ""),
+    ))
+    return RolloutPlan(
+        stable=served, canary=desired, stable_replicas=stable_during_canary if full is not None else None,
+        canary_replicas=canary_count, hold=hold, events=tuple(events),
+    )
+
+
+def _desired(
+    spec: ModelDeploymentSpec, generation: int, target: ServedModel | Waiting, stable: Track, served: ServedModel
+) -> tuple[ServedModel, Waiting | None]:
+    """The model to converge on now that something is served, and why the target is held back, if it is."""
+    if isinstance(target, Waiting):
+        return served, target
+    if target.same_model(served):
+        return served, None  # keep what was pinned at its rollout
+    if spec.promotion.policy == "manual" and stable.resolved_generation == generation:
+        return served, Waiting(
+            "ManualPromotion",
+            f"{target.label} is available but spec.promotion.policy is manual; {served.label} stays until the "
+            "spec changes (set spec.model.fineTuneJobRef.version, or policy auto)",
+        )
+    ref = spec.model.fine_tune_job_ref
+    if target.passed_gate is False and ref is not None and not ref.version.isdigit():
+        return served, Waiting(
+            "VersionFailedGate",
+            f"{target.label} of FineTuneJob {target.job} failed its evaluation gate and is not promoted; "
+            f"{served.label} keeps serving. To serve it anyway, set spec.model.fineTuneJobRef.version: "
+            f'"{target.version}"',
+        )
+    return target, None
+
+
+def record_rollouts(
+    history: list[Rollout],
+    before_stable: ServedModel | None,
+    before_canary: ServedModel | None,
+    plan: RolloutPlan,
+    stable_after: Track | None,
+    now: datetime,
+) -> list[Rollout]:
+    """status.rolloutHistory after this reconcile: starts, completions and roll-backs, newest last."""
+    out = [r.model_copy() for r in history]
+
+    def last_for(model: ServedModel) -> int | None:
+        for i in range(len(out) - 1, -1, -1):
+            if (out[i].version, out[i].uri) == (model.version, model.uri):
+                return i
+        return None
+
+    def open_entry(model: ServedModel, reason: str) -> None:
+        i = last_for(model)
+        if i is None or out[i].result != "InProgress":
+            out.append(Rollout(version=model.version, uri=model.uri, start_time=now, result="InProgress", reason=reason))
+
+    if plan.canary is not None and not plan.canary.same_model(before_canary) and not plan.canary.same_model(plan.stable):
+        open_entry(plan.canary, "CanaryStarted")
+    if plan.stable is not None and not plan.stable.same_model(before_stable):
+        open_entry(plan.stable, "Deploying" if before_stable is None else "RollingOut")
+    if plan.stable is not None and stable_after is not None and stable_after.rolled_out and \
+            plan.stable.same_model(stable_after.model):
+        i = last_for(plan.stable)
+        if i is None:
+            out.append(Rollout(version=plan.stable.version, uri=plan.stable.uri, start_time=now,
+                               completion_time=now, result="Succeeded", reason="RolloutComplete"))
+        elif out[i].result == "InProgress":
+            out[i] = replace_rollout(out[i], result="Succeeded", reason="RolloutComplete", completion_time=now)
+    for i, entry in enumerate(out):
+        if entry.result != "InProgress":
+            continue
+        live = [m for m in (plan.stable, plan.canary) if m is not None]
+        if any((entry.version, entry.uri) == (m.version, m.uri) for m in live):
+            continue
+        was_canary = entry.reason == "CanaryStarted"
+        out[i] = replace_rollout(
+            entry, result="RolledBack" if was_canary else "Failed",
+            reason="CanaryRolledBack" if was_canary else "Superseded", completion_time=now,
+        )
+    return out[-HISTORY_LIMIT:]
+
+
+def replace_rollout(entry: Rollout, **changes: Any) -> Rollout:
+    return entry.model_copy(update=changes)

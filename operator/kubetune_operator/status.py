@@ -1,0 +1,61 @@
+"""Condition math in the metav1.Condition shape, shared by every controller.
+
+`set_condition` keeps lastTransitionTime when the status does not flip (Kubernetes convention), so
+a status written again with the same facts is byte-identical and the handler can skip the patch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+Body = dict[str, Any]
+MAX_MESSAGE = 950  # events and conditions are read in `kubectl describe`; keep them a screen wide
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def timestamp(at: datetime | None = None) -> str:
+    return (at or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
+    message = " ".join(message.split()) if "\n" not in message.strip() else message.strip()
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def get_condition(conditions: list[Body], type_: str) -> Body | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def condition_is(conditions: list[Body], type_: str, status: str = "True") -> bool:
+    c = get_condition(conditions, type_)
+    return c is not None and c.get("status") == status
+
+
+def set_condition(conditions: list[Body], type_: str, status: bool | str, reason: str, message: str,
+                  generation: int | None) -> list[Body]:
+    """A new list with condition `type_` set; lastTransitionTime moves only when status changes."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    old = get_condition(conditions, type_)
+    transition = old["lastTransitionTime"] if old and old.get("status") == value else timestamp()
+    new: Body = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": shorten(message),
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    out = [c for c in conditions if c.get("type") != type_]
+    out.append(new)
+    return out
