@@ -1,6 +1,6 @@
 """Trainer on CPU: kubetune's trainer against a plain transformers Trainer script, in one run.
 
-    .venv/bin/python benchmarks/train_cpu.py [--steps 150] [--batch 8] [--seq 128] [--repeats 3]
+    .venv/bin/python benchmarks/train_cpu.py [--steps 300] [--batch 8] [--seq 128] [--repeats 3]
 
 Both sides train the same tiny offline Llama (offline_models.build_tiny_causal_lm) on the same
 instruction rows, rendered with the same chat template into the same token ids, with the same
@@ -102,7 +102,7 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "trainer"), env.get("PYTHONPATH", "")])
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                "KUBETUNE_LOG_LEVEL": "WARNING", "KUBETUNE_TERMINATION_LOG": "/nonexistent/log"})
+                "KUBETUNE_TERMINATION_LOG": "/nonexistent/log"})
     for name in ("KUBETUNE_JOB_NAME", "KUBETUNE_JOB_NAMESPACE", "KUBETUNE_METRICS_PORT"):
         env.pop(name, None)
     return env
@@ -165,7 +165,7 @@ def run_baseline(config: Path, work: Path) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--save-every", type=int, default=50, help="checkpoint cadence of both sides")

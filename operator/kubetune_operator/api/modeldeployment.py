@@ -140,7 +140,7 @@ class Promotion(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="self.canaryWeight == 0 || self.policy == 'auto'",
+            rule="!has(self.canaryWeight) || self.canaryWeight == 0 || !has(self.policy) || self.policy == 'auto'",
             message="promotion.canaryWeight needs promotion.policy auto (manual promotion has no canary step)",
             field_path=".canaryWeight",
             check=lambda m: m.canary_weight == 0 or m.policy == "auto",
@@ -184,7 +184,7 @@ class ModelDeploymentSpec(ApiModel):
             check=lambda m: m.replicas is None or m.autoscaling is None,
         ),
         CelRule(
-            rule="!has(self.promotion) || self.promotion.canaryWeight == 0 || has(self.model.fineTuneJobRef)",
+            rule="!has(self.promotion) || !has(self.promotion.canaryWeight) || self.promotion.canaryWeight == 0 || has(self.model.fineTuneJobRef)",
             message="promotion.canaryWeight needs model.fineTuneJobRef (a plain uri has no new versions)",
             field_path=".promotion.canaryWeight",
             check=lambda m: m.promotion.canary_weight == 0 or m.model.fine_tune_job_ref is not None,

@@ -1,0 +1,261 @@
+"""ModelDeployment controller: one converging reconcile, triggered from several places.
+
+`reconcile(namespace, name)` reads the ModelDeployment, its FineTuneJob and its server
+Deployments fresh from the API, resolves the model, plans the rollout, applies the children,
+removes obsolete ones, and patches status when it changed. It runs on
+- create and spec updates (a `kopf.PermanentError` for a spec that can never work),
+- a timer every `settings.resync_seconds` (level-based: waiting versions and canary timing),
+- FineTuneJob events that change its versions (auto-promotion within moments, not a resync), and
+- events of the server Deployments (readiness reaches status at once).
+A lock per object keeps those from running one reconcile twice at the same time (kopf runs timers
+beside change handlers). No finalizer: children go with their owner reference (pitfall 6).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kubetune_operator import kube, metrics, settings
+from kubetune_operator.api import API_VERSION, FINETUNEJOB_PLURAL, GROUP, MODELDEPLOYMENT_PLURAL, VERSION
+from kubetune_operator.api import ModelDeployment, ModelDeploymentStatus
+from kubetune_operator.builders.serving import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODELDEPLOYMENT_LABEL,
+    build_hpa,
+    build_server_deployment,
+    build_service,
+    deployment_name,
+    endpoint,
+    hpa_name,
+    server_image,
+)
+from kubetune_operator.model_resolution import (
+    InvalidSpec,
+    Resolution,
+    ServedModel,
+    Waiting,
+    parse_finetunejob,
+    resolve_model,
+)
+from kubetune_operator.serving_rollout import RolloutPlan, observe_track, plan_rollout
+from kubetune_operator.serving_status import (
+    Observed,
+    derive_status,
+    event_message,
+    status_patch,
+    transition_events,
+)
+
+log = logging.getLogger("kubetune.modeldeployment")
+
+KIND = "ModelDeployment"
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+_available: set[tuple[str, str]] = set()
+_job_versions: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+
+@contextmanager
+def _object_lock(namespace: str, name: str) -> Iterator[None]:
+    with _locks_guard:
+        lock = _locks.setdefault((namespace, name), threading.Lock())
+    with lock:
+        yield
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _invalid_from_parse_error(body: dict[str, Any], exc: ValueError) -> InvalidSpec:
+    errors = getattr(exc, "errors", None)
+    name = body.get("metadata", {}).get("name")
+    if callable(errors) and errors():
+        first = errors()[0]
+        path = ".".join(str(p) for p in first.get("loc", ()))
+        return InvalidSpec(path, f"ModelDeployment {name}: {path}: {first.get('msg')}; fix the field and apply again")
+    return InvalidSpec("spec", f"ModelDeployment {name}: {exc}; fix the spec and apply again")
+
+
+def reconcile(namespace: str, name: str) -> InvalidSpec | None:
+    """Converge one ModelDeployment; returns the reason it can never work, if it cannot."""
+    with _object_lock(namespace, name):
+        body = kube.get(API_VERSION, KIND, name, namespace)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return None
+        try:
+            md = ModelDeployment.model_validate(body)
+        except ValueError as exc:
+            invalid = _invalid_from_parse_error(body, exc)
+            _write_invalid_status(body, invalid)
+            return invalid
+        return _reconcile(body, md)
+
+
+def _write_invalid_status(body: dict[str, Any], invalid: InvalidSpec) -> None:
+    meta = body.get("metadata", {})
+    old = ModelDeploymentStatus.model_validate(body.get("status") or {})
+    obs = Observed(name=meta.get("name", ""), generation=int(meta.get("generation") or 0), outcome=invalid,
+                   plan=None, stable=None, canary=None, stable_name=meta.get("name", ""),
+                   canary_name=f"{meta.get('name')}-canary", endpoint=None)
+    _publish(body, old, derive_status(old, obs, _now()), rollout_announced=False)
+
+
+def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
+    ns, name = str(md.metadata.namespace), str(md.metadata.name)
+    generation = int(md.metadata.generation or 0)
+    now = _now()
+    stable_name, canary_name = deployment_name(md, "stable"), deployment_name(md, "canary")
+    stable_before = observe_track(kube.get("apps/v1", "Deployment", stable_name, ns))
+    canary_before = observe_track(kube.get("apps/v1", "Deployment", canary_name, ns))
+
+    target = _resolve(md)
+    plan: RolloutPlan | None = None
+    stable_after, canary_after = stable_before, canary_before
+    if not isinstance(target, InvalidSpec):
+        plan = plan_rollout(md.spec, generation, target, stable_before, canary_before, now)
+        stable_after, canary_after = _apply_children(md, plan, canary_before is not None)
+        for ev in plan.events:
+            kopf.event(body, type=ev.type, reason=ev.reason, message=event_message(ev.message))
+
+    obs = Observed(
+        name=name, generation=generation, outcome=target, plan=plan, stable=stable_after, canary=canary_after,
+        stable_name=stable_name, canary_name=canary_name,
+        endpoint=endpoint(md) if stable_after is not None else None,
+        before_stable=stable_before.model if stable_before is not None else None,
+        before_canary=canary_before.model if canary_before is not None else None,
+    )
+    old = md.status
+    new = derive_status(old, obs, now)
+    _publish(body, old, new, rollout_announced=bool(plan and plan.events))
+    return target if isinstance(target, InvalidSpec) else None
+
+
+def _resolve(md: ModelDeployment) -> Resolution:
+    ref = md.spec.model.fine_tune_job_ref
+    if ref is None:
+        return resolve_model(md, None)
+    job = parse_finetunejob(kube.get(API_VERSION, "FineTuneJob", ref.name, md.metadata.namespace))
+    if isinstance(job, Waiting):
+        return job
+    return resolve_model(md, job)
+
+
+def _apply_children(md: ModelDeployment, plan: RolloutPlan, canary_exists: bool) -> tuple[Any, Any]:
+    """Apply what the plan wants, delete what it does not; the Deployments as the API returned them."""
+    ns = str(md.metadata.namespace)
+    if plan.stable is None:  # nothing to serve yet: no children
+        return None, None
+    cfg = settings.current()
+    image = server_image(md, cfg.serve_image, cfg.vllm_image)
+    stable = kube.apply(build_server_deployment(md, "stable", plan.stable, plan.stable_replicas, image))
+    canary = None
+    if plan.canary is not None:
+        canary = kube.apply(build_server_deployment(md, "canary", plan.canary, plan.canary_replicas, image))
+    elif canary_exists:
+        kube.delete("apps/v1", "Deployment", deployment_name(md, "canary"), ns)
+    kube.apply(build_service(md))
+    hpa = build_hpa(md)
+    if hpa is not None:
+        kube.apply(hpa)
+    else:
+        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", hpa_name(md), ns)
+    return observe_track(stable), observe_track(canary)
+
+
+def _publish(body: dict[str, Any], old: ModelDeploymentStatus, new: ModelDeploymentStatus,
+             rollout_announced: bool) -> None:
+    meta = body["metadata"]
+    patch = status_patch(old, new)
+    if patch is not None:
+        kube.patch_status(KIND, meta["name"], meta["namespace"], patch)
+        for ev in transition_events(old, new, rollout_announced):
+            kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+    _record_available(meta["namespace"], meta["name"], new)
+
+
+def _record_available(namespace: str, name: str, status: ModelDeploymentStatus | None) -> None:
+    key = (namespace, name)
+    is_available = status is not None and any(
+        c.type == "Available" and c.status == "True" for c in status.conditions
+    )
+    if is_available == (key in _available):
+        return
+    if is_available:
+        _available.add(key)
+    else:
+        _available.discard(key)
+    metrics.DEPLOYMENTS_AVAILABLE.labels(namespace).set(sum(1 for ns, _ in _available if ns == namespace))
+
+
+def _raise_if_invalid(invalid: InvalidSpec | None) -> None:
+    if invalid is not None:
+        raise kopf.PermanentError(invalid.message)
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+@kopf.index(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
+def modeldeployments_by_job(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
+    ref = (spec.get("model") or {}).get("fineTuneJobRef") or {}
+    return {(namespace, ref["name"]): name} if ref.get("name") else None
+
+
+@kopf.on.create(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
+def modeldeployment_created(namespace: str, name: str, **_: Any) -> None:
+    _raise_if_invalid(reconcile(namespace, name))
+
+
+@kopf.on.update(GROUP, VERSION, MODELDEPLOYMENT_PLURAL, field="spec")
+def modeldeployment_spec_changed(namespace: str, name: str, **_: Any) -> None:
+    _raise_if_invalid(reconcile(namespace, name))
+
+
+@kopf.timer(GROUP, VERSION, MODELDEPLOYMENT_PLURAL, interval=settings.current().resync_seconds)
+def modeldeployment_resync(namespace: str, name: str, **_: Any) -> None:
+    # An invalid spec is reported by the change handlers (with a PermanentError) and in status;
+    # the timer only keeps status current, so it does not raise.
+    reconcile(namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
+def modeldeployment_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        _record_available(namespace, name, None)
+        with _locks_guard:
+            _locks.pop((namespace, name), None)
+
+
+@kopf.on.event(GROUP, VERSION, FINETUNEJOB_PLURAL)
+def finetunejob_versions_changed(
+    namespace: str, name: str, type: str | None, status: kopf.Status, modeldeployments_by_job: kopf.Index, **_: Any
+) -> None:
+    # Progress updates arrive every few seconds during training; only a change of versions matters here.
+    signature = (type == "DELETED", status.get("latestVersion"), status.get("latestPassingVersion"),
+                 tuple((v.get("version"), v.get("passedGate")) for v in status.get("versions") or []))
+    key = (namespace, name)
+    if _job_versions.get(key) == signature:
+        return
+    _job_versions[key] = signature
+    if type == "DELETED":
+        _job_versions.pop(key, None)
+    for md_name in modeldeployments_by_job.get(key, []):
+        reconcile(namespace, md_name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, MODELDEPLOYMENT_LABEL: kopf.PRESENT})
+def server_deployment_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    reconcile(namespace, labels[MODELDEPLOYMENT_LABEL])
+
+
+__all__ = ["ServedModel", "reconcile"]

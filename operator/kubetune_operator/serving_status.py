@@ -1,0 +1,227 @@
+"""ModelDeployment status, derived from what was resolved, the rollout plan and the server Deployments.
+
+Pure. Conditions follow metav1.Condition: CamelCase reasons, `lastTransitionTime` moves only when
+the status flips, `observedGeneration` on each. Three conditions:
+- Available: the stable Deployment has its replicas ready (the endpoint answers).
+- Progressing: True while something is being rolled out or waited for; False with RolloutComplete
+  when done, or with the reason a newer model is held back (VersionFailedGate, ManualPromotion, ...).
+- Degraded: True when a person must act (an invalid spec, an unservable version, failing pods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubetune_operator.api import Condition, ModelDeploymentStatus, find_condition
+from kubetune_operator.model_resolution import InvalidSpec, ServedModel, Waiting
+from kubetune_operator.serving_rollout import RolloutPlan, Track, record_rollouts
+
+CONDITION_MESSAGE_LIMIT = 2000
+EVENT_MESSAGE_LIMIT = 950  # the events API caps messages at 1 KiB
+# Progressing reasons a rollout event of the plan already announces (no second event for the flip).
+ROLLOUT_REASONS = {"RollingOut", "CanaryRunning"}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the status is derived from, after the children were applied."""
+
+    name: str
+    generation: int
+    outcome: ServedModel | Waiting | InvalidSpec
+    plan: RolloutPlan | None  # None for an invalid spec (children are left as they are)
+    stable: Track | None
+    canary: Track | None
+    stable_name: str
+    canary_name: str
+    endpoint: str | None
+    before_stable: ServedModel | None = None
+    before_canary: ServedModel | None = None
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    type: str
+    reason: str
+    message: str
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def set_condition(
+    conditions: list[Condition], type_: str, status: str, reason: str, message: str, generation: int, now: datetime
+) -> list[Condition]:
+    """`conditions` with `type_` set; lastTransitionTime kept unless the status flips."""
+    old = find_condition(conditions, type_)
+    since = old.last_transition_time if old is not None and old.status == status else now
+    new = Condition.model_validate({
+        "type": type_, "status": status, "reason": reason, "message": _cut(message, CONDITION_MESSAGE_LIMIT),
+        "observedGeneration": generation, "lastTransitionTime": since,
+    })
+    out = [c for c in conditions if c.type != type_]
+    index = next((i for i, c in enumerate(conditions) if c.type == type_), len(out))
+    out.insert(index, new)
+    return out
+
+
+def _waiting(obs: Observed) -> Waiting | None:
+    if isinstance(obs.outcome, Waiting):
+        return obs.outcome
+    return obs.plan.hold if obs.plan is not None else None
+
+
+def _is_canary(obs: Observed) -> bool:
+    """A canary that splits traffic (not one that only waits for the promoted stable rollout to finish)."""
+    plan = obs.plan
+    return (
+        plan is not None and plan.canary is not None and obs.canary is not None
+        and not plan.canary.same_model(plan.stable)
+    )
+
+
+def available(obs: Observed) -> tuple[str, str, str]:
+    st = obs.stable
+    if st is None:
+        if isinstance(obs.outcome, InvalidSpec):
+            return "False", "InvalidSpec", obs.outcome.message
+        wait = _waiting(obs)
+        if wait is not None:
+            return "False", wait.reason, wait.message
+        return "False", "Deploying", f"Deployment {obs.stable_name} is being created"
+    if st.replicas == 0:
+        return "False", "ScaledToZero", f"ModelDeployment {obs.name}: spec.replicas is 0; set it above 0 to serve"
+    label = st.model.label if st.model is not None else "the model"
+    if st.available and st.ready > 0:
+        return "True", "ReplicasAvailable", f"{st.ready}/{st.replicas} replica(s) of {label} ready at {obs.endpoint}"
+    return (
+        "False", "ReplicasUnavailable",
+        f"{st.ready}/{st.replicas} replica(s) of Deployment {obs.stable_name} ready: the servers are loading "
+        f"{label} or failing; see `kubectl describe deployment {obs.stable_name}` and its pods' logs",
+    )
+
+
+def progressing(obs: Observed) -> tuple[str, str, str]:
+    if isinstance(obs.outcome, InvalidSpec):
+        return "False", "InvalidSpec", obs.outcome.message
+    st, wait = obs.stable, _waiting(obs)
+    if st is None:
+        if wait is not None:
+            return ("False" if wait.stuck else "True"), wait.reason, wait.message
+        return "True", "Deploying", f"creating Deployment {obs.stable_name}"
+    label = st.model.label if st.model is not None else "the model"
+    if st.failure:
+        return "False", "ProgressDeadlineExceeded", f"Deployment {obs.stable_name}: {st.failure}"
+    if _is_canary(obs) and obs.canary is not None and obs.plan is not None and obs.plan.canary is not None:
+        c, total = obs.canary, st.replicas + obs.canary.replicas
+        share = round(100 * c.replicas / total) if total else 0
+        due = obs.plan.promote_in_seconds
+        when = f"promoted in {int(due) + 1}s" if due is not None else "promoted once it has been available for spec.promotion.canarySeconds"
+        return (
+            "True", "CanaryRunning",
+            f"canary of {obs.plan.canary.label}: {c.ready}/{c.replicas} replica(s) ready beside {st.replicas} of "
+            f"{label} (about {share}% of requests); {when}",
+        )
+    if not st.rolled_out:
+        return "True", "RollingOut", f"rolling out {label}: {st.updated}/{st.replicas} replica(s) updated, {st.ready} ready"
+    if wait is not None:
+        return "False", wait.reason, wait.message
+    return "False", "RolloutComplete", f"{label} is rolled out to {st.replicas} replica(s)"
+
+
+def degraded(obs: Observed) -> tuple[str, str, str]:
+    if isinstance(obs.outcome, InvalidSpec):
+        return "True", obs.outcome.reason, obs.outcome.message
+    wait = _waiting(obs)
+    if wait is not None and wait.stuck:
+        return "True", wait.reason, wait.message
+    if obs.stable is not None and obs.stable.failure:
+        return "True", "DeploymentFailing", f"Deployment {obs.stable_name}: {obs.stable.failure}"
+    if obs.canary is not None and obs.canary.failure:
+        served = obs.stable.model.version if obs.stable is not None and obs.stable.model is not None else None
+        fix = (f"set spec.model.fineTuneJobRef.version: \"{served}\" to roll back, or spec.promotion.canaryWeight: 0 "
+               "to promote it anyway" if served is not None else "fix the model or the spec")
+        return "True", "CanaryFailing", f"canary Deployment {obs.canary_name}: {obs.canary.failure}; {fix}"
+    return "False", "AsExpected", ""
+
+
+def _phase(status: dict[str, tuple[str, str, str]], obs: Observed) -> str:
+    if isinstance(obs.outcome, InvalidSpec):
+        return "Failed"
+    if status["Degraded"][0] == "True":
+        return "Degraded"
+    if obs.stable is None:
+        return "Pending"
+    if status["Progressing"][0] == "True":
+        return "Progressing"
+    return "Available" if status["Available"][0] == "True" else "Progressing"
+
+
+def derive_status(old: ModelDeploymentStatus, obs: Observed, now: datetime) -> ModelDeploymentStatus:
+    """The new status (compare it with the old one to decide whether to patch)."""
+    computed = {"Available": available(obs), "Progressing": progressing(obs), "Degraded": degraded(obs)}
+    conditions = list(old.conditions)
+    for type_, (status, reason, message) in computed.items():
+        conditions = set_condition(conditions, type_, status, reason, message, obs.generation, now)
+    st, served_version, served_uri = obs.stable, old.served_version, old.served_uri
+    if st is None or st.model is None:
+        served_version = served_uri = None
+    elif st.rolled_out:
+        served_version, served_uri = st.model.version, st.model.uri
+    history = old.rollout_history
+    if obs.plan is not None:
+        history = record_rollouts(old.rollout_history, obs.before_stable, obs.before_canary, obs.plan, st, now)
+    tracks = [t for t in (st, obs.canary) if t is not None]
+    canary = obs.plan.canary if obs.plan is not None and _is_canary(obs) else None
+    return ModelDeploymentStatus(
+        phase=_phase(computed, obs),
+        conditions=conditions,
+        observed_generation=obs.generation,
+        served_version=served_version,
+        served_uri=served_uri,
+        canary_version=canary.version if canary is not None else None,
+        endpoint=obs.endpoint if st is not None else None,
+        replicas=sum(t.replicas for t in tracks) if tracks else None,
+        ready_replicas=sum(t.ready for t in tracks) if tracks else None,
+        rollout_history=history,
+    )
+
+
+def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus, rollout_announced: bool
+                      ) -> list[StatusEvent]:
+    """One event per condition whose status or reason changed."""
+    events = []
+    for cond in new.conditions:
+        before = find_condition(old.conditions, cond.type)
+        if before is not None and (before.status, before.reason) == (cond.status, cond.reason):
+            continue
+        if before is None and cond.type == "Degraded" and cond.status == "False":
+            continue  # "not degraded" on creation is not news
+        if cond.type == "Progressing" and cond.reason in ROLLOUT_REASONS and rollout_announced:
+            continue
+        warning = (
+            (cond.type == "Degraded" and cond.status == "True")
+            or (cond.type == "Available" and cond.status == "False" and before is not None and before.status == "True")
+            or cond.reason in ("ProgressDeadlineExceeded", "VersionFailedGate")
+        )
+        message = cond.message or f"{cond.type} is {cond.status}"
+        events.append(StatusEvent("Warning" if warning else "Normal", cond.reason, _cut(message, EVENT_MESSAGE_LIMIT)))
+    return events
+
+
+def status_patch(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> dict[str, Any] | None:
+    """A JSON merge patch of status, or None when nothing changed (kopf pitfall 4: patch only on change)."""
+    if old.model_dump(mode="json") == new.model_dump(mode="json"):
+        return None
+    body = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name, info in ModelDeploymentStatus.model_fields.items():
+        key = info.alias or name
+        body.setdefault(key, None)  # a field that became empty is removed
+    return {"status": body}
+
+
+def event_message(text: str) -> str:
+    return _cut(text, EVENT_MESSAGE_LIMIT)
