@@ -1,6 +1,6 @@
 """Trainer on CPU: kubetune's trainer against a plain transformers Trainer script, in one run.
 
-    .venv/bin/python benchmarks/train_cpu.py [--steps 300] [--batch 8] [--seq 128] [--repeats 3]
+    .venv/bin/python benchmarks/train_cpu.py [--steps 300] [--batch 8] [--seq 128] [--repeats 5]
 
 Both sides train the same tiny offline Llama (offline_models.build_tiny_causal_lm) on the same
 instruction rows, rendered with the same chat template into the same token ids, with the same
@@ -12,9 +12,10 @@ write with `transformers.Trainer` and nothing else (it does not import kubetune)
 
 Figures: the training loop only (transformers' own `train_runtime` of `trainer.train()`, which
 both report), as optimizer steps/s and input tokens/s (non-padding tokens of every batch), and the
-wall-clock of the whole process. Runs alternate (kubetune, baseline, baseline, kubetune, …) and
-the median of `--repeats` is compared, so a noisy neighbour hurts both sides alike. Goal: kubetune
-≥ 0.95 × the baseline's steps/s.
+wall-clock of the whole process. Runs alternate (kubetune, baseline, baseline, kubetune, …), so a
+noisy neighbour hurts both sides alike; the best of `--repeats` runs (as `timeit` does: the run
+least disturbed by other work on the machine) is compared, and the median is printed beside it.
+Goal: kubetune ≥ 0.95 × the baseline's steps/s.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--save-every", type=int, default=50, help="checkpoint cadence of both sides")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rows", type=int, default=96)
     p.add_argument("--baseline", nargs=2, metavar=("CONFIG", "RESULT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -197,27 +198,28 @@ def main() -> None:
                       f"{r['tokens'] / r['trainRuntime']:9.0f} tokens/s  loop {r['trainRuntime']:.2f} s  "
                       f"process {r['wall']:.1f} s  loss {r['loss']:.4f}", flush=True)
 
-    def median(side: str, key: str) -> float:
-        rs = results[side]
-        if key == "steps/s":
-            return statistics.median(r["steps"] / r["trainRuntime"] for r in rs)
-        if key == "tokens/s":
-            return statistics.median(r["tokens"] / r["trainRuntime"] for r in rs)
-        return statistics.median(r["wall"] for r in rs)
+    def rate(r: dict[str, Any], key: str) -> float:
+        return float(r[key] / r["trainRuntime"])
 
-    tokens = {side: {r["tokens"] for r in rs} for side, rs in results.items()}
-    print(f"\nTrainer on CPU: tiny Llama, {args.steps} steps, batch {args.batch}, seq ≤ {args.seq}, "
-          f"checkpoint every {args.save_every}, {args.repeats} runs each (medians), "
-          f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, cores {os.cpu_count()}")
-    print(f"{'':10}{'steps/s':>10}{'tokens/s':>12}{'process s':>11}{'tokens':>9}")
+    def figure(side: str, key: str, how: str) -> float:
+        values = [rate(r, key) for r in results[side]]
+        return max(values) if how == "best" else statistics.median(values)
+
+    tokens = {side: sorted({r["tokens"] for r in rs}) for side, rs in results.items()}
+    print(f"\nTrainer on CPU: tiny Llama, {args.steps} steps, batch {args.batch}, seq <= {args.seq}, "
+          f"checkpoint every {args.save_every}, {args.repeats} runs each, {os.cpu_count()} cores")
+    print(f"{'':10}{'best steps/s':>14}{'median':>9}{'best tokens/s':>15}{'median':>9}{'process s':>11}"
+          f"{'tokens/run':>12}")
     for side in ("kubetune", "baseline"):
-        print(f"{side:10}{median(side, 'steps/s'):10.2f}{median(side, 'tokens/s'):12.0f}"
-              f"{median(side, 'wall'):11.1f}{'/'.join(str(t) for t in sorted(tokens[side])):>9}")
-    ratio_steps = median("kubetune", "steps/s") / median("baseline", "steps/s")
-    ratio_tokens = median("kubetune", "tokens/s") / median("baseline", "tokens/s")
-    verdict = "meets" if ratio_steps >= GOAL else "BELOW"
-    print(f"ratio kubetune/baseline: steps/s {ratio_steps:.3f}, tokens/s {ratio_tokens:.3f} "
-          f"({verdict} the {GOAL} goal)")
+        print(f"{side:10}{figure(side, 'steps', 'best'):14.2f}{figure(side, 'steps', 'median'):9.2f}"
+              f"{figure(side, 'tokens', 'best'):15.0f}{figure(side, 'tokens', 'median'):9.0f}"
+              f"{statistics.median(r['wall'] for r in results[side]):11.1f}"
+              f"{'/'.join(str(t) for t in tokens[side]):>12}")
+    best = figure("kubetune", "steps", "best") / figure("baseline", "steps", "best")
+    med = figure("kubetune", "steps", "median") / figure("baseline", "steps", "median")
+    best_tokens = figure("kubetune", "tokens", "best") / figure("baseline", "tokens", "best")
+    print(f"ratio kubetune/baseline: steps/s best {best:.3f} (tokens/s {best_tokens:.3f}), median {med:.3f}; "
+          f"goal {GOAL} on the best runs: {'met' if best >= GOAL else 'NOT met'}")
 
 
 if __name__ == "__main__":

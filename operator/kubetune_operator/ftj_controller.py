@@ -634,6 +634,12 @@ def reconcile(namespace: str, name: str) -> None:
             if e.status == 409:  # a concurrent write; the next pass sees it
                 log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
                 return
-            raise
+            if e.status != 422:
+                raise
+            # The API server refused a child built from this spec (e.g. an invalid spec.pod.env):
+            # retrying cannot help, so the run fails with the server's own words.
+            r.finish(r.status["currentRun"]["number"], "Failed", "InvalidChild",
+                     f"the API server rejected a child of this job: {kube.api_error_message(e)}; "
+                     "fix spec.pod (or the field it names) and re-create the job")
         r.write()
     metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)

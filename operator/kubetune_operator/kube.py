@@ -83,7 +83,7 @@ def patch_merge(api_version: str, kind: str, name: str, namespace: str | None, p
 def patch_status(kind: str, name: str, namespace: str, patch: Body) -> Body:
     """JSON merge patch of a kubetune object's status subresource."""
     res = resource(f"{GROUP}/{VERSION}", kind)
-    out = res.status.patch(body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json")
+    out = res.status.patch(body={"status": patch}, name=name, namespace=namespace, content_type="application/merge-patch+json")
     return dict(out.to_dict())
 
 

@@ -98,7 +98,7 @@ def hf_repo(uri: str) -> tuple[str, str | None]:
 
 def location_problem(uri: str, runtime: str) -> str | None:
     """Why a server pod of `runtime` cannot read `uri`, or None when it can."""
-    if uri.startswith(("pvc://", "/")):
+    if uri.startswith(("pvc://", "/", "s3://")):
         return None
     if uri.startswith("hf://"):
         if runtime == "vllm":
@@ -106,8 +106,8 @@ def location_problem(uri: str, runtime: str) -> str | None:
         return "the transformers runtime loads local directories only (pvc://claim/path or a path in the image)"
     scheme = uri.split("://", 1)[0]
     return (
-        f"{scheme}:// locations are not served yet: server pods mount pvc:// claims or read paths in the image; "
-        "copy the model to a PersistentVolumeClaim and use pvc://claim/path"
+        f"{scheme}:// is not a model directory the servers can read: use pvc://claim/path, s3://bucket/prefix, "
+        "or a path in the image"
     )
 
 

@@ -119,10 +119,10 @@ def replica_split(spec: ModelDeploymentSpec) -> tuple[int | None, int, int]:
     weight = spec.promotion.canary_weight
     if spec.autoscaling is not None:
         base = spec.autoscaling.min_replicas
-        return None, base, max(1, round(base * weight / 100))
+        return None, base, max(1, round(base * weight / 100)) if weight else 0
     total = 1 if spec.replicas is None else spec.replicas
-    if total == 0:
-        return 0, 0, 0
+    if total == 0 or weight == 0:
+        return total, total, 0
     canary = min(max(1, round(total * weight / 100)), total)
     return total, max(1, total - canary), canary
 
@@ -141,7 +141,7 @@ def plan_rollout(
     canary_model = canary.model if canary is not None else None
     events: list[PlanEvent] = []
 
-    if served is None:  # nothing deployed yet (or a Deployment kubetune did not label: take it over)
+    if stable is None or served is None:  # nothing deployed yet (or a Deployment without the annotation)
         if isinstance(target, Waiting):
             return RolloutPlan(stable=None, stable_replicas=full, hold=target)
         return RolloutPlan(stable=target, stable_replicas=full)

@@ -17,7 +17,11 @@ from kubetune_operator.builders.serving_runtime import (
     build_server_container,
     uses_tls,
 )
-from kubetune_operator.model_resolution import RESOLVED_GENERATION_ANNOTATION, SERVED_MODEL_ANNOTATION, ServedModel
+from kubetune_operator.model_resolution import (
+    RESOLVED_GENERATION_ANNOTATION,
+    SERVED_MODEL_ANNOTATION,
+    ServedModel,
+)
 
 TrackName = Literal["stable", "canary"]
 
@@ -87,10 +91,13 @@ def build_server_deployment(
     model: ServedModel,
     replicas: int | None,
     image: str,
+    fetch_image: str,
 ) -> dict[str, Any]:
-    """An apps/v1 Deployment of `replicas` servers of `model` (replicas None: left to the HPA)."""
+    """An apps/v1 Deployment of `replicas` servers of `model` (replicas None: left to the HPA).
+
+    `fetch_image` runs the init container that copies s3:// models (the trainer image)."""
     spec, pod = md.spec, md.spec.pod
-    server = build_server_container(md, model, image)
+    server = build_server_container(md, model, image, fetch_image)
     selector = {MODELDEPLOYMENT_LABEL: str(md.metadata.name), TRACK_LABEL: track}
     labels = {**common_labels(md), TRACK_LABEL: track}
     version = {VERSION_LABEL: str(model.version)} if model.version is not None else {}
@@ -104,6 +111,7 @@ def build_server_deployment(
         # GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule (GKE, AKS, the GPU operator's docs).
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     pod_spec: dict[str, Any] = {
+        **({"initContainers": server.init_containers} if server.init_containers else {}),
         "containers": [server.container],
         "volumes": server.volumes,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

@@ -249,7 +249,7 @@ def build_training_job(ftj: FineTuneJob, inputs: RunInputs, image: str, rendezvo
             "backoffLimit": 0,
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
-                                                      "values": [EXIT_CONFIG_ERROR, EXIT_PREEMPTED]}},
+                                                      "values": sorted([EXIT_CONFIG_ERROR, EXIT_PREEMPTED])}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
             "template": {

@@ -18,13 +18,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from kubetune_operator import kube, metrics, settings
-from kubetune_operator.api import API_VERSION, FINETUNEJOB_PLURAL, GROUP, MODELDEPLOYMENT_PLURAL, VERSION
-from kubetune_operator.api import ModelDeployment, ModelDeploymentStatus
+from kubetune_operator.api import (
+    API_VERSION,
+    FINETUNEJOB_PLURAL,
+    GROUP,
+    MODELDEPLOYMENT_PLURAL,
+    VERSION,
+    ModelDeployment,
+    ModelDeploymentStatus,
+)
 from kubetune_operator.builders.serving import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -40,7 +47,6 @@ from kubetune_operator.builders.serving import (
 from kubetune_operator.model_resolution import (
     InvalidSpec,
     Resolution,
-    ServedModel,
     Waiting,
     parse_finetunejob,
     resolve_model,
@@ -125,7 +131,7 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
         plan = plan_rollout(md.spec, generation, target, stable_before, canary_before, now)
         stable_after, canary_after = _apply_children(md, plan, canary_before is not None)
         for ev in plan.events:
-            kopf.event(body, type=ev.type, reason=ev.reason, message=event_message(ev.message))
+            _post(body, ev.type, ev.reason, event_message(ev.message))
 
     obs = Observed(
         name=name, generation=generation, outcome=target, plan=plan, stable=stable_after, canary=canary_after,
@@ -157,10 +163,11 @@ def _apply_children(md: ModelDeployment, plan: RolloutPlan, canary_exists: bool)
         return None, None
     cfg = settings.current()
     image = server_image(md, cfg.serve_image, cfg.vllm_image)
-    stable = kube.apply(build_server_deployment(md, "stable", plan.stable, plan.stable_replicas, image))
+    fetch = cfg.trainer_image
+    stable = kube.apply(build_server_deployment(md, "stable", plan.stable, plan.stable_replicas, image, fetch))
     canary = None
     if plan.canary is not None:
-        canary = kube.apply(build_server_deployment(md, "canary", plan.canary, plan.canary_replicas, image))
+        canary = kube.apply(build_server_deployment(md, "canary", plan.canary, plan.canary_replicas, image, fetch))
     elif canary_exists:
         kube.delete("apps/v1", "Deployment", deployment_name(md, "canary"), ns)
     kube.apply(build_service(md))
@@ -179,8 +186,14 @@ def _publish(body: dict[str, Any], old: ModelDeploymentStatus, new: ModelDeploym
     if patch is not None:
         kube.patch_status(KIND, meta["name"], meta["namespace"], patch)
         for ev in transition_events(old, new, rollout_announced):
-            kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+            _post(body, ev.type, ev.reason, ev.message)
     _record_available(meta["namespace"], meta["name"], new)
+
+
+def _post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the ModelDeployment. kopf.event, not kopf.info: main.py raises kopf's
+    posting level to WARNING to silence its per-handler events, which kopf.info obeys."""
+    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
 
 
 def _record_available(namespace: str, name: str, status: ModelDeploymentStatus | None) -> None:
@@ -203,59 +216,59 @@ def _raise_if_invalid(invalid: InvalidSpec | None) -> None:
 
 
 # --------------------------------------------------------------------------- triggers
+# kopf passes every argument by keyword; `namespace` is None only for cluster-scoped kinds.
 
 
 @kopf.index(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
-def modeldeployments_by_job(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
+def modeldeployments_by_job(namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+                            ) -> dict[tuple[str | None, str], str] | None:
     ref = (spec.get("model") or {}).get("fineTuneJobRef") or {}
     return {(namespace, ref["name"]): name} if ref.get("name") else None
 
 
 @kopf.on.create(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
-def modeldeployment_created(namespace: str, name: str, **_: Any) -> None:
-    _raise_if_invalid(reconcile(namespace, name))
+def modeldeployment_created(namespace: str | None, name: str, **_: Any) -> None:
+    _raise_if_invalid(reconcile(str(namespace), name))
 
 
 @kopf.on.update(GROUP, VERSION, MODELDEPLOYMENT_PLURAL, field="spec")
-def modeldeployment_spec_changed(namespace: str, name: str, **_: Any) -> None:
-    _raise_if_invalid(reconcile(namespace, name))
+def modeldeployment_spec_changed(namespace: str | None, name: str, **_: Any) -> None:
+    _raise_if_invalid(reconcile(str(namespace), name))
 
 
 @kopf.timer(GROUP, VERSION, MODELDEPLOYMENT_PLURAL, interval=settings.current().resync_seconds)
-def modeldeployment_resync(namespace: str, name: str, **_: Any) -> None:
+def modeldeployment_resync(namespace: str | None, name: str, **_: Any) -> None:
     # An invalid spec is reported by the change handlers (with a PermanentError) and in status;
     # the timer only keeps status current, so it does not raise.
-    reconcile(namespace, name)
+    reconcile(str(namespace), name)
 
 
 @kopf.on.event(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
-def modeldeployment_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+def modeldeployment_event(namespace: str | None, name: str, type: str, **_: Any) -> None:
     if type == "DELETED":
-        _record_available(namespace, name, None)
+        _record_available(str(namespace), name, None)
         with _locks_guard:
-            _locks.pop((namespace, name), None)
+            _locks.pop((str(namespace), name), None)
 
 
 @kopf.on.event(GROUP, VERSION, FINETUNEJOB_PLURAL)
 def finetunejob_versions_changed(
-    namespace: str, name: str, type: str | None, status: kopf.Status, modeldeployments_by_job: kopf.Index, **_: Any
+    namespace: str | None, name: str, type: str, status: kopf.Status, **kwargs: Any
 ) -> None:
     # Progress updates arrive every few seconds during training; only a change of versions matters here.
     signature = (type == "DELETED", status.get("latestVersion"), status.get("latestPassingVersion"),
                  tuple((v.get("version"), v.get("passedGate")) for v in status.get("versions") or []))
-    key = (namespace, name)
+    key = (str(namespace), name)
     if _job_versions.get(key) == signature:
         return
     _job_versions[key] = signature
     if type == "DELETED":
         _job_versions.pop(key, None)
-    for md_name in modeldeployments_by_job.get(key, []):
-        reconcile(namespace, md_name)
+    index: kopf.Index[tuple[str | None, str], str] = kwargs["modeldeployments_by_job"]  # kopf passes indexes by name
+    for md_name in index.get((namespace, name), []):
+        reconcile(str(namespace), md_name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, MODELDEPLOYMENT_LABEL: kopf.PRESENT})
-def server_deployment_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
-    reconcile(namespace, labels[MODELDEPLOYMENT_LABEL])
-
-
-__all__ = ["ServedModel", "reconcile"]
+def server_deployment_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    reconcile(str(namespace), labels[MODELDEPLOYMENT_LABEL])

@@ -1,0 +1,386 @@
+"""The ModelDeployment controller against the real control plane (KWOK pods go Ready on their own).
+
+The FineTuneJob controller does not run here: each test creates a suspended FineTuneJob and writes
+its status.versions itself, as the trainer and the FineTuneJob controller would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.support import DevCluster, eventually
+
+pytestmark = pytest.mark.integration
+
+GROUP, VERSION = "kubetune.io", "v1alpha1"
+H100 = "NVIDIA-H100-80GB-HBM3"
+JOB = "faq-bot"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def models_claim(api_client: Any, namespace: str) -> Iterator[str]:
+    """A bound claim named `models` (a static hostPath PV: the local control plane has no provisioner),
+    so server pods that mount it can be scheduled."""
+    core = client.CoreV1Api(api_client)
+    pv = f"models-{namespace}"[:63]
+    core.create_persistent_volume({
+        "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany", "ReadWriteMany"],
+                 "hostPath": {"path": f"/tmp/{pv}"}, "storageClassName": "",
+                 "claimRef": {"namespace": namespace, "name": "models"}},
+    })
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    eventually(lambda: core.read_namespaced_persistent_volume_claim("models", namespace).status.phase == "Bound",
+               timeout=30, what="claim models bound")
+    yield "models"
+    core.delete_persistent_volume(pv)
+
+
+def custom(api_client: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def create_job(api_client: Any, ns: str, name: str = JOB, **spec: Any) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name},
+        "spec": {"task": "instruction", "baseModel": {"uri": "pvc://models/base/smollm2"},
+                 "datasets": {"train": {"uri": "pvc://models/data/faq.jsonl"}},
+                 "output": {"uri": f"pvc://models/{ns}"}, "runPolicy": {"suspend": True}, **spec},
+    }
+    custom(api_client).create_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", body)
+
+
+def version(ns: str, n: int, passed: bool = True, adapter: bool = False) -> dict[str, Any]:
+    return {"version": n, "uri": f"pvc://models/{ns}/{JOB}/versions/{n}", "passedGate": passed, "adapter": adapter,
+            "metrics": {"loss": 1.5 - n / 10}, "createdAt": "2026-11-25T12:00:00Z", "run": n}
+
+
+def publish_versions(api_client: Any, ns: str, versions: list[dict[str, Any]]) -> None:
+    """Write status.versions as the FineTuneJob controller does (through the status subresource)."""
+    passing = [v["version"] for v in versions if v["passedGate"]]
+    status = {"versions": versions, "latestVersion": max((v["version"] for v in versions), default=None),
+              "latestPassingVersion": max(passing, default=None)}
+    custom(api_client).patch_namespaced_custom_object_status(GROUP, VERSION, ns, "finetunejobs", JOB,
+                                                             {"status": status})
+
+
+def apply_mdep(cluster: DevCluster, ns: str, name: str, spec: dict[str, Any]) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
+    cluster.kubectl("apply", "-n", ns, "--server-side", "--field-manager=test", "-f", "-", input=json.dumps(body))
+
+
+def mdep(api_client: Any, ns: str, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = custom(api_client).get_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", name)
+    return out
+
+
+def status(api_client: Any, ns: str, name: str) -> dict[str, Any]:
+    return dict(mdep(api_client, ns, name).get("status") or {})
+
+
+def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+
+
+def deployment(api_client: Any, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = client.AppsV1Api(api_client).read_namespaced_deployment(name, ns)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    out: dict[str, Any] = client.ApiClient().sanitize_for_serialization(obj)
+    return out
+
+
+def served(dep: dict[str, Any] | None) -> dict[str, Any] | None:
+    if dep is None:
+        return None
+    result: dict[str, Any] = json.loads(dep["metadata"]["annotations"]["kubetune.io/served-model"])
+    return result
+
+
+def wait_status(api_client: Any, ns: str, name: str, what: str, check: Any, timeout: float = 60) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        st = status(api_client, ns, name)
+        return st if check(st) else None
+
+    try:
+        result: dict[str, Any] = eventually(probe, timeout=timeout, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nlast status: {json.dumps(status(api_client, ns, name), indent=1)}") from None
+    return result
+
+
+def served_version_is(n: int) -> Any:
+    return lambda st: st.get("servedVersion") == n and condition(st, "Available").get("status") == "True" \
+        and condition(st, "Progressing").get("reason") == "RolloutComplete"
+
+
+def event_reasons(cluster: DevCluster, ns: str, name: str) -> list[str]:
+    out = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
+                          f"involvedObject.kind=ModelDeployment,involvedObject.name={name}", "-o", "json").stdout
+    return [e["reason"] for e in json.loads(out)["items"]]
+
+
+def start_operator(operator_for: Any, namespace: str) -> Any:
+    return operator_for([namespace], controllers="modeldeployment")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_waits_for_a_passing_version_then_serves_it_on_gpus(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    apply_mdep(cluster, ns, "faq", {
+        "model": {"fineTuneJobRef": {"name": JOB, "version": "latest-passing"}},
+        "runtime": {"type": "vllm"}, "replicas": 2,
+        "resources": {"gpus": 1, "gpuType": H100, "cpu": "4", "memory": "16Gi"},
+    })
+    st = wait_status(api_client, ns, "faq", "a NoPassingVersion wait",
+                     lambda s: condition(s, "Available").get("reason") == "NoPassingVersion")
+    assert st["phase"] == "Pending" and condition(st, "Progressing")["status"] == "True"
+    assert "FineTuneJob faq-bot" in condition(st, "Available")["message"]
+    assert "latest-passing" in condition(st, "Available")["message"]
+    assert deployment(api_client, ns, "faq") is None
+
+    # A failing version alone is still nothing to serve; then a passing one appears.
+    publish_versions(api_client, ns, [version(ns, 1, passed=False)])
+    st = wait_status(api_client, ns, "faq", "still waiting", lambda s: "all failed" in
+                     condition(s, "Available").get("message", ""))
+    publish_versions(api_client, ns, [version(ns, 1, passed=False), version(ns, 2)])
+    st = wait_status(api_client, ns, "faq", "version 2 served", served_version_is(2))
+    assert st["phase"] == "Available" and st["readyReplicas"] == 2 and st["replicas"] == 2
+    assert st["endpoint"] == f"http://faq.{ns}.svc:8000/v1"
+    assert st["servedUri"] == f"pvc://models/{ns}/{JOB}/versions/2"
+    assert st["observedGeneration"] == mdep(api_client, ns, "faq")["metadata"]["generation"]
+    assert [(r["version"], r["result"]) for r in st["rolloutHistory"]] == [(2, "Succeeded")]
+
+    # The Deployment: owned, probes on /health, the version mounted read-only, GPUs of the asked type.
+    dep = deployment(api_client, ns, "faq")
+    assert dep is not None and dep["spec"]["replicas"] == 2
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod_spec = dep["spec"]["template"]["spec"]
+    c = pod_spec["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health" and c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": H100}
+    args = c["args"]
+    assert args[args.index("--model") + 1] == f"/mnt/pvc/models/{ns}/{JOB}/versions/2"
+    assert args[args.index("--tensor-parallel-size") + 1] == "1"
+    assert {"name": "pvc-models", "mountPath": "/mnt/pvc/models", "readOnly": True} in c["volumeMounts"]
+    pods = client.CoreV1Api(api_client).list_namespaced_pod(ns, label_selector="kubetune.io/modeldeployment=faq").items
+    assert len(pods) == 2
+    for pod in pods:
+        node = client.CoreV1Api(api_client).read_node(pod.spec.node_name)
+        assert node.metadata.labels["nvidia.com/gpu.product"] == H100
+
+    svc = client.CoreV1Api(api_client).read_namespaced_service("faq", ns)
+    assert svc.spec.selector == {"kubetune.io/modeldeployment": "faq", "app.kubernetes.io/component": "server"}
+    assert svc.spec.ports[0].port == 8000 and svc.metadata.owner_references[0].name == "faq"
+    printed = cluster.kubectl("get", "mdep", "faq", "-n", ns).stdout
+    assert "Available" in printed and f"faq.{ns}.svc" in printed
+    cluster.kubectl("wait", "--for=condition=Available", "mdep/faq", "-n", ns, "--timeout=5s")
+    reasons = event_reasons(cluster, ns, "faq")
+    assert "NoPassingVersion" in reasons and "ReplicasAvailable" in reasons
+
+
+def test_auto_promotes_new_passing_versions_and_never_a_failing_one(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    op = start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    apply_mdep(cluster, ns, "chat", {"model": {"fineTuneJobRef": {"name": JOB, "version": "latest"}},
+                                     "runtime": {"type": "transformers"}, "replicas": 2})
+    wait_status(api_client, ns, "chat", "version 1 served", served_version_is(1))
+
+    # A newer version that failed its gate is held back, with the reason and the fix in status.
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2, passed=False)])
+    st = wait_status(api_client, ns, "chat", "VersionFailedGate",
+                     lambda s: condition(s, "Progressing").get("reason") == "VersionFailedGate")
+    assert st["servedVersion"] == 1 and 'version: "2"' in condition(st, "Progressing")["message"]
+    assert served(deployment(api_client, ns, "chat"))["version"] == 1  # type: ignore[index]
+
+    # Restarting the operator changes nothing (no duplicate children, the same history).
+    op.kill()
+    op.start()
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2, passed=False), version(ns, 3)])
+    st = wait_status(api_client, ns, "chat", "version 3 served", served_version_is(3))
+    dep = deployment(api_client, ns, "chat")
+    assert served(dep)["version"] == 3  # type: ignore[index]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}  # type: ignore[index]
+    assert env["KUBETUNE_MODEL"] == f"/mnt/pvc/models/{ns}/{JOB}/versions/3"
+    assert env["KUBETUNE_SERVED_MODEL_NAME"] == "chat"
+    assert [(r["version"], r["result"]) for r in st["rolloutHistory"]] == [(1, "Succeeded"), (3, "Succeeded")]
+    names = sorted(d.metadata.name for d in client.AppsV1Api(api_client).list_namespaced_deployment(ns).items)
+    assert names == ["chat"]
+    assert "RolloutStarted" in event_reasons(cluster, ns, "chat")
+
+
+def test_manual_promotion_keeps_the_pinned_version_until_the_spec_changes(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    spec = {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "transformers"},
+            "promotion": {"policy": "manual"}}
+    apply_mdep(cluster, ns, "pinned", spec)
+    wait_status(api_client, ns, "pinned", "version 1 served", served_version_is(1))
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2)])
+    st = wait_status(api_client, ns, "pinned", "ManualPromotion hold",
+                     lambda s: condition(s, "Progressing").get("reason") == "ManualPromotion")
+    assert st["servedVersion"] == 1
+    apply_mdep(cluster, ns, "pinned", {**spec, "replicas": 2})  # any spec change resolves the version again
+    wait_status(api_client, ns, "pinned", "version 2 served", served_version_is(2))
+
+
+def test_canary_splits_replicas_then_promotes(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    apply_mdep(cluster, ns, "canary", {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "transformers"},
+                                       "replicas": 4, "promotion": {"canaryWeight": 25, "canarySeconds": 8}})
+    wait_status(api_client, ns, "canary", "version 1 served", served_version_is(1))
+
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2)])
+    st = wait_status(api_client, ns, "canary", "a running canary",
+                     lambda s: s.get("canaryVersion") == 2 and s.get("readyReplicas") == 4
+                     and condition(s, "Progressing").get("reason") == "CanaryRunning")
+    assert st["servedVersion"] == 1 and st["replicas"] == 4 and "25%" in condition(st, "Progressing")["message"]
+    stable, canary = deployment(api_client, ns, "canary"), deployment(api_client, ns, "canary-canary")
+    assert stable is not None and canary is not None
+    assert (served(stable)["version"], stable["spec"]["replicas"]) == (1, 3)  # type: ignore[index]
+    assert (served(canary)["version"], canary["spec"]["replicas"]) == (2, 1)  # type: ignore[index]
+    assert canary["metadata"]["ownerReferences"][0]["name"] == "canary"
+    # One Service in front of both: its endpoints hold the stable and the canary pods.
+    def endpoints() -> list[str]:
+        slices = client.DiscoveryV1Api(api_client).list_namespaced_endpoint_slice(
+            ns, label_selector="kubernetes.io/service-name=canary").items
+        return sorted(e.target_ref.name for s in slices for e in (s.endpoints or [])
+                      if e.conditions and e.conditions.ready)
+    ready = eventually(lambda: (lambda eps: eps if len(eps) == 4 else None)(endpoints()), timeout=30,
+                       what="4 ready endpoints behind the Service")
+    assert sum(name.startswith("canary-canary-") for name in ready) == 1
+
+    # After canarySeconds of availability the stable Deployment rolls to version 2 and the canary goes.
+    st = wait_status(api_client, ns, "canary", "version 2 promoted", served_version_is(2), timeout=90)
+    assert "canaryVersion" not in st and st["replicas"] == 4
+    eventually(lambda: deployment(api_client, ns, "canary-canary") is None, timeout=30, what="canary removed")
+    assert served(deployment(api_client, ns, "canary"))["version"] == 2  # type: ignore[index]
+    assert [(r["version"], r["result"]) for r in st["rolloutHistory"]] == [(1, "Succeeded"), (2, "Succeeded")]
+    reasons = event_reasons(cluster, ns, "canary")
+    assert "CanaryStarted" in reasons and "CanaryPromoted" in reasons
+
+
+def test_a_later_apply_rolls_the_canary_back(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    spec: dict[str, Any] = {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "transformers"},
+                            "replicas": 2, "promotion": {"canaryWeight": 50, "canarySeconds": 3600}}
+    apply_mdep(cluster, ns, "rb", spec)
+    wait_status(api_client, ns, "rb", "version 1 served", served_version_is(1))
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2)])
+    wait_status(api_client, ns, "rb", "a running canary", lambda s: s.get("canaryVersion") == 2)
+
+    apply_mdep(cluster, ns, "rb", {**spec, "model": {"fineTuneJobRef": {"name": JOB, "version": "1"}}})
+    st = wait_status(api_client, ns, "rb", "canary rolled back",
+                     lambda s: "canaryVersion" not in s and s.get("rolloutHistory", [{}])[-1].get("result") == "RolledBack")
+    eventually(lambda: deployment(api_client, ns, "rb-canary") is None, timeout=30, what="canary removed")
+    assert st["servedVersion"] == 1 and served(deployment(api_client, ns, "rb"))["version"] == 1  # type: ignore[index]
+    assert "CanaryRolledBack" in event_reasons(cluster, ns, "rb")
+
+
+def test_autoscaling_hpa_auth_tls_and_garbage_collection(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    op = start_operator(operator_for, ns)
+    create_job(api_client, ns, method={"type": "lora", "lora": {"r": 24}})
+    publish_versions(api_client, ns, [version(ns, 1, adapter=True)])
+    secret_key = f"sk-{uuid.uuid4().hex}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "keys"}, "stringData": {"keys": secret_key}})
+    spec = {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "vllm"},
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetConcurrency": 8},
+            "auth": {"apiKeySecretRef": {"name": "keys", "key": "keys"}, "tlsSecretRef": {"name": "faq-tls"}}}
+    apply_mdep(cluster, ns, "auto", spec)
+    st = wait_status(api_client, ns, "auto", "version 1 served", served_version_is(1), timeout=90)
+    assert st["endpoint"] == f"https://auto.{ns}.svc:8000/v1"
+
+    hpa = client.AutoscalingV2Api(api_client).read_namespaced_horizontal_pod_autoscaler("auto", ns)
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
+    assert hpa.spec.scale_target_ref.kind == "Deployment" and hpa.spec.scale_target_ref.name == "auto"
+    assert hpa.spec.metrics[0].pods.metric.name == "kubetune_requests_in_flight"
+    assert hpa.metadata.owner_references[0].name == "auto"
+
+    dep = deployment(api_client, ns, "auto")
+    c = dep["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    args = c["args"]
+    assert args[args.index("--model") + 1] == "/mnt/pvc/models/base/smollm2"
+    assert f"auto=/mnt/pvc/models/{ns}/{JOB}/versions/1" in args and "--enable-lora" in args
+    assert args[args.index("--max-lora-rank") + 1] == "32" and "--ssl-keyfile" in args
+    assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "keys"}}} in c["env"]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # The key is in no object, event or log the operator writes.
+    for text in (json.dumps(mdep(api_client, ns, "auto")), json.dumps(dep),
+                 cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout, op.logs()):
+        assert secret_key not in text
+
+    apply_mdep(cluster, ns, "auto", {**{k: v for k, v in spec.items() if k != "autoscaling"}, "replicas": 1})
+    eventually(lambda: not client.AutoscalingV2Api(api_client).list_namespaced_horizontal_pod_autoscaler(ns).items,
+               timeout=30, what="HPA removed when spec.autoscaling is removed")
+    wait_status(api_client, ns, "auto", "one replica", lambda s: s.get("replicas") == 1 and s.get("readyReplicas") == 1)
+
+    # Deleting the ModelDeployment garbage-collects its children through owner references.
+    custom(api_client).delete_namespaced_custom_object(GROUP, VERSION, ns, "modeldeployments", "auto")
+    eventually(lambda: deployment(api_client, ns, "auto") is None, timeout=60, what="Deployment collected")
+    eventually(lambda: not [s for s in core.list_namespaced_service(ns).items if s.metadata.name == "auto"],
+               timeout=60, what="Service collected")
+
+
+def test_invalid_spec_fails_with_the_field_named_and_no_children(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    apply_mdep(cluster, ns, "bad", {"model": {"uri": "https://example.com/model"}})
+    st = wait_status(api_client, ns, "bad", "Failed", lambda s: s.get("phase") == "Failed")
+    degraded = condition(st, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
+    assert "spec.model.uri" in degraded["message"] and "pvc://" in degraded["message"]
+    assert deployment(api_client, ns, "bad") is None
+    assert "InvalidSpec" in event_reasons(cluster, ns, "bad")
+    # Fixing the spec recovers without restarting anything.
+    apply_mdep(cluster, ns, "bad", {"model": {"uri": "/models/smollm2"}, "runtime": {"type": "transformers"}})
+    st = wait_status(api_client, ns, "bad", "served", lambda s: s.get("phase") == "Available")
+    assert condition(st, "Degraded")["status"] == "False"
