@@ -244,7 +244,12 @@ def test_multinode_run_on_a_read_write_once_claim_is_rejected(cluster: DevCluste
     apply(cluster, namespace, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "rwo"},
                                "spec": {"accessModes": ["ReadWriteOnce"],
                                         "resources": {"requests": {"storage": "1Gi"}}}})
-    apply(cluster, namespace, ftj("rwo", output={"uri": "pvc://rwo/models"}))
+    # Declared as ReadWriteOnce, the API refuses it at apply time ...
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                              input=json.dumps(ftj("rwo", output={"uri": "pvc://rwo/models"})))
+    assert refused.returncode != 0 and "ReadWriteMany" in refused.stderr
+    # ... and declared ReadWriteMany, the operator checks the real claim before any pod starts.
+    apply(cluster, namespace, ftj("rwo", output={"uri": "pvc://rwo/models", "accessMode": "ReadWriteMany"}))
     st = wait_phase(cluster, namespace, "rwo", "Failed", timeout=30)
     assert condition(st, "Failed")["reason"] == "OutputNotShared"
     assert "ReadWriteMany" in condition(st, "Failed")["message"]
