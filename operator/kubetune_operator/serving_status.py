@@ -213,14 +213,15 @@ def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus, ro
 
 
 def status_patch(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> dict[str, Any] | None:
-    """A JSON merge patch of status, or None when nothing changed (kopf pitfall 4: patch only on change)."""
+    """The status part of a JSON merge patch (kube.patch_status wraps it), or None when nothing changed
+    (kopf pitfall 4: patch only on change)."""
     if old.model_dump(mode="json") == new.model_dump(mode="json"):
         return None
     body = new.model_dump(mode="json", by_alias=True, exclude_none=True)
     for name, info in ModelDeploymentStatus.model_fields.items():
         key = info.alias or name
         body.setdefault(key, None)  # a field that became empty is removed
-    return {"status": body}
+    return body
 
 
 def event_message(text: str) -> str:

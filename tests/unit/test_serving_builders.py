@@ -471,7 +471,7 @@ def test_invalid_spec_fails_and_names_the_field() -> None:
 def test_status_patch_clears_fields_that_became_empty() -> None:
     old = ModelDeploymentStatus(canary_version=2, served_version=1)
     patch = status_patch(old, ModelDeploymentStatus(served_version=1))
-    assert patch is not None and patch["status"]["canaryVersion"] is None and patch["status"]["servedVersion"] == 1
+    assert patch is not None and patch["canaryVersion"] is None and patch["servedVersion"] == 1
 
 
 def test_history_marks_an_abandoned_canary_rolled_back() -> None:

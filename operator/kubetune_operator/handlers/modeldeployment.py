@@ -68,6 +68,23 @@ _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 _available: set[tuple[str, str]] = set()
 _job_versions: dict[tuple[str, str], tuple[Any, ...]] = {}
+QUIET_HANDLERS = ("modeldeployment_resync", "modeldeployment_event", "finetunejob_versions_changed",
+                  "server_deployment_changed")
+
+
+class _QuietRoutineSuccess(logging.Filter):
+    """Drop kopf's INFO line for each successful run of the resync timer and the watch handlers: one
+    line per object every resync_seconds, and one per Deployment event, would drown the log.
+    Failures (and everything else) still log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        text = record.getMessage()
+        return not (text.endswith("succeeded.") and any(f"'{h}'" in text for h in QUIET_HANDLERS))
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietRoutineSuccess())
 
 
 @contextmanager
@@ -193,7 +210,10 @@ def _publish(body: dict[str, Any], old: ModelDeploymentStatus, new: ModelDeploym
 def _post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the ModelDeployment. kopf.event, not kopf.info: main.py raises kopf's
     posting level to WARNING to silence its per-handler events, which kopf.info obeys."""
-    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
+    try:
+        kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
+    except LookupError:  # called outside a kopf handler (a script or a test): no event queue
+        log.info("event %s %s: %s", type_, reason, message)
 
 
 def _record_available(namespace: str, name: str, status: ModelDeploymentStatus | None) -> None:
