@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
+from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, TrainerConfig
 from pydantic import ValidationError
 
 from kubetune_operator import events, kube, metrics, settings
@@ -402,6 +402,13 @@ class Reconcile:
     def create_attempt(self, run: int, attempt: int, resume: bool) -> Body:
         inputs = self.inputs(run, attempt, resume)
         rendered = build_trainer_config(self.ftj, inputs)
+        first = kube.get("v1", "ConfigMap", names.attempt_name(self.name, run, 1), self.namespace)
+        if attempt > 1 and first is not None:
+            # A retry continues the run it resumes: same hyperparameters, data and version as the
+            # first attempt, even if the spec changed meanwhile (changes apply from the next run).
+            original = TrainerConfig.from_json(first["data"]["config.json"])
+            rendered.config = original.model_copy(update={
+                "attempt": attempt, "resume_from": rendered.config.resume_from})
         self.ensure_job_rbac()
         kube.apply(build_config_map(self.ftj, inputs, rendered))
         kube.apply(build_headless_service(self.ftj, run))

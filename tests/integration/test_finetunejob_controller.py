@@ -109,6 +109,9 @@ def test_data_gate_failure_fails_the_job_before_any_gpu_pod(cluster: DevCluster,
 def test_failed_attempt_is_retried_and_resumes_from_the_checkpoint(cluster: DevCluster, namespace: str,
                                                                     operator: Any) -> None:
     run_to_running(cluster, namespace, "retry", runPolicy={"backoffLimit": 2})
+    # A spec change during the run applies from the next run: the retry keeps the run's settings.
+    cluster.kubectl("patch", "ftj", "retry", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"hyperparameters":{"maxSteps":999}}}')
     finish_pods(cluster, namespace, train_selector("retry", 1), "Failed", count=2,
                 message="RuntimeError: NCCL watchdog timeout", exit_code=1)
 
@@ -119,6 +122,7 @@ def test_failed_attempt_is_retried_and_resumes_from_the_checkpoint(cluster: DevC
     config = json.loads(cm["data"]["config.json"])
     assert config["attempt"] == 2
     assert config["resumeFrom"] == "s3://kubetune-test/models/retry/runs/1/checkpoints"
+    assert config["hyperparameters"]["maxSteps"] == 20
     wait_phase(cluster, namespace, "retry", "Running")
     finish_pods(cluster, namespace, train_selector("retry", 2), "Succeeded", count=2, message=manifest(1),
                 rank0_message_only=True)

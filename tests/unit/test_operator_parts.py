@@ -1,0 +1,79 @@
+"""Pure parts of the operator: admission policy, condition math, settings, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from kubetune_operator.admission import CapacityAdmission, GangRequest
+from kubetune_operator.logs import JsonFormatter
+from kubetune_operator.main import parse_args
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status import set_condition
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+
+
+def node(name: str, gpus: int, product: str | None, ready: bool = True, unschedulable: bool = False) -> dict[str, Any]:
+    labels = {"nvidia.com/gpu.product": product} if product else {}
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"unschedulable": unschedulable},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def admitted(gpus: int, product: str, finished: bool = False) -> dict[str, Any]:
+    conditions = [{"type": "Complete", "status": "True"}] if finished else []
+    return {"metadata": {"annotations": {"kubetune.io/admitted-gpus": str(gpus), "kubetune.io/gpu-type": product}},
+            "status": {"conditions": conditions}}
+
+
+CLUSTER = [node(f"h{i}", 8, H100) for i in range(2)] + [node(f"a{i}", 4, A100) for i in range(2)]
+
+
+@pytest.mark.parametrize(("request_", "held", "admitted_", "reason"), [
+    (GangRequest("ns", "j", 1, 2, 8, H100), [], True, "Admitted"),
+    (GangRequest("ns", "j", 1, 2, 8, H100), [admitted(8, H100)], False, "InsufficientGPUs"),
+    (GangRequest("ns", "j", 1, 2, 8, H100), [admitted(8, H100, finished=True)], True, "Admitted"),
+    (GangRequest("ns", "j", 1, 3, 8, H100), [], False, "Unschedulable"),
+    (GangRequest("ns", "j", 1, 1, 16, None), [], False, "Unschedulable"),
+    (GangRequest("ns", "j", 1, 1, 1, "NVIDIA-B200"), [], False, "Unschedulable"),
+    (GangRequest("ns", "j", 1, 2, 4, None), [admitted(16, H100)], True, "Admitted"),  # falls over to A100
+    (GangRequest("ns", "j", 1, 1, 0, None), [], True, "Admitted"),  # CPU
+])
+def test_capacity_admission(request_: GangRequest, held: list[Any], admitted_: bool, reason: str) -> None:
+    decision = CapacityAdmission().decide(request_, CLUSTER, held)
+    assert (decision.admitted, decision.reason) == (admitted_, reason), decision.message
+
+
+def test_unready_and_cordoned_nodes_hold_no_capacity() -> None:
+    nodes = [node("h0", 8, H100, ready=False), node("h1", 8, H100, unschedulable=True)]
+    decision = CapacityAdmission().decide(GangRequest("ns", "j", 1, 1, 8, H100), nodes, [])
+    assert decision.never and H100 not in decision.message.split("types in the cluster:")[-1]
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    c1 = set_condition([], "Running", True, "Started", "a", 1)
+    c2 = set_condition([{**c1[0], "lastTransitionTime": "2020-01-01T00:00:00Z"}], "Running", True, "Running", "b", 2)
+    assert c2[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and c2[0]["reason"] == "Running"
+    c3 = set_condition(c2, "Running", False, "Suspended", "c", 3)
+    assert c3[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z" and c3[0]["status"] == "False"
+
+
+def test_settings_from_env_and_flags() -> None:
+    env = OperatorSettings.from_env({"KUBETUNE_CONTROLLERS": "finetunejob", "KUBETUNE_RESYNC_SECONDS": "2.5",
+                                     "KUBETUNE_NAMESPACES": "a,b"})
+    assert env.controllers == ["finetunejob"] and env.resync_seconds == 2.5 and env.namespaces == ["a", "b"]
+    cfg, _ = parse_args(["-n", "team-a", "--controllers", "modeldeployment", "--log-format", "json"])
+    assert cfg.namespaces == ["team-a"] and cfg.controllers == ["modeldeployment"] and cfg.log_format == "json"
+    with pytest.raises(ValueError):
+        parse_args(["--controllers", "nonsense"])
+
+
+def test_json_log_lines_carry_extra_fields() -> None:
+    record = logging.LogRecord("kubetune", logging.INFO, "f.py", 1, "phase %s", ("Running",), None)
+    record.reason = "Admitted"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "phase Running" and line["reason"] == "Admitted" and line["level"] == "INFO"
