@@ -127,6 +127,25 @@ def replica_split(spec: ModelDeploymentSpec) -> tuple[int | None, int, int]:
     return total, max(1, total - canary), canary
 
 
+def replicas_under_hpa(existing: dict[str, Any] | None, min_replicas: int, max_replicas: int, manager: str
+                       ) -> int | None:
+    """spec.replicas to apply on a Deployment an HPA scales, or None to leave the field to the HPA.
+
+    Server-side apply removes a field its manager stops sending when no other manager owns it, and
+    Kubernetes then defaults replicas to 1: switching from a fixed count to autoscaling would drop
+    capacity. So kubetune keeps sending the current count (clamped to the HPA's bounds; minReplicas
+    for a new Deployment) until another manager, the HPA through the scale subresource, co-owns it.
+    """
+    if existing is None:
+        return min_replicas
+    for entry in (existing.get("metadata") or {}).get("managedFields") or []:
+        spec_fields = ((entry.get("fieldsV1") or {}).get("f:spec")) or {}
+        if entry.get("manager") != manager and "f:replicas" in spec_fields:
+            return None
+    current = (existing.get("spec") or {}).get("replicas")
+    return min(max(int(current if current is not None else min_replicas), min_replicas), max_replicas)
+
+
 def plan_rollout(
     spec: ModelDeploymentSpec,
     generation: int,

@@ -330,21 +330,36 @@ def test_autoscaling_hpa_auth_tls_and_garbage_collection(
     secret_key = f"sk-{uuid.uuid4().hex}"
     core = client.CoreV1Api(api_client)
     core.create_namespaced_secret(ns, {"metadata": {"name": "keys"}, "stringData": {"keys": secret_key}})
-    spec = {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "vllm"},
-            "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetConcurrency": 8},
-            "auth": {"apiKeySecretRef": {"name": "keys", "key": "keys"}, "tlsSecretRef": {"name": "faq-tls"}}}
+    spec: dict[str, Any] = {
+        "model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "vllm"}, "replicas": 3,
+        "auth": {"apiKeySecretRef": {"name": "keys", "key": "keys"}, "tlsSecretRef": {"name": "faq-tls"}},
+    }
     apply_mdep(cluster, ns, "auto", spec)
     st = wait_status(api_client, ns, "auto", "version 1 served", served_version_is(1), timeout=90)
-    assert st["endpoint"] == f"https://auto.{ns}.svc:8000/v1"
+    assert st["endpoint"] == f"https://auto.{ns}.svc:8000/v1" and st["readyReplicas"] == 3
+    pods_before = sorted(p.metadata.name for p in core.list_namespaced_pod(
+        ns, label_selector="kubetune.io/modeldeployment=auto").items)
 
-    hpa = client.AutoscalingV2Api(api_client).read_namespaced_horizontal_pod_autoscaler("auto", ns)
+    # Switching to autoscaling keeps the 3 running replicas (server-side apply would otherwise drop
+    # the field and Kubernetes default it to 1) and creates the HPA.
+    auto_spec = {**{k: v for k, v in spec.items() if k != "replicas"},
+                 "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetConcurrency": 8}}
+    apply_mdep(cluster, ns, "auto", auto_spec)
+    hpas = client.AutoscalingV2Api(api_client)
+    hpa = eventually(lambda: next(iter(hpas.list_namespaced_horizontal_pod_autoscaler(ns).items), None),
+                     timeout=30, what="HPA created")
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
     assert hpa.spec.scale_target_ref.kind == "Deployment" and hpa.spec.scale_target_ref.name == "auto"
     assert hpa.spec.metrics[0].pods.metric.name == "kubetune_requests_in_flight"
     assert hpa.metadata.owner_references[0].name == "auto"
-
+    wait_status(api_client, ns, "auto", "generation observed",
+                lambda s: s.get("observedGeneration") == mdep(api_client, ns, "auto")["metadata"]["generation"])
     dep = deployment(api_client, ns, "auto")
-    c = dep["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    assert dep is not None and dep["spec"]["replicas"] == 3
+    assert sorted(p.metadata.name for p in core.list_namespaced_pod(
+        ns, label_selector="kubetune.io/modeldeployment=auto").items) == pods_before
+
+    c = dep["spec"]["template"]["spec"]["containers"][0]
     args = c["args"]
     assert args[args.index("--model") + 1] == "/mnt/pvc/models/base/smollm2"
     assert f"auto=/mnt/pvc/models/{ns}/{JOB}/versions/1" in args and "--enable-lora" in args
@@ -356,8 +371,8 @@ def test_autoscaling_hpa_auth_tls_and_garbage_collection(
                  cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout, op.logs()):
         assert secret_key not in text
 
-    apply_mdep(cluster, ns, "auto", {**{k: v for k, v in spec.items() if k != "autoscaling"}, "replicas": 1})
-    eventually(lambda: not client.AutoscalingV2Api(api_client).list_namespaced_horizontal_pod_autoscaler(ns).items,
+    apply_mdep(cluster, ns, "auto", {**spec, "replicas": 1})
+    eventually(lambda: not hpas.list_namespaced_horizontal_pod_autoscaler(ns).items,
                timeout=30, what="HPA removed when spec.autoscaling is removed")
     wait_status(api_client, ns, "auto", "one replica", lambda s: s.get("replicas") == 1 and s.get("readyReplicas") == 1)
 

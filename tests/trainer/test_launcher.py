@@ -124,7 +124,10 @@ def test_launch_sigterm_checkpoints_exits_42_and_the_next_attempt_resumes(tmp_pa
                         resumeFrom=str(checkpoints))
     done = launch(retry, tmp_path / "termination-log-2")
     assert done.returncode == EXIT_OK, done.stderr[-4000:]
-    assert not (tmp_path / "termination-log-2").exists()
+    # Rank 0's termination message is the version's headline, which the operator records in status.
+    summary = json.loads((tmp_path / "termination-log-2").read_text())
+    assert summary["version"] == 1 and summary["versionName"] == "tiny-v1" and summary["passedGate"] is True
+    assert summary["attempt"] == 2 and "loss" in summary["metrics"]
     m = read_manifest(tmp_path / "out" / "tiny" / "versions" / "1")
     assert m["attempt"] == 2 and m["run"] == 1
     assert m["training"]["resumedFrom"] == latest.name

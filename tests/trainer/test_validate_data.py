@@ -80,3 +80,25 @@ def test_train_refuses_data_that_fails_the_gate_before_loading_the_model(tmp_pat
     assert proc.returncode == EXIT_CONFIG_ERROR
     assert "only 2 usable rows" in proc.stderr
     assert not (tmp_path / "out" / "tiny" / "runs" / "1" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("passing", [True, False], ids=["gate-passes", "gate-fails"])
+def test_termination_message_is_the_status_report(tmp_path: Path, tiny_lm: Path, passing: bool) -> None:
+    """What the validation pod tells the operator: status.dataQuality, compact, within 4 KiB."""
+    rows = [*GOOD, *([{"prompt": f"p{i}", "broken": True} for i in range(300)] if not passing else [])]
+    train = _write(tmp_path / "t.jsonl", rows)
+    cfg = make_config(tmp_path, tiny_lm, train, data={"train": {"uri": str(train)}, "quality": {"minRows": 5}})
+    termination = tmp_path / "termination-log"
+    proc = run_cli("validate-data", "--config", str(write_config(tmp_path / "c.json", cfg)),
+                   "--termination-message", env=child_env(KUBETUNE_TERMINATION_LOG=str(termination)))
+    assert proc.returncode == (EXIT_OK if passing else EXIT_CONFIG_ERROR), proc.stderr[-2000:]
+    text = termination.read_text()
+    assert len(text.encode()) <= 4096
+    report = json.loads(text)
+    assert report["passed"] is passing and report["rows"] == len(rows)
+    assert report["tokenLength"]["max"] >= report["tokenLength"]["min"] > 0
+    if passing:
+        assert report["errors"] == [] and "all quality checks passed" in report["message"]
+    else:
+        assert report["invalid"] == 300 and "maxInvalidFraction" in report["message"]
+        assert any("missing column 'completion'" in e for e in report["errors"])

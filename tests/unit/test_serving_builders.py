@@ -33,6 +33,7 @@ from kubetune_operator.serving_rollout import (
     plan_rollout,
     record_rollouts,
     replica_split,
+    replicas_under_hpa,
 )
 from kubetune_operator.serving_status import Observed, derive_status, status_patch, transition_events
 
@@ -392,6 +393,19 @@ def test_canary_promotion_keeps_options_pinned_when_the_canary_started() -> None
 ])
 def test_replica_split(spec: dict[str, Any], expected: tuple[int | None, int, int]) -> None:
     assert replica_split(mdep({**REF, **spec}).spec) == expected
+
+
+@pytest.mark.parametrize(("existing", "expected"), [
+    (None, 2),  # a new Deployment starts at minReplicas, not at Kubernetes' default of 1
+    ({"spec": {"replicas": 3}, "metadata": {"managedFields": [
+        {"manager": "kubetune-operator", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]}}, 3),
+    ({"spec": {"replicas": 9}, "metadata": {}}, 5),  # clamped to the HPA's bounds
+    ({"spec": {"replicas": 4}, "metadata": {"managedFields": [
+        {"manager": "kubetune-operator", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+        {"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]}}, None),
+])
+def test_replicas_are_handed_to_the_hpa_only_once_it_owns_them(existing: Any, expected: int | None) -> None:
+    assert replicas_under_hpa(existing, 2, 5, "kubetune-operator") == expected
 
 
 def test_observe_track_reads_annotations_and_rollout_state() -> None:

@@ -129,7 +129,7 @@ def test_validation_job_is_a_cpu_pod_reporting_through_its_termination_message()
     job = build_validation_job(example("finetunejob-deepspeed-multinode.yaml"), RunInputs(run=1, version=1), "img")
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:2] == ["kubetune-train", "validate-data"]
-    assert container["command"][-2:] == ["--report", "/dev/termination-log"]
+    assert container["command"][-1] == "--termination-message"
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert "nodeSelector" not in job["spec"]["template"]["spec"] or "nvidia.com/gpu.product" not in \
         job["spec"]["template"]["spec"]["nodeSelector"]

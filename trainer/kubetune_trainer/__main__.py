@@ -47,9 +47,15 @@ def load_config(path: str) -> TrainerConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from kubetune_trainer.artifacts import version_dir, version_summary
     from kubetune_trainer.training import run_training
 
-    return run_training(load_config(args.config))
+    config = load_config(args.config)
+    code = run_training(config)
+    manifest = version_dir(config) / "manifest.json"
+    if code == EXIT_OK and int(os.environ.get("RANK", "0")) == 0 and manifest.exists():
+        args.result_message = version_summary(json.loads(manifest.read_text()))
+    return code
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -73,6 +79,12 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
         Path(args.report).write_text(text + "\n")
     else:
         print(text)
+    if args.termination_message:
+        # The operator copies this into status.dataQuality; on a failed gate it is also the reason.
+        from kubetune_trainer.data_quality import status_report
+
+        args.result_message = status_report(report)
+        write_termination_message(args.result_message)
     check_gate(report)
     print(f"data quality gate passed: {report['usableRows']} usable rows", file=sys.stderr)
     return EXIT_OK
@@ -90,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate-data", help="write the data quality report; exit 43 when the gate fails")
     val.add_argument("--config", required=True, help="TrainerConfig JSON")
     val.add_argument("--report", help="write the JSON report here instead of stdout")
+    val.add_argument("--termination-message", action="store_true",
+                     help="also write a compact report (status.dataQuality shape) as the termination message")
     val.set_defaults(func=cmd_validate_data)
     return p
 
@@ -109,7 +123,7 @@ def report_exit(code: int, message: str) -> None:
     """Under `launch`, record the code and message for the launcher; otherwise write the termination log."""
     if under_launcher():
         record_exit(code, message)
-    elif code != EXIT_OK:
+    elif code != EXIT_OK or message:
         write_termination_message(message)
 
 
@@ -124,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         message = str(e)
         print(f"kubetune-train: error: {message}", file=sys.stderr)
-        report_exit(e.exit_code, message)
+        # A failed data gate keeps its structured report as the termination message.
+        report_exit(e.exit_code, getattr(args, "result_message", None) or message)
         return e.exit_code
     except Exception as e:
         report_exit(1, f"{type(e).__name__}: {e}")
         raise
     if args.command == "train":
         report_exit(code, "preempted: SIGTERM received, a checkpoint was saved; the next attempt resumes from it"
-                    if code == EXIT_PREEMPTED else "")
+                    if code == EXIT_PREEMPTED else getattr(args, "result_message", ""))
     return code
 
 

@@ -161,3 +161,19 @@ def publish_version(trainer: Any, tokenizer: Any, config: TrainerConfig, *, metr
         shutil.rmtree(trash, ignore_errors=True)
     staging.rename(final)
     return final
+
+
+SUMMARY_KEYS = ("version", "versionName", "run", "attempt", "metrics", "passedGate", "adapter", "format", "createdAt")
+
+
+def version_summary(manifest: dict[str, Any]) -> str:
+    """The manifest's headline as compact JSON: rank 0's termination message after a successful run.
+
+    The operator records it in status.versions without reading the output volume (DESIGN.md §3).
+    """
+    summary = {k: manifest.get(k) for k in SUMMARY_KEYS if manifest.get(k) is not None}
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text) > 3500:  # many metrics (per-label F1 of a 200-class model): keep the headline ones
+        summary["metrics"] = dict(list((summary.get("metrics") or {}).items())[:40])
+        text = json.dumps(summary, separators=(",", ":"))
+    return text

@@ -7,6 +7,7 @@ one message per failed check. `check_gate` raises DataGateError naming every fai
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,3 +133,35 @@ def check_gate(report: dict[str, Any]) -> None:
     if failures:
         lines = "\n".join(f"- {f}" for f in failures)
         raise DataGateError(f"training data failed the quality gate ({len(failures)} checks):\n{lines}")
+
+
+def status_report(report: dict[str, Any], limit: int = 3800) -> str:
+    """The report in the FineTuneJob's status.dataQuality shape, as compact JSON within `limit` bytes.
+
+    It is the validation pod's termination message (Kubernetes keeps 4096 bytes), so long error
+    lists are cut, never the counts.
+    """
+    lengths = report.get("tokenLengths") or {}
+    usable = int(report.get("usableRows") or 0)
+    labels = report.get("labelDistribution") or {}
+    failures = list((report.get("gate") or {}).get("failures") or [])
+    schema = [f"{e['where']}: {e['message']}" for e in report.get("schemaErrors") or []]
+    passed = bool((report.get("gate") or {}).get("passed"))
+    out: dict[str, Any] = {
+        "rows": report.get("rows"),
+        "duplicates": report.get("duplicates"),
+        "empty": report.get("emptyRows"),
+        "invalid": report.get("schemaErrorCount"),
+        "tokenLength": {"min": lengths.get("min"), "max": lengths.get("max"), "mean": lengths.get("mean"),
+                        "p50": lengths.get("p50"), "p95": lengths.get("p95"), "overMax": lengths.get("overLimit")},
+        "labelDistribution": {k: round(v / usable, 4) for k, v in labels.items()} if usable else {},
+        "errors": [e[:300] for e in failures + schema],
+        "passed": passed,
+        "message": (f"{usable} usable rows; all quality checks passed" if passed
+                    else f"{len(failures)} quality check(s) failed: " + "; ".join(failures))[:600],
+    }
+    text = json.dumps(out, separators=(",", ":"))
+    while len(text.encode()) > limit and out["errors"]:
+        out["errors"] = out["errors"][:-1]
+        text = json.dumps(out, separators=(",", ":"))
+    return text

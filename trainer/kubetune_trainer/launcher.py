@@ -104,7 +104,8 @@ def decide_exit(torchrun_code: int, exits: list[WorkerExit], stop_requested: boo
     if torchrun_code != EXIT_OK and stop_requested and not errors:
         return EXIT_PREEMPTED, "stopped by SIGTERM before any worker could save a checkpoint; nothing was lost"
     if torchrun_code == EXIT_OK:
-        return EXIT_OK, ""
+        # Rank 0's summary of the published version (empty on other nodes).
+        return EXIT_OK, next((e.message for e in exits if e.rank == 0 and e.code == EXIT_OK), "")
     if errors:
         return torchrun_code, errors[0].message or f"rank {errors[0].rank} exited {errors[0].code}"
     return torchrun_code, (f"torchrun exited {torchrun_code} and no worker recorded why "
@@ -163,6 +164,7 @@ def launch(args: argparse.Namespace) -> int:
                    "workers": {e.rank: e.code for e in exits}, "stop_requested": bool(stop)})
     if code != EXIT_OK:
         print(f"kubetune-train launch: exit {code}: {message}", file=sys.stderr)
+    if message:
         write_termination_message(message)
     return code
 

@@ -204,6 +204,8 @@ def launch_args(ftj: FineTuneJob, job_name: str, service: str, rendezvous_port: 
         "--node-rank", "$(JOB_COMPLETION_INDEX)",
         "--master-addr", f"{job_name}-0.{service}",
         "--master-port", str(rendezvous_port),
+        # Workers get this long to save a checkpoint after SIGTERM; less than the pod's grace period.
+        "--shutdown-timeout", str(TERMINATION_GRACE_SECONDS - 60),
     ]
 
 
@@ -282,8 +284,7 @@ def build_validation_job(ftj: FineTuneJob, inputs: RunInputs, image: str,
     labels = names.child_labels(name, inputs.run, names.COMPONENT_VALIDATE)
     container = {
         "name": "validate-data",
-        "command": ["kubetune-train", "validate-data", "--config", CONFIG_FILE,
-                    "--report", "/dev/termination-log"],
+        "command": ["kubetune-train", "validate-data", "--config", CONFIG_FILE, "--termination-message"],
         "env": [*_downward_env(), {"name": "HF_HOME", "value": "/tmp/hf-home"}, *rendered.env, *ftj.spec.pod.env],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
     }

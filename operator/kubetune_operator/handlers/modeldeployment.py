@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -48,10 +49,11 @@ from kubetune_operator.model_resolution import (
     InvalidSpec,
     Resolution,
     Waiting,
+    check_spec,
     parse_finetunejob,
     resolve_model,
 )
-from kubetune_operator.serving_rollout import RolloutPlan, observe_track, plan_rollout
+from kubetune_operator.serving_rollout import RolloutPlan, Track, observe_track, plan_rollout, replicas_under_hpa
 from kubetune_operator.serving_status import (
     Observed,
     derive_status,
@@ -138,15 +140,20 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
     generation = int(md.metadata.generation or 0)
     now = _now()
     stable_name, canary_name = deployment_name(md, "stable"), deployment_name(md, "canary")
-    stable_before = observe_track(kube.get("apps/v1", "Deployment", stable_name, ns))
-    canary_before = observe_track(kube.get("apps/v1", "Deployment", canary_name, ns))
+    stable_body = kube.get("apps/v1", "Deployment", stable_name, ns)
+    canary_body = kube.get("apps/v1", "Deployment", canary_name, ns)
+    stable_before, canary_before = observe_track(stable_body), observe_track(canary_body)
 
     target = _resolve(md)
     plan: RolloutPlan | None = None
     stable_after, canary_after = stable_before, canary_before
     if not isinstance(target, InvalidSpec):
         plan = plan_rollout(md.spec, generation, target, stable_before, canary_before, now)
-        stable_after, canary_after = _apply_children(md, plan, canary_before is not None)
+        auto = md.spec.autoscaling
+        if auto is not None and plan.stable_replicas is None:
+            count = replicas_under_hpa(stable_body, auto.min_replicas, auto.max_replicas, kube.FIELD_MANAGER)
+            plan = replace(plan, stable_replicas=count)
+        stable_after, canary_after = _apply_children(md, plan, canary_before)
         for ev in plan.events:
             _post(body, ev.type, ev.reason, event_message(ev.message))
 
@@ -165,7 +172,7 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
 
 def _resolve(md: ModelDeployment) -> Resolution:
     ref = md.spec.model.fine_tune_job_ref
-    if ref is None:
+    if ref is None or check_spec(md) is not None:
         return resolve_model(md, None)
     job = parse_finetunejob(kube.get(API_VERSION, "FineTuneJob", ref.name, md.metadata.namespace))
     if isinstance(job, Waiting):
@@ -173,7 +180,7 @@ def _resolve(md: ModelDeployment) -> Resolution:
     return resolve_model(md, job)
 
 
-def _apply_children(md: ModelDeployment, plan: RolloutPlan, canary_exists: bool) -> tuple[Any, Any]:
+def _apply_children(md: ModelDeployment, plan: RolloutPlan, canary_before: Track | None) -> tuple[Any, Any]:
     """Apply what the plan wants, delete what it does not; the Deployments as the API returned them."""
     ns = str(md.metadata.namespace)
     if plan.stable is None:  # nothing to serve yet: no children
@@ -183,10 +190,15 @@ def _apply_children(md: ModelDeployment, plan: RolloutPlan, canary_exists: bool)
     fetch = cfg.trainer_image
     stable = kube.apply(build_server_deployment(md, "stable", plan.stable, plan.stable_replicas, image, fetch))
     canary = None
+    canary_name = deployment_name(md, "canary")
+    if plan.canary is not None and canary_before is not None and not plan.canary.same_model(canary_before.model):
+        # A canary of another version is replaced, not updated in place: its Available condition would
+        # stay True through the rolling update, and canarySeconds would count from the old version's time.
+        kube.delete("apps/v1", "Deployment", canary_name, ns)
     if plan.canary is not None:
         canary = kube.apply(build_server_deployment(md, "canary", plan.canary, plan.canary_replicas, image, fetch))
-    elif canary_exists:
-        kube.delete("apps/v1", "Deployment", deployment_name(md, "canary"), ns)
+    elif canary_before is not None:
+        kube.delete("apps/v1", "Deployment", canary_name, ns)
     kube.apply(build_service(md))
     hpa = build_hpa(md)
     if hpa is not None:
