@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -257,7 +258,7 @@ def test_manual_promotion_keeps_the_pinned_version_until_the_spec_changes(
     wait_status(api_client, ns, "pinned", "version 2 served", served_version_is(2))
 
 
-def test_canary_splits_replicas_then_promotes(
+def test_canary_splits_replicas_is_replaced_by_a_newer_version_then_promotes(
     cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
 ) -> None:
     ns = namespace
@@ -265,7 +266,7 @@ def test_canary_splits_replicas_then_promotes(
     create_job(api_client, ns)
     publish_versions(api_client, ns, [version(ns, 1)])
     apply_mdep(cluster, ns, "canary", {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "transformers"},
-                                       "replicas": 4, "promotion": {"canaryWeight": 25, "canarySeconds": 8}})
+                                       "replicas": 4, "promotion": {"canaryWeight": 25, "canarySeconds": 20}})
     wait_status(api_client, ns, "canary", "version 1 served", served_version_is(1))
 
     publish_versions(api_client, ns, [version(ns, 1), version(ns, 2)])
@@ -288,14 +289,22 @@ def test_canary_splits_replicas_then_promotes(
                        what="4 ready endpoints behind the Service")
     assert sum(name.startswith("canary-canary-") for name in ready) == 1
 
-    # After canarySeconds of availability the stable Deployment rolls to version 2 and the canary goes.
-    st = wait_status(api_client, ns, "canary", "version 2 promoted", served_version_is(2), timeout=90)
+    # A newer version replaces the canary (a new Deployment, so canarySeconds count from its own
+    # availability); after canarySeconds the stable Deployment rolls to it and the canary goes.
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2), version(ns, 3)])
+    wait_status(api_client, ns, "canary", "canary of version 3", lambda s: s.get("canaryVersion") == 3)
+    st = wait_status(api_client, ns, "canary", "version 3 promoted", served_version_is(3), timeout=120)
     assert "canaryVersion" not in st and st["replicas"] == 4
     eventually(lambda: deployment(api_client, ns, "canary-canary") is None, timeout=30, what="canary removed")
-    assert served(deployment(api_client, ns, "canary"))["version"] == 2  # type: ignore[index]
-    assert [(r["version"], r["result"]) for r in st["rolloutHistory"]] == [(1, "Succeeded"), (2, "Succeeded")]
+    assert served(deployment(api_client, ns, "canary"))["version"] == 3  # type: ignore[index]
+    history = [(r["version"], r["result"], r["reason"]) for r in st["rolloutHistory"]]
+    assert history == [(1, "Succeeded", "RolloutComplete"), (2, "RolledBack", "CanaryRolledBack"),
+                       (3, "Succeeded", "RolloutComplete")]
+    v3 = st["rolloutHistory"][-1]
+    started, completed = (datetime.fromisoformat(v3[k].replace("Z", "+00:00")) for k in ("startTime", "completionTime"))
+    assert (completed - started).total_seconds() >= 20
     reasons = event_reasons(cluster, ns, "canary")
-    assert "CanaryStarted" in reasons and "CanaryPromoted" in reasons
+    assert reasons.count("CanaryStarted") == 2 and "CanaryPromoted" in reasons
 
 
 def test_a_later_apply_rolls_the_canary_back(

@@ -133,3 +133,13 @@ def test_launch_sigterm_checkpoints_exits_42_and_the_next_attempt_resumes(tmp_pa
     assert m["training"]["resumedFrom"] == latest.name
     assert m["training"]["resumedFromPath"] == str(latest.resolve())
     assert m["training"]["worldSize"] == 2 and m["training"]["steps"] == 60
+
+
+def test_object_store_output_is_refused_with_a_clear_message(tmp_path: Path, tiny_lm: Path) -> None:
+    cfg = tiny_config(tmp_path, tiny_lm)
+    data = json.loads(Path(cfg).read_text())
+    data["output"]["root"] = "s3://bucket/models"
+    Path(cfg).write_text(json.dumps(data))
+    proc = launch(cfg, tmp_path / "termination-log")
+    assert proc.returncode == EXIT_CONFIG_ERROR
+    assert "object-store output is not supported yet" in (tmp_path / "termination-log").read_text()

@@ -46,11 +46,22 @@ def load_config(path: str) -> TrainerConfig:
         raise ConfigError(f"invalid TrainerConfig {path}: {problems}") from e
 
 
+def require_local_output(config: TrainerConfig) -> None:
+    """Checkpoints and versions are written to a mounted volume; object-store output is not built yet."""
+    for field, value in (("output.root", config.output.root), ("resumeFrom", config.resume_from)):
+        if value and "://" in value:
+            raise ConfigError(
+                f"{field} is {value!r}: the trainer writes checkpoints and versions to a mounted volume only "
+                "(object-store output is not supported yet); use a pvc:// output in the FineTuneJob"
+            )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from kubetune_trainer.artifacts import version_dir, version_summary
     from kubetune_trainer.training import run_training
 
     config = load_config(args.config)
+    require_local_output(config)
     code = run_training(config)
     manifest = version_dir(config) / "manifest.json"
     if code == EXIT_OK and int(os.environ.get("RANK", "0")) == 0 and manifest.exists():
@@ -62,7 +73,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from kubetune_trainer.launcher import launch, validate_arguments
 
     validate_arguments(args)
-    load_config(args.config)  # a config that does not parse fails now (43), before any worker starts
+    # A config that does not parse, or cannot run here, fails now (43), before any worker starts.
+    require_local_output(load_config(args.config))
     return launch(args)
 
 

@@ -53,7 +53,13 @@ from kubetune_operator.model_resolution import (
     parse_finetunejob,
     resolve_model,
 )
-from kubetune_operator.serving_rollout import RolloutPlan, Track, observe_track, plan_rollout, replicas_under_hpa
+from kubetune_operator.serving_rollout import (
+    RolloutPlan,
+    Track,
+    observe_track,
+    plan_rollout,
+    replicas_under_hpa,
+)
 from kubetune_operator.serving_status import (
     Observed,
     derive_status,
