@@ -293,6 +293,9 @@ def test_canary_splits_replicas_is_replaced_by_a_newer_version_then_promotes(
     # availability); after canarySeconds the stable Deployment rolls to it and the canary goes.
     publish_versions(api_client, ns, [version(ns, 1), version(ns, 2), version(ns, 3)])
     wait_status(api_client, ns, "canary", "canary of version 3", lambda s: s.get("canaryVersion") == 3)
+    replaced = deployment(api_client, ns, "canary-canary")
+    assert replaced is not None and served(replaced)["version"] == 3  # type: ignore[index]
+    assert replaced["metadata"]["uid"] != canary["metadata"]["uid"]
     st = wait_status(api_client, ns, "canary", "version 3 promoted", served_version_is(3), timeout=120)
     assert "canaryVersion" not in st and st["replicas"] == 4
     eventually(lambda: deployment(api_client, ns, "canary-canary") is None, timeout=30, what="canary removed")
