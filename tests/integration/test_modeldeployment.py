@@ -411,3 +411,19 @@ def test_invalid_spec_fails_with_the_field_named_and_no_children(
     apply_mdep(cluster, ns, "bad", {"model": {"uri": "/models/smollm2"}, "runtime": {"type": "transformers"}})
     st = wait_status(api_client, ns, "bad", "served", lambda s: s.get("phase") == "Available")
     assert condition(st, "Degraded")["status"] == "False"
+
+
+def test_no_finalizer_so_deleting_while_the_operator_is_down_does_not_hang(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    op = start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    apply_mdep(cluster, ns, "gone", {"model": {"fineTuneJobRef": {"name": JOB, "version": "latest"}},
+                                     "runtime": {"type": "transformers"}, "replicas": 1})
+    wait_status(api_client, ns, "gone", "version 1 served", served_version_is(1))
+    assert not mdep(api_client, ns, "gone")["metadata"].get("finalizers")
+    op.kill()
+    cluster.kubectl("delete", "mdep", "gone", "-n", ns, "--wait=true", "--timeout=20s")
+    eventually(lambda: deployment(api_client, ns, "gone") is None, timeout=60, what="Deployment collected")

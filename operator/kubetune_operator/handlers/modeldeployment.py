@@ -13,17 +13,19 @@ beside change handlers). No finalizer: children go with their owner reference (p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
-from kubetune_operator import kube, metrics, settings
+from kubetune_operator import events, kube, metrics, settings
 from kubetune_operator.api import (
     API_VERSION,
     FINETUNEJOB_PLURAL,
@@ -226,12 +228,9 @@ def _publish(body: dict[str, Any], old: ModelDeploymentStatus, new: ModelDeploym
 
 
 def _post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    """A Kubernetes Event on the ModelDeployment. kopf.event, not kopf.info: main.py raises kopf's
-    posting level to WARNING to silence its per-handler events, which kopf.info obeys."""
-    try:
-        kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
-    except LookupError:  # called outside a kopf handler (a script or a test): no event queue
-        log.info("event %s %s: %s", type_, reason, message)
+    """A Kubernetes Event on the ModelDeployment, posted with the core API (also from the resync loop,
+    where kopf's event queue does not exist)."""
+    events.post(body, reason, message, warning=type_ == "Warning")
 
 
 def _record_available(namespace: str, name: str, status: ModelDeploymentStatus | None) -> None:
@@ -274,16 +273,12 @@ def modeldeployment_spec_changed(namespace: str | None, name: str, **_: Any) -> 
     _raise_if_invalid(reconcile(str(namespace), name))
 
 
-@kopf.timer(GROUP, VERSION, MODELDEPLOYMENT_PLURAL, interval=settings.current().resync_seconds)
-def modeldeployment_resync(namespace: str | None, name: str, **_: Any) -> None:
-    # An invalid spec is reported by the change handlers (with a PermanentError) and in status;
-    # the timer only keeps status current, so it does not raise.
-    reconcile(str(namespace), name)
-
-
 @kopf.on.event(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
 def modeldeployment_event(namespace: str | None, name: str, type: str, **_: Any) -> None:
-    if type == "DELETED":
+    if type != "DELETED":
+        _known.add((str(namespace), name))
+    else:
+        _known.discard((str(namespace), name))
         _record_available(str(namespace), name, None)
         with _locks_guard:
             _locks.pop((str(namespace), name), None)
@@ -310,3 +305,34 @@ def finetunejob_versions_changed(
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, MODELDEPLOYMENT_LABEL: kopf.PRESENT})
 def server_deployment_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     reconcile(str(namespace), labels[MODELDEPLOYMENT_LABEL])
+
+
+# A resync loop instead of kopf.timer: kopf timers put a finalizer on every object (to stop the timer
+# before deletion), and a finalizer blocks deleting a ModelDeployment while the operator is down
+# (STYLE.md pitfall 6). The loop keeps status current (ready replicas, canary timing) without one.
+_known: set[tuple[str, str]] = set()
+
+
+async def _resync(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    interval = settings.current().resync_seconds
+    while not stop.is_set():
+        for namespace, name in sorted(_known):
+            try:
+                await loop.run_in_executor(None, reconcile, namespace, name)
+            except Exception:  # one bad object must never stop the loop
+                log.exception("resync of ModelDeployment %s/%s failed; retrying in %ss", namespace, name, interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+@kopf.on.startup()
+async def start_modeldeployment_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.mdep_stop = asyncio.Event()
+    memo.mdep_resync = asyncio.create_task(_resync(memo.mdep_stop))
+
+
+@kopf.on.cleanup()
+async def stop_modeldeployment_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.mdep_stop.set()
+    await memo.mdep_resync
