@@ -20,7 +20,7 @@ BASE_SPEC: dict[str, Any] = {
     "datasets": {"train": {"configMap": {"name": "train-data", "key": "train.jsonl"}, "format": "jsonl"}},
     "hyperparameters": {"maxSteps": 20},
     "evaluation": {"metrics": ["loss"], "gate": {"metric": "loss", "threshold": 2.0, "direction": "min"}},
-    "resources": {"nodes": 2, "gpusPerNode": 8, "gpuType": H100},
+    "resources": {"nodes": 2, "gpusPerNode": 2, "gpuType": H100},
     "output": {"uri": "s3://kubetune-test/models"},
     "runPolicy": {"backoffLimit": 1},
     "pod": {"annotations": dict(HOLD)},

@@ -43,7 +43,7 @@ def test_happy_path_records_a_model_version(cluster: DevCluster, namespace: str,
     assert condition(st, "DataValidated")["status"] == "True"
     assert st["dataQuality"]["rows"] == 20 and st["dataQuality"]["passed"] is True
     assert condition(st, "Admitted")["status"] == "True"
-    assert st["currentRun"]["admittedGPUs"] == 16 and st["currentRun"]["gpuType"] == H100
+    assert st["currentRun"]["admittedGPUs"] == 4 and st["currentRun"]["gpuType"] == H100
 
     # The gang: one Indexed Job with 2 pods on H100 nodes, rendezvous through a headless Service.
     (job,) = jobs(cluster, namespace, "happy", "train")
@@ -77,10 +77,13 @@ def test_happy_path_records_a_model_version(cluster: DevCluster, namespace: str,
     assert st["latestVersion"] == 1 and st["latestPassingVersion"] == 1
     assert st["runs"][0]["result"] == "Succeeded" and st["runs"][0]["version"] == 1
     cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/happy", "-n", namespace, "--timeout=5s")
-    reasons = cluster.kubectl("get", "events", "-n", namespace,
-                              "--field-selector", "involvedObject.name=happy", "-o", "json").stdout
-    seen = {e["reason"] for e in json.loads(reasons)["items"]}
-    assert {"ValidatingData", "DataValidated", "Queued", "Admitted", "Completed"} <= seen
+    def reasons() -> set[str]:
+        out = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=happy",
+                              "-o", "json").stdout
+        return {e["reason"] for e in json.loads(out)["items"]}
+
+    eventually(lambda: {"ValidatingData", "DataValidated", "Queued", "Admitted", "Completed"} <= reasons(),
+               timeout=10, what="an event for every transition")
 
     text = operator.metrics()
     assert f'kubetune_runs_succeeded_total{{namespace="{namespace}"}} 1.0' in text
@@ -324,3 +327,28 @@ def test_progress_channel_lets_rank0_patch_only_its_own_progress(cluster: DevClu
     st = wait_phase(cluster, namespace, "talker", "Succeeded")
     assert st["progress"]["step"] == 50
     assert os.environ["KUBECONFIG"] == str(path)
+
+
+def test_a_run_waits_in_the_queue_while_its_gpu_type_is_full(cluster: DevCluster, namespace: str,
+                                                             operator: Any) -> None:
+    whole_pool = {"nodes": 4, "gpusPerNode": 8, "gpuType": H100}  # every H100 of the cluster
+    run_to_running(cluster, namespace, "big", resources=whole_pool)
+    apply(cluster, namespace, ftj("small", resources={"nodes": 1, "gpusPerNode": 8, "gpuType": H100}))
+    wait_phase(cluster, namespace, "small", "Validating")
+    pass_validation(cluster, namespace, "small")
+    st = wait_phase(cluster, namespace, "small", "Queued")
+    admitted = condition(st, "Admitted")
+    assert admitted["status"] == "False" and admitted["reason"] == "InsufficientGPUs"
+    assert "waiting for 8 GPUs of type" in st["currentRun"]["waitReason"]
+    (job,) = jobs(cluster, namespace, "small", "train")
+    assert job["spec"]["suspend"] is True  # no partial start: not one pod of the gang exists
+    assert not (get(cluster, namespace, "pods", selector=train_selector("small")) or {}).get("items")
+    printed = cluster.kubectl("get", "ftj", "small", "-n", namespace, "-o", "wide").stdout
+    assert "waiting for 8 GPUs" in printed
+
+    finish_pods(cluster, namespace, train_selector("big"), "Succeeded", count=4, message=manifest(1),
+                rank0_message_only=True)
+    wait_phase(cluster, namespace, "big", "Succeeded")
+    wait_phase(cluster, namespace, "small", "Running")
+    counts = [line for line in operator.metrics().splitlines() if line.startswith("kubetune_queue_wait_seconds_count")]
+    assert counts and float(counts[0].split()[-1]) == 2.0  # both runs passed through the queue

@@ -10,16 +10,18 @@ import pytest
 
 from tests.integration.ftj_support import (
     apply,
+    condition,
     create_data,
     finish_pods,
     ftj,
     jobs,
     manifest,
     pass_validation,
+    status,
     train_selector,
     wait_phase,
 )
-from tests.support import DevCluster
+from tests.support import DevCluster, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +51,9 @@ def test_kill_points_validating_queued_running_and_finishing(cluster: DevCluster
                 message="worker lost")
     time.sleep(1)
     operator.start()
-    wait_phase(cluster, namespace, "sturdy", "Running")
+    eventually(lambda: (st := status(cluster, namespace, "sturdy")).get("phase") == "Running"
+               and st["currentRun"].get("attempts") == 2 and condition(st, "Admitted").get("status") == "True",
+               timeout=60, what="attempt 2 admitted and running")
     assert_one_of_each(cluster, namespace, "sturdy", train_attempts=2)
 
     # Kill point 3: the run finishes while the operator is down -> one version, one run record.

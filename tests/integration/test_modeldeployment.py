@@ -201,8 +201,8 @@ def test_waits_for_a_passing_version_then_serves_it_on_gpus(
     printed = cluster.kubectl("get", "mdep", "faq", "-n", ns).stdout
     assert "Available" in printed and f"faq.{ns}.svc" in printed
     cluster.kubectl("wait", "--for=condition=Available", "mdep/faq", "-n", ns, "--timeout=5s")
-    reasons = event_reasons(cluster, ns, "faq")
-    assert "NoPassingVersion" in reasons and "ReplicasAvailable" in reasons
+    eventually(lambda: {"NoPassingVersion", "ReplicasAvailable"} <= set(event_reasons(cluster, ns, "faq")),
+               timeout=10, what="NoPassingVersion and ReplicasAvailable events")
 
 
 def test_auto_promotes_new_passing_versions_and_never_a_failing_one(
@@ -236,7 +236,7 @@ def test_auto_promotes_new_passing_versions_and_never_a_failing_one(
     assert [(r["version"], r["result"]) for r in st["rolloutHistory"]] == [(1, "Succeeded"), (3, "Succeeded")]
     names = sorted(d.metadata.name for d in client.AppsV1Api(api_client).list_namespaced_deployment(ns).items)
     assert names == ["chat"]
-    assert "RolloutStarted" in event_reasons(cluster, ns, "chat")
+    eventually(lambda: "RolloutStarted" in event_reasons(cluster, ns, "chat"), timeout=10, what="a RolloutStarted event")
 
 
 def test_manual_promotion_keeps_the_pinned_version_until_the_spec_changes(
@@ -306,8 +306,8 @@ def test_canary_splits_replicas_is_replaced_by_a_newer_version_then_promotes(
     v3 = st["rolloutHistory"][-1]
     started, completed = (datetime.fromisoformat(v3[k].replace("Z", "+00:00")) for k in ("startTime", "completionTime"))
     assert (completed - started).total_seconds() >= 20
-    reasons = event_reasons(cluster, ns, "canary")
-    assert reasons.count("CanaryStarted") == 2 and "CanaryPromoted" in reasons
+    eventually(lambda: (r := event_reasons(cluster, ns, "canary")).count("CanaryStarted") == 2
+               and "CanaryPromoted" in r, timeout=10, what="two CanaryStarted events and a CanaryPromoted one")
 
 
 def test_a_later_apply_rolls_the_canary_back(
@@ -329,7 +329,8 @@ def test_a_later_apply_rolls_the_canary_back(
                      lambda s: "canaryVersion" not in s and s.get("rolloutHistory", [{}])[-1].get("result") == "RolledBack")
     eventually(lambda: deployment(api_client, ns, "rb-canary") is None, timeout=30, what="canary removed")
     assert st["servedVersion"] == 1 and served(deployment(api_client, ns, "rb"))["version"] == 1  # type: ignore[index]
-    assert "CanaryRolledBack" in event_reasons(cluster, ns, "rb")
+    eventually(lambda: "CanaryRolledBack" in event_reasons(cluster, ns, "rb"), timeout=10,
+               what="a CanaryRolledBack event")
 
 
 def test_autoscaling_hpa_auth_tls_and_garbage_collection(
@@ -406,7 +407,7 @@ def test_invalid_spec_fails_with_the_field_named_and_no_children(
     assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
     assert "spec.model.uri" in degraded["message"] and "pvc://" in degraded["message"]
     assert deployment(api_client, ns, "bad") is None
-    assert "InvalidSpec" in event_reasons(cluster, ns, "bad")
+    eventually(lambda: "InvalidSpec" in event_reasons(cluster, ns, "bad"), timeout=10, what="an InvalidSpec event")
     # Fixing the spec recovers without restarting anything.
     apply_mdep(cluster, ns, "bad", {"model": {"uri": "/models/smollm2"}, "runtime": {"type": "transformers"}})
     st = wait_status(api_client, ns, "bad", "served", lambda s: s.get("phase") == "Available")

@@ -8,8 +8,6 @@ goes away at once; its children follow by owner references.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,9 +18,9 @@ from kubetune_operator import ftj_controller, settings
 from kubetune_operator.api.common import GROUP, VERSION
 from kubetune_operator.api.finetunejob import PLURAL
 from kubetune_operator.builders import names
+from kubetune_operator.resync import Resync
 
 log = logging.getLogger("kubetune.finetunejob")
-_known: set[tuple[str, str]] = set()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -30,10 +28,10 @@ def finetunejob_event(type: str, name: str, namespace: str | None, **_: Any) -> 
     if namespace is None:
         return
     if type == "DELETED":
-        _known.discard((namespace, name))
+        resync.forget(namespace, name)
         ftj_controller.forget(namespace, name)
         return
-    _known.add((namespace, name))
+    resync.track(namespace, name)
     ftj_controller.reconcile(namespace, name)
 
 
@@ -51,26 +49,5 @@ def child_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) 
     ftj_controller.reconcile(namespace, labels[names.LABEL_JOB])
 
 
-async def _resync(stop: Any) -> None:
-    loop = asyncio.get_running_loop()
-    interval = settings.current().resync_seconds
-    while not stop.is_set():
-        for namespace, name in sorted(_known):
-            try:
-                await loop.run_in_executor(None, ftj_controller.reconcile, namespace, name)
-            except Exception:  # one bad object must never stop the loop (or crash the operator)
-                log.exception("resync of %s/%s failed; retrying in %ss", namespace, name, interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-
-
-@kopf.on.startup()
-async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.ftj_stop = asyncio.Event()
-    memo.ftj_resync = asyncio.create_task(_resync(memo.ftj_stop))
-
-
-@kopf.on.cleanup()
-async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.ftj_stop.set()
-    await memo.ftj_resync
+resync = Resync("finetunejob", ftj_controller.reconcile, settings.current().resync_seconds)
+resync.register()

@@ -4,17 +4,15 @@
 Deployments fresh from the API, resolves the model, plans the rollout, applies the children,
 removes obsolete ones, and patches status when it changed. It runs on
 - create and spec updates (a `kopf.PermanentError` for a spec that can never work),
-- a timer every `settings.resync_seconds` (level-based: waiting versions and canary timing),
+- the resync loop (resync.py) every `settings.resync_seconds` (level-based: waiting versions and canary timing),
 - FineTuneJob events that change its versions (auto-promotion within moments, not a resync), and
 - events of the server Deployments (readiness reaches status at once).
-A lock per object keeps those from running one reconcile twice at the same time (kopf runs timers
+A lock per object keeps those from running one reconcile twice at the same time (kopf runs handlers
 beside change handlers). No finalizer: children go with their owner reference (pitfall 6).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -55,6 +53,7 @@ from kubetune_operator.model_resolution import (
     parse_finetunejob,
     resolve_model,
 )
+from kubetune_operator.resync import Resync
 from kubetune_operator.serving_rollout import (
     RolloutPlan,
     Track,
@@ -276,9 +275,9 @@ def modeldeployment_spec_changed(namespace: str | None, name: str, **_: Any) -> 
 @kopf.on.event(GROUP, VERSION, MODELDEPLOYMENT_PLURAL)
 def modeldeployment_event(namespace: str | None, name: str, type: str, **_: Any) -> None:
     if type != "DELETED":
-        _known.add((str(namespace), name))
+        resync.track(str(namespace), name)
     else:
-        _known.discard((str(namespace), name))
+        resync.forget(str(namespace), name)
         _record_available(str(namespace), name, None)
         with _locks_guard:
             _locks.pop((str(namespace), name), None)
@@ -307,32 +306,6 @@ def server_deployment_changed(namespace: str | None, labels: kopf.Labels, **_: A
     reconcile(str(namespace), labels[MODELDEPLOYMENT_LABEL])
 
 
-# A resync loop instead of kopf.timer: kopf timers put a finalizer on every object (to stop the timer
-# before deletion), and a finalizer blocks deleting a ModelDeployment while the operator is down
-# (STYLE.md pitfall 6). The loop keeps status current (ready replicas, canary timing) without one.
-_known: set[tuple[str, str]] = set()
-
-
-async def _resync(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    interval = settings.current().resync_seconds
-    while not stop.is_set():
-        for namespace, name in sorted(_known):
-            try:
-                await loop.run_in_executor(None, reconcile, namespace, name)
-            except Exception:  # one bad object must never stop the loop
-                log.exception("resync of ModelDeployment %s/%s failed; retrying in %ss", namespace, name, interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-
-
-@kopf.on.startup()
-async def start_modeldeployment_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.mdep_stop = asyncio.Event()
-    memo.mdep_resync = asyncio.create_task(_resync(memo.mdep_stop))
-
-
-@kopf.on.cleanup()
-async def stop_modeldeployment_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo.mdep_stop.set()
-    await memo.mdep_resync
+# A resync loop (not kopf.timer: timers put a finalizer on every object) keeps status current.
+resync = Resync("modeldeployment", reconcile, settings.current().resync_seconds)
+resync.register()
