@@ -91,6 +91,38 @@ def test_http_source_sends_the_bearer_token_from_env(http_server: tuple[str, lis
         load_source(DataSource(uri=f"{base}/missing.jsonl"))
 
 
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3-compatible server (moto's, over real HTTP), reached through the same env vars a pod gets."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    yield endpoint
+    server.stop()
+
+
+def test_s3_source_reads_files_and_prefixes_through_fsspec(s3_server: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="datasets")
+    body = "".join(json.dumps(r) + "\n" for r in ROWS)
+    s3.put_object(Bucket="datasets", Key="support/train.jsonl", Body=body.encode())
+    s3.put_object(Bucket="datasets", Key="support/more/part-2.jsonl", Body=body.encode())
+    assert load_source(DataSource(uri="s3://datasets/support/train.jsonl")).rows == ROWS
+    assert load_source(DataSource(uri="s3://datasets/support/")).rows == ROWS + ROWS  # a prefix, like a folder
+    with pytest.raises(ConfigError, match="no such object"):
+        load_source(DataSource(uri="s3://datasets/support/missing.jsonl"))
+    with pytest.raises(ConfigError, match="matches no"):
+        load_source(DataSource(uri="s3://datasets/empty/"))
+
+
 def test_sql_source_reads_a_real_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "data.db"
     with sqlite3.connect(db) as conn:

@@ -101,6 +101,11 @@ def _read_bytes(uri: str) -> bytes:
             return f.read()  # type: ignore[no-any-return]
     except ImportError as e:
         raise ConfigError(f"data source {uri!r}: no fsspec filesystem for {scheme}:// ({e})") from e
+    except FileNotFoundError as e:
+        raise ConfigError(f"data source {uri!r}: no such object (check the bucket and key)") from e
+    except PermissionError as e:
+        raise ConfigError(f"data source {uri!r}: access denied; check the credentials in the pod's env "
+                          "(spec.pod.envFrom)") from e
 
 
 def _read_http(uri: str) -> bytes:
@@ -125,11 +130,15 @@ def _read_http(uri: str) -> bytes:
 def _expand(uri: str) -> list[str]:
     """A local directory or glob becomes its data files, sorted; anything else stays itself."""
     if _is_remote(uri):
-        if any(ch in uri for ch in "*?["):
+        if any(ch in uri for ch in "*?[") or (uri.endswith("/") and urlparse(uri).scheme not in ("http", "https")):
             import fsspec
 
             fs, _, paths = fsspec.get_fs_token_paths(uri)
             protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+            if uri.endswith("/"):  # a prefix: every data file under it, like a local directory
+                paths = [p for p in fs.find(paths[0]) if Path(p).suffix.lower() in SUFFIX_FORMATS]
+            if not paths:
+                raise ConfigError(f"data source {uri!r}: matches no {sorted(SUFFIX_FORMATS)} object")
             return [f"{protocol}://{p}" for p in sorted(paths)]
         return [uri]
     path = Path(uri.removeprefix("file://"))
