@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from kubetune_operator.devcluster import build
 from kubetune_operator.devcluster.pins import KUBERNETES_STAGING, Component, components
 from kubetune_operator.devcluster.topology import load_topology, node_manifests
