@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, TrainerConfig
 from pydantic import ValidationError
 
-from kubetune_operator import events, kube, metrics, settings
+from kubetune_operator import events, kube, metrics, schedule, settings
 from kubetune_operator.admission import ADMISSION_LOCK, Admission, CapacityAdmission, Decision, GangRequest
 from kubetune_operator.api.common import API_VERSION
 from kubetune_operator.api.finetunejob import FineTuneJob
@@ -186,9 +186,10 @@ class Reconcile:
         return sorted(out, key=lambda j: int(j["metadata"]["labels"].get(names.LABEL_ATTEMPT, 0)))
 
     def current_run_number(self) -> int:
+        """The newest run in status or among the children; 0 when no run has started yet."""
         labelled = [int((j["metadata"].get("labels") or {}).get(names.LABEL_RUN, 0)) for j in self.jobs]
         recorded = (self.status.get("currentRun") or {}).get("number", 0)
-        return max([recorded, *labelled, 1])
+        return max([recorded, *labelled, 0])
 
     def run_record(self, run: int) -> Body | None:
         return next((r for r in self.status["runs"] if r.get("number") == run), None)
@@ -204,12 +205,23 @@ class Reconcile:
     def run(self) -> None:
         n = self.current_run_number()
         current = self.status.get("currentRun") or {}
-        if current.get("number") != n:
-            current = {"number": n, "attempts": 0}
+        if n == 0:
+            if self.ftj.spec.schedule is not None:  # a scheduled job starts with its first tick
+                if not self.tick(active=False):
+                    self.phase("Pending")
+                    self.condition("Running", False, "WaitingForSchedule",
+                                   f"the first run starts at the next tick of schedule {self.ftj.spec.schedule.cron!r}")
+                return
+            n, current = 1, {"number": 1, "attempts": 0, "trigger": "Create"}
+        elif current.get("number") != n:
+            current = {"number": n, "attempts": 0}  # children exist that status never heard of
         self.status["currentRun"] = current
         record = self.run_record(n)
         if record is not None:
-            self.finished(record)
+            if self.ftj.spec.schedule is None or not self.tick(active=False):
+                self.finished(record)
+            return
+        if self.ftj.spec.schedule is not None and self.tick(active=True):
             return
         if self.deadline_passed(current):
             return
@@ -241,13 +253,21 @@ class Reconcile:
         record = {
             "number": run, "result": result, "reason": reason, "message": shorten(message),
             "startTime": current.get("startTime"), "completionTime": current["completionTime"],
-            "attempts": current.get("attempts", 0), "trigger": "Create",
+            "attempts": current.get("attempts", 0), "trigger": current.get("trigger") or "Create",
         }
         if version is not None:
             record["version"] = version
         self.status["runs"] = [*self.status["runs"], {k: v for k, v in record.items() if v is not None}][
             -RUN_HISTORY_LIMIT:]
         self.condition("Running", False, reason, message)
+        if result == "Cancelled":
+            self.event(reason, message, warning=True)
+            for job in self.jobs:
+                labels = job["metadata"].get("labels") or {}
+                if labels.get(names.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
+                    kube.delete("batch/v1", "Job", job["metadata"]["name"], self.namespace)
+            return
+        self.trim_history()
         if result == "Succeeded":
             self.phase("Succeeded")
             self.condition("Succeeded", True, reason, message)
@@ -264,6 +284,67 @@ class Reconcile:
                 labels = job["metadata"].get("labels") or {}
                 if labels.get(names.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
                     kube.delete("batch/v1", "Job", job["metadata"]["name"], self.namespace)
+
+    # ---- retraining schedule
+
+    def tick(self, active: bool) -> bool:
+        """Act on a due tick of spec.schedule; True when a new run was started."""
+        sched = self.ftj.spec.schedule
+        assert sched is not None
+        if sched.suspend:
+            self.status["nextScheduleTime"] = None
+            return False
+        created = parse_time(self.body["metadata"].get("creationTimestamp")) or now()
+        t = schedule.check(sched, parse_time(self.status.get("lastScheduleTime")), created, now())
+        self.status["nextScheduleTime"] = timestamp(t.next)
+        if t.due is None:
+            return False
+        due = timestamp(t.due)
+        if t.missed:
+            self.status["lastScheduleTime"] = due
+            self.event("MissedSchedule", f"the tick of {due} was missed by more than "
+                       f"schedule.startingDeadlineSeconds={sched.starting_deadline_seconds}; waiting for the next",
+                       warning=True)
+            return False
+        run = int((self.status.get("currentRun") or {}).get("number") or 0)
+        if active:
+            if sched.concurrency_policy == "Forbid":
+                self.status["lastScheduleTime"] = due
+                self.event("ScheduleSkipped", f"tick {due}: run {run} is still active and "
+                           "schedule.concurrencyPolicy is Forbid")
+                return False
+            if sched.concurrency_policy == "Allow":
+                self.status["nextScheduleTime"] = due  # queued: starts when run `run` ends
+                return False
+            self.finish(run, "Cancelled", "ReplacedBySchedule",
+                        f"run {run} stopped: the tick of {due} replaces it (schedule.concurrencyPolicy Replace)")
+        self.status["lastScheduleTime"] = due
+        self.status["currentRun"] = {"number": run + 1, "attempts": 0, "trigger": "Schedule"}
+        self.phase("Pending")
+        for type_ in ("Succeeded", "Failed"):
+            self.condition(type_, False, "RunStarted", f"run {run + 1} started by the schedule")
+        self.condition("Running", False, "RunStarted", f"run {run + 1} started by the schedule")
+        self.event("ScheduledRunStarted", f"tick {due} of {sched.cron!r} starts run {run + 1}")
+        return True
+
+    def trim_history(self) -> None:
+        """Keep the schedule's history limits of finished runs; delete the children of the others."""
+        sched = self.ftj.spec.schedule
+        if sched is None:
+            return
+        current = int(self.status["currentRun"]["number"])
+        runs = self.status["runs"]
+        ok = [r["number"] for r in runs if r["result"] == "Succeeded"]
+        bad = [r["number"] for r in runs if r["result"] != "Succeeded"]
+        keep = {current}
+        keep.update(ok[len(ok) - sched.successful_runs_history_limit:] if sched.successful_runs_history_limit else [])
+        keep.update(bad[len(bad) - sched.failed_runs_history_limit:] if sched.failed_runs_history_limit else [])
+        self.status["runs"] = [r for r in runs if r["number"] in keep]
+        for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap"), ("v1", "Service")):
+            for obj in kube.list_objects(api_version, kind, self.namespace, f"{names.LABEL_JOB}={self.name}"):
+                run = (obj["metadata"].get("labels") or {}).get(names.LABEL_RUN)
+                if run is not None and int(run) not in keep:
+                    kube.delete(api_version, kind, obj["metadata"]["name"], self.namespace)
 
     # ---- checks that need no GPU
 

@@ -466,6 +466,9 @@ class CurrentRun(StatusModel):
     wait_reason: str | None = Field(None, description="Why the run waits (e.g. quota full, no node with that GPU type).")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job of the run's current attempt.")
     queued_at: datetime | None = Field(None, description="When the current attempt started waiting for admission.")
+    trigger: Literal["Create", "Schedule", "SpecChange", "Manual"] | None = Field(
+        None, description="What started the run."
+    )
     resumed_from_step: int | None = Field(None, ge=0, description="Checkpoint step the run resumed from.")
 
 
