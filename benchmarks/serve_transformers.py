@@ -245,8 +245,10 @@ def main() -> None:
     sides = {"baseline": ([], 0.0, []), "serial": ([], 0.0, []), "concurrent": ([], 0.0, [])}
     with tempfile.TemporaryDirectory(prefix="kubetune-serve-bench-") as tmp:
         base, server = Baseline(model_dir, args.max_tokens), Server(model_dir, args, Path(tmp))
-        vllm = Server(model_dir, args, Path(tmp), "vllm") if args.vllm_python else None
+        vllm: Server | None = None
         try:
+            if args.vllm_python:  # inside the try: a vLLM that fails to start must not leak the others
+                vllm = Server(model_dir, args, Path(tmp), "vllm")
             base.run(WARMUP, 0)
             server.run(WARMUP, 0, 1)
             per_round = max(1, args.requests // args.rounds)
