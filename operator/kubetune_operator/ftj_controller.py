@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -239,10 +239,7 @@ class Reconcile:
         done = parse_time(record.get("completionTime"))
         if ttl is None or done is None or now() < done + timedelta(seconds=ttl):
             return
-        removed = 0
-        for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap"), ("v1", "Service")):
-            for obj in kube.list_objects(api_version, kind, self.namespace, f"{names.LABEL_JOB}={self.name}"):
-                removed += kube.delete(api_version, kind, obj["metadata"]["name"], self.namespace)
+        removed = self.delete_run_children(lambda run: True)
         if removed:
             self.event("ChildrenCleanedUp", f"ttlSecondsAfterFinished={ttl} passed: removed {removed} "
                        "Jobs, ConfigMaps and Services of finished runs; model versions are kept")
@@ -340,11 +337,17 @@ class Reconcile:
         keep.update(ok[len(ok) - sched.successful_runs_history_limit:] if sched.successful_runs_history_limit else [])
         keep.update(bad[len(bad) - sched.failed_runs_history_limit:] if sched.failed_runs_history_limit else [])
         self.status["runs"] = [r for r in runs if r["number"] in keep]
+        self.delete_run_children(lambda run: run is not None and run not in keep)
+
+    def delete_run_children(self, doomed: Callable[[int | None], bool]) -> int:
+        """Delete the Jobs, ConfigMaps and Services of the runs `doomed` picks; returns how many went."""
+        removed = 0
         for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap"), ("v1", "Service")):
             for obj in kube.list_objects(api_version, kind, self.namespace, f"{names.LABEL_JOB}={self.name}"):
                 run = (obj["metadata"].get("labels") or {}).get(names.LABEL_RUN)
-                if run is not None and int(run) not in keep:
-                    kube.delete(api_version, kind, obj["metadata"]["name"], self.namespace)
+                if doomed(int(run) if run is not None else None):
+                    removed += kube.delete(api_version, kind, obj["metadata"]["name"], self.namespace)
+        return removed
 
     # ---- checks that need no GPU
 
