@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo dev-up dev-down test lint typecheck crds crds-check unit integration
+.PHONY: install demo demo-down dev-up dev-down test lint typecheck crds crds-check unit integration
 
 $(BIN)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
@@ -12,9 +12,17 @@ $(BIN)/.installed: pyproject.toml scripts/install.sh
 
 install: $(BIN)/.installed
 
-## The main job (for now): build and start a local control plane with fake GPU nodes.
-demo dev-up: install
-	$(BIN)/kubetune dev up
+## The main job: a local cluster whose local node runs the operator's pods; fine-tune SmolLM2, serve it,
+## ask it questions. NAME picks the cluster (default demo); `make demo-down` removes it.
+NAME ?= demo
+demo: install
+	$(BIN)/kubetune demo --name $(NAME)
+
+demo-down: install
+	$(BIN)/kubetune demo --down --name $(NAME)
+
+dev-up: install
+	$(BIN)/kubetune dev up --local-node
 
 dev-down: install
 	$(BIN)/kubetune dev down
@@ -31,6 +39,7 @@ typecheck: install
 
 crds: install
 	$(BIN)/kubetune crds
+	cp crds/*.yaml charts/kubetune/files/crds/
 
 crds-check: install
 	$(BIN)/kubetune crds --check

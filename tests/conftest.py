@@ -24,30 +24,39 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    """One real control plane for the whole session; stopped at the end even when tests fail.
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real control plane for the whole session, with the local node `local-0`; stopped at the
+    end even when tests fail. The local node is tainted, so only pods that ask for it (see
+    `kubetune_operator.dev.localnode.pod_placement`) run there; everything else lands on kwok nodes.
 
     A failed build or start is an error, never a skip: CI must go red.
     """
-    from kubetune_operator.devcluster.cluster import LocalCluster, kubectl_binary
+    from kubetune_operator.dev.cluster.cluster import ClusterError, LocalCluster
 
     signal.signal(signal.SIGTERM, _interrupt)
-    from kubetune_operator.devcluster.cluster import ClusterError
-
     lc = LocalCluster(f"pytest-{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("clusters"))
     try:
         try:
-            state = lc.up(timeout=240)
+            lc.up(timeout=240, local_node=True)
         except ClusterError as e:
             # One retry on fresh ports: a port picked as free can be taken by another process before
             # the component binds it. A second failure is an error (CI goes red).
             print(f"cluster start failed, retrying once: {e}")
             lc.down()
             lc = LocalCluster(f"pytest-{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("clusters"))
-            state = lc.up(timeout=240)
-        yield DevCluster(state.kubeconfig, state.server, kubectl_binary())
+            lc.up(timeout=240, local_node=True)
+        yield lc
     finally:
         lc.down()
+
+
+@pytest.fixture(scope="session")
+def cluster(local_cluster: Any) -> DevCluster:
+    """The session's control plane, as tests reach it (kubeconfig, server, kubectl)."""
+    from kubetune_operator.dev.cluster.cluster import kubectl_binary
+
+    state = local_cluster.state()
+    return DevCluster(state.kubeconfig, state.server, kubectl_binary())
 
 
 @pytest.fixture(scope="session")

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from kubetune_operator.devcluster.cli import dev
+# Development commands load on use: the operator image runs `kubetune run` and never imports dev/.
+DEV_COMMANDS = {
+    "dev": "kubetune_operator.dev.cluster.cli:dev",
+    "demo": "kubetune_operator.dev.demo.cli:demo",
+    "models": "kubetune_operator.dev.demo.cli:models",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *DEV_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in DEV_COMMANDS:
+            module, _, attr = DEV_COMMANDS[name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kubetune")
 def main() -> None:
     """kubetune: fine-tune and serve your own language models on your own Kubernetes clusters."""
-
-
-main.add_command(dev)
 
 
 @main.command("crds")
@@ -26,13 +42,41 @@ def crds(out_dir: str, check: bool) -> None:
     raise SystemExit(write_or_check(out_dir, check=check))
 
 
-@main.command("run", context_settings={"ignore_unknown_options": True})
-@click.argument("kopf_args", nargs=-1, type=click.UNPROCESSED)
-def run(kopf_args: tuple[str, ...]) -> None:
-    """Run the operator (kopf) against the cluster of the current kubeconfig."""
+def _described(name: str) -> str:
+    from kubetune_operator.settings import ENV_PREFIX, OperatorSettings
+
+    field = OperatorSettings.model_fields[name]
+    return f"{field.description} [env {ENV_PREFIX}{name.upper()}]"
+
+
+@main.command("run")
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Watch the whole cluster (the default without -n).")
+@click.option("--controllers", default=None, help="Comma-separated controllers to run "
+              "(finetunejob, modeldeployment) [default: all; env KUBETUNE_CONTROLLERS]")
+@click.option("--bind-address", default=None, help=_described("bind_address") + " [default: 127.0.0.1]")
+@click.option("--metrics-port", type=int, default=None, help=_described("metrics_port") + " [default: 8080]")
+@click.option("--health-port", type=int, default=None, help=_described("health_port") + " [default: 8081]")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines as text or as JSON objects [default: text; env KUBETUNE_LOG_FORMAT]")
+@click.option("--verbose", is_flag=True, help="Debug logging.")
+def run(namespaces: tuple[str, ...], all_namespaces: bool, controllers: str | None, bind_address: str | None,
+        metrics_port: int | None, health_port: int | None, log_format: str | None, verbose: bool) -> None:
+    """Run the operator (kopf) against the cluster of the current kubeconfig.
+
+    Flags override the KUBETUNE_* environment, which overrides the defaults.
+    """
     from kubetune_operator.main import run_operator
 
-    run_operator(list(kopf_args))
+    argv: list[str] = ["--all-namespaces"] if all_namespaces else []
+    for ns in namespaces:
+        argv += ["--namespace", ns]
+    for flag, value in (("--controllers", controllers), ("--bind-address", bind_address),
+                        ("--metrics-port", metrics_port), ("--health-port", health_port),
+                        ("--log-format", log_format)):
+        if value is not None:
+            argv += [flag, str(value)]
+    run_operator(argv + (["--verbose"] if verbose else []))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ Run lifecycle (run n, attempt k):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +36,7 @@ from pydantic import ValidationError
 
 from kubetune_operator import events, kube, metrics, schedule, settings
 from kubetune_operator.admission import ADMISSION_LOCK, Admission, CapacityAdmission, Decision, GangRequest
-from kubetune_operator.api.common import API_VERSION
+from kubetune_operator.api.common import API_VERSION, SpecError
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.builders import names
 from kubetune_operator.builders.storage import parse_pvc_uri
@@ -133,6 +136,20 @@ def _rank0_message(job: Body, pods: list[Body]) -> str:
     return ""
 
 
+_SQL_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
+
+
+def _sql_url_problem(encoded: str) -> str | None:
+    """Why a Secret value is not a SQLAlchemy URL, in words that never quote the value; None when it is one."""
+    try:
+        text = base64.b64decode(encoded, validate=True).decode("utf-8").strip()
+    except (binascii.Error, ValueError):
+        return "is not UTF-8 text"
+    if not _SQL_URL.match(text):
+        return "does not hold a URL of the form dialect[+driver]://user:password@host/db"
+    return None
+
+
 def _json_object(text: str) -> Body | None:
     try:
         value = json.loads(text)
@@ -225,6 +242,12 @@ class Reconcile:
             return
         if self.deadline_passed(current):
             return
+        if self.ftj.spec.run_policy.suspend and not self.run_jobs(n, names.COMPONENT_TRAIN):
+            self.suspend_before_training(n)  # suspend holds in every stage, not only on GPUs
+            return
+        if condition_is(self.status["conditions"], "Suspended") and not self.run_jobs(n, names.COMPONENT_TRAIN):
+            self.condition("Suspended", False, "Resumed", "the run is not suspended")
+            self.event("Resumed", f"run {n}: spec.runPolicy.suspend is false; the run continues")
         if not self.prechecks():
             return
         if not self.validation(n):
@@ -351,9 +374,18 @@ class Reconcile:
 
     # ---- checks that need no GPU
 
+    def run_started_at(self, current: Body) -> Any:
+        """When run `current` began to run anything: its admission, or else its validation pod's start."""
+        started = parse_time(current.get("startTime"))
+        if started is not None:
+            return started
+        validations = self.run_jobs(int(current["number"]), names.COMPONENT_VALIDATE)
+        times = [parse_time((j.get("status") or {}).get("startTime")) for j in validations]
+        return min((t for t in times if t is not None), default=None)
+
     def deadline_passed(self, current: Body) -> bool:
         deadline = self.ftj.spec.run_policy.active_deadline_seconds
-        started = parse_time(current.get("startTime"))
+        started = self.run_started_at(current)
         if deadline is None or started is None or now() < started + timedelta(seconds=deadline):
             return False
         self.finish(current["number"], "Failed", "DeadlineExceeded",
@@ -374,6 +406,13 @@ class Reconcile:
                     missing.append(f"Secret {ref.name} (spec.datasets.{split}.sql.secretKeyRef)")
                 elif ref.key not in (secret.get("data") or {}):
                     missing.append(f"key {ref.key} in Secret {ref.name} (spec.datasets.{split}.sql.secretKeyRef)")
+                elif (problem := _sql_url_problem((secret.get("data") or {})[ref.key])) is not None:
+                    self.invalid_dependency(SpecError(
+                        f"spec.datasets.{split}.sql.secretKeyRef",
+                        f"key {ref.key} of Secret {ref.name} {problem}",
+                        "store a SQLAlchemy URL there, e.g. postgresql://user:password@host:5432/db "
+                        "(kubectl create secret generic … --from-literal)"))
+                    return False
             if src.config_map is not None:
                 cm = kube.get("v1", "ConfigMap", src.config_map.name, self.namespace)
                 if cm is None:
@@ -434,6 +473,8 @@ class Reconcile:
             return False
         job = jobs[0]
         state = _job_state(job)
+        if state == "Suspended":  # suspended while validating; resumed now
+            kube.patch_merge("batch/v1", "Job", job["metadata"]["name"], self.namespace, {"spec": {"suspend": False}})
         if state == "Complete":
             report = _json_object(_rank0_message(job, self.pods))
             self.record_report(report, passed=True)
@@ -571,14 +612,30 @@ class Reconcile:
                        else "NotSuspended", "the run is not suspended")
         self.event("Admitted", f"run {run} attempt {current.get('attempts', 1)}: {decision.message}")
 
-    def mark_suspended(self, run: int) -> None:
+    def suspend_before_training(self, run: int) -> None:
+        """Suspended before any GPU was asked for: stop (suspend) a running data validation, start nothing."""
+        for job in self.run_jobs(run, names.COMPONENT_VALIDATE):
+            if _job_state(job) == "Active":
+                kube.patch_merge("batch/v1", "Job", job["metadata"]["name"], self.namespace, {"spec": {"suspend": True}})
+        self.mark_suspended(run, "no pod of the run runs (data validation included)")
+
+    def mark_suspended(self, run: int, what: str = "the trainer checkpointed and stopped") -> None:
         self.phase("Suspended")
         if not condition_is(self.status["conditions"], "Suspended"):
-            self.event("Suspended", f"run {run}: suspended by spec.runPolicy.suspend; GPUs released")
+            self.event("Suspended", f"run {run}: suspended by spec.runPolicy.suspend; {what}")
         self.condition("Suspended", True, "SuspendedBySpec",
-                       "spec.runPolicy.suspend is true: the trainer checkpointed and stopped; set it to false to resume")
+                       f"spec.runPolicy.suspend is true: {what}; set it to false to resume")
         self.condition("Running", False, "Suspended", "suspended by spec.runPolicy.suspend")
         self.condition("Admitted", False, "Suspended", "GPUs released while suspended")
+
+    def invalid_dependency(self, error: SpecError) -> None:
+        """A referenced object (a Secret) holds something unusable: say so once; re-checked on resync."""
+        self.phase("Pending")
+        message = str(error)
+        old = next((c for c in self.status["conditions"] if c.get("type") == "DataValidated"), None)
+        if not old or old.get("reason") != "InvalidSpec" or old.get("message") != shorten(message):
+            self.event("InvalidSpec", message, warning=True)
+        self.condition("DataValidated", False, "InvalidSpec", message)
 
     def active(self, run: int, job: Body) -> None:
         if self.ftj.spec.run_policy.suspend:
@@ -688,21 +745,77 @@ class Reconcile:
             events.post(self.body, reason, message, warning)
 
 
-def invalid_spec(body: Body, error: ValidationError) -> None:
-    """A stored object the models reject (e.g. created before a rule existed): fail it, loudly, once."""
-    meta = body["metadata"]
-    problems = "; ".join(
+def validation_problems(error: ValidationError) -> str:
+    """Pydantic errors as `spec.field: message` lines, as kubectl would name the fields."""
+    return "; ".join(
         f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" if e["loc"][:1] == ("spec",)
         else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-    )
-    old = body.get("status") or {}
-    if old.get("phase") == "Failed" and any(c.get("reason") == "InvalidSpec" for c in old.get("conditions") or []):
+    ) + "; fix the field and apply again"
+
+
+def check_spec(ftj: FineTuneJob) -> None:
+    """Interpret every user value the controller will use, without I/O; SpecError names the first bad one.
+
+    The schema cannot check everything (an IANA zone name, a cron date that never comes, what the
+    pod builders read from a quantity), so each reconcile renders the run's children once here.
+    """
+    if ftj.spec.schedule is not None:
+        schedule.validate(ftj.spec.schedule)
+    cpu = ftj.spec.resources.cpu
+    if isinstance(cpu, str) and not re.fullmatch(r"[0-9]+m|[0-9]*\.?[0-9]+", cpu):
+        raise SpecError("spec.resources.cpu", f"{cpu!r} is a quantity the trainer cannot turn into CPU threads",
+                        "write cores (8, 0.5) or millicores (7500m)")
+    inputs = RunInputs(run=1, version=1, attempt=1, resume=False)
+    try:
+        rendered = build_trainer_config(ftj, inputs)
+        build_validation_job(ftj, inputs, "image", rendered)
+        build_training_job(ftj, inputs, "image", rendered=rendered)
+    except ValidationError as e:
+        raise SpecError("spec", f"the trainer refuses the configuration built from it: {validation_problems(e)}",
+                        "fix the field it names") from e
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise SpecError("spec", f"kubetune cannot build the run's pods from it: {e}",
+                        "fix the value it names and apply again") from e
+
+
+def rejected_at_this_generation(body: Body) -> bool:
+    """Status already says InvalidSpec for this generation: nothing to do until the spec changes."""
+    st = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    return st.get("observedGeneration") == generation and any(
+        c.get("type") == "Failed" and c.get("reason") == "InvalidSpec" and c.get("status") == "True"
+        for c in st.get("conditions") or [])
+
+
+def reject(body: Body, problem: str) -> None:
+    """A spec kubetune can never act on: phase Failed, Failed=True/InvalidSpec and one Warning event."""
+    meta = body["metadata"]
+    if rejected_at_this_generation(body):
         return
-    conditions = set_condition(old.get("conditions") or [], "Failed", True, "InvalidSpec", problems,
-                               meta.get("generation"))
+    old = body.get("status") or {}
+    generation = meta.get("generation")
+    conditions = set_condition(old.get("conditions") or [], "Failed", True, "InvalidSpec", problem, generation)
+    conditions = set_condition(conditions, "Running", False, "InvalidSpec",
+                               "nothing runs until the spec is fixed", generation)
     kube.patch_status(KIND, meta["name"], meta["namespace"],
-                      {"phase": "Failed", "conditions": conditions, "observedGeneration": meta.get("generation")})
-    events.post(body, "InvalidSpec", problems, warning=True)
+                      {"phase": "Failed", "conditions": conditions, "observedGeneration": generation})
+    events.post(body, "InvalidSpec", f"{KIND} {meta['name']}: {problem}", warning=True)
+
+
+def invalid_spec(body: Body, error: ValidationError) -> None:
+    """A stored object the models reject (e.g. created before a rule existed): fail it, loudly, once."""
+    reject(body, validation_problems(error))
+
+
+def forget_rejection(status: Body) -> None:
+    """The spec changed since it was rejected: drop the InvalidSpec verdict from `status` (in place)."""
+    conditions = status.get("conditions") or []
+    kept = [c for c in conditions if not (c.get("reason") == "InvalidSpec" and c.get("type") in ("Failed", "Running"))]
+    if len(kept) == len(conditions):
+        return
+    status["conditions"] = kept
+    if status.get("phase") == "Failed" and not any(r.get("result") == "Failed" for r in status.get("runs") or []):
+        status.pop("phase", None)
 
 
 def reconcile(namespace: str, name: str) -> None:
@@ -713,14 +826,24 @@ def reconcile(namespace: str, name: str) -> None:
         if body is None or body["metadata"].get("deletionTimestamp"):
             forget(namespace, name)  # children go by owner references
             return
+        if rejected_at_this_generation(body):
+            return  # no retry loop: the verdict stands until metadata.generation changes
         try:
             ftj = FineTuneJob.model_validate(body)
+            check_spec(ftj)
         except ValidationError as e:
             invalid_spec(body, e)
             return
+        except SpecError as e:
+            reject(body, str(e))
+            return
         r = Reconcile(body, ftj)
+        forget_rejection(r.status)
         try:
             r.run()
+        except SpecError as e:  # check_spec should have caught it; never loop on it either way
+            reject(body, str(e))
+            return
         except ApiException as e:
             if e.status == 409:  # a concurrent write; the next pass sees it
                 log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))

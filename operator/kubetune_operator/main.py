@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -45,8 +46,12 @@ def parse_args(argv: list[str]) -> tuple[settings.OperatorSettings, bool]:
     p.add_argument("--namespace", "-n", action="append", default=None, help="Watch this namespace (repeatable).")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="Watch the whole cluster (default).")
     p.add_argument("--controllers", default=",".join(env.controllers), help="Comma-separated controllers to run.")
-    p.add_argument("--metrics-port", type=int, default=env.metrics_port)
-    p.add_argument("--health-port", type=int, default=env.health_port)
+    p.add_argument("--bind-address", default=env.bind_address,
+                   help="Address of the metrics and health endpoints (0.0.0.0 in a pod).")
+    p.add_argument("--metrics-port", type=int, default=env.metrics_port,
+                   help="Prometheus /metrics port; 0 picks a free one, -1 turns it off.")
+    p.add_argument("--health-port", type=int, default=env.health_port,
+                   help="Liveness endpoint (/healthz) port; 0 picks a free one, -1 turns it off.")
     p.add_argument("--log-format", choices=["text", "json"], default=env.log_format)
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
@@ -54,6 +59,7 @@ def parse_args(argv: list[str]) -> tuple[settings.OperatorSettings, bool]:
         update={
             "namespaces": [] if a.all_namespaces else (a.namespace or env.namespaces),
             "controllers": [c for c in a.controllers.split(",") if c],
+            "bind_address": a.bind_address,
             "metrics_port": a.metrics_port,
             "health_port": a.health_port,
             "log_format": a.log_format,
@@ -63,6 +69,30 @@ def parse_args(argv: list[str]) -> tuple[settings.OperatorSettings, bool]:
     return settings.OperatorSettings.model_validate(merged.model_dump()), a.verbose
 
 
+class EndpointError(SystemExit):
+    """A metrics or health port that cannot be bound; the message names the port and the flag."""
+
+
+def endpoint_port(address: str, port: int, flag: str, env: str) -> int | None:
+    """The port to serve on: None when off (-1), a free one for 0, else `port` once it is known to be free.
+
+    Binding here first turns "Address already in use" deep inside an HTTP server into one line
+    that names the port, the address and the way to change it.
+    """
+    if port < 0:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+            return int(s.getsockname()[1])
+    except OSError as e:
+        raise EndpointError(
+            f"kubetune run: cannot listen on {address}:{port} ({e.strerror}); another process (a second "
+            f"operator?) holds it. Pass {flag} <port> (0 picks a free one, -1 turns it off) or set {env}."
+        ) from e
+
+
 def run_operator(argv: list[str]) -> None:
     cfg, _ = parse_args(argv)
     settings.configure(cfg)
@@ -70,9 +100,15 @@ def run_operator(argv: list[str]) -> None:
     kube.load_config()
     for name in cfg.controllers:
         importlib.import_module(HANDLER_MODULES[name])
-    metrics.serve(cfg.metrics_port)
-    log.info("kubetune operator starting", extra={"controllers": cfg.controllers, "namespaces": cfg.namespaces})
-    liveness = f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None
+    metrics_port = endpoint_port(cfg.bind_address, cfg.metrics_port, "--metrics-port", "KUBETUNE_METRICS_PORT")
+    health_port = endpoint_port(cfg.bind_address, cfg.health_port, "--health-port", "KUBETUNE_HEALTH_PORT")
+    if metrics_port is not None:
+        metrics.serve(metrics_port, cfg.bind_address)
+    log.info("kubetune operator starting", extra={
+        "controllers": cfg.controllers, "namespaces": cfg.namespaces,
+        "metrics": f"http://{cfg.bind_address}:{metrics_port}/metrics" if metrics_port is not None else "off",
+        "health": f"http://{cfg.bind_address}:{health_port}/healthz" if health_port is not None else "off"})
+    liveness = f"http://{cfg.bind_address}:{health_port}/healthz" if health_port is not None else None
     asyncio.run(
         kopf.operator(
             clusterwide=not cfg.namespaces,

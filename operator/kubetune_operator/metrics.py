@@ -44,6 +44,6 @@ def record_phase(namespace: str, name: str, phase: str | None) -> None:
         JOBS_BY_PHASE.labels(namespace, phase).inc()
 
 
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port)
+def serve(port: int, address: str = "127.0.0.1") -> None:
+    """Serve /metrics on address:port (a port known to be free: main.endpoint_port checked it)."""
+    start_http_server(port, addr=address)

@@ -1,27 +1,30 @@
 """Operator configuration: one settings model, read from `KUBETUNE_*` environment variables.
 
-The Helm chart sets these from values.yaml; `kubetune run` flags override them.
+pydantic-settings reads the environment (`KUBETUNE_<FIELD>`; list fields are comma-separated);
+the Helm chart sets these from values.yaml; `kubetune run` flags override them.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "KUBETUNE_"
 Controller = Literal["finetunejob", "modeldeployment"]
 CONTROLLERS: tuple[Controller, ...] = ("finetunejob", "modeldeployment")
 
 
-class OperatorSettings(BaseModel):
+class OperatorSettings(BaseSettings):
     """Everything the operator reads at start-up."""
 
-    controllers: list[Controller] = Field(
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    controllers: Annotated[list[Controller], NoDecode] = Field(
         default_factory=lambda: list(CONTROLLERS), description="Controllers to run."
     )
-    namespaces: list[str] = Field(
+    namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch; empty means the whole cluster."
     )
     trainer_image: str = Field(
@@ -31,8 +34,13 @@ class OperatorSettings(BaseModel):
         "ghcr.io/kubetune/kubetune-trainer:0.1.0", description="Image of the transformers serving runtime."
     )
     vllm_image: str = Field("vllm/vllm-openai:v0.11.0", description="Image of the vLLM serving runtime.")
-    metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off.")
-    health_port: int = Field(8081, ge=0, le=65535, description="kopf liveness endpoint port; 0 turns it off.")
+    bind_address: str = Field(
+        "127.0.0.1",
+        description="Address the metrics and health endpoints listen on; 0.0.0.0 in a pod, so that "
+                    "Prometheus and the kubelet reach them (the Helm chart sets it).",
+    )
+    metrics_port: int = Field(8080, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks a free one, -1 turns it off.")
+    health_port: int = Field(8081, ge=-1, le=65535, description="Liveness endpoint (/healthz) port; 0 picks a free one, -1 turns it off.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as JSON objects.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     resync_seconds: float = Field(
@@ -44,21 +52,21 @@ class OperatorSettings(BaseModel):
     retry_max_seconds: float = Field(600.0, ge=0, le=86400, description="Cap of the retry delay.")
     rendezvous_port: int = Field(29500, ge=1, le=65535, description="torchrun rendezvous port on rank 0.")
 
+    @field_validator("controllers", "namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name, field in cls.model_fields.items():
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            values[name] = [v for v in raw.split(",") if v] if field.annotation is not None and "list" in str(
-                field.annotation
-            ) else raw
-        return cls.model_validate(values)
+        """Settings from `environ` (default: the process environment) and the defaults."""
+        if environ is None:
+            return cls()
+        prefixed = {k[len(ENV_PREFIX):].lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+        return cls.model_validate({k: v for k, v in prefixed.items() if k in cls.model_fields})
 
 
-_current = OperatorSettings()
+_current = OperatorSettings.model_construct()
 
 
 def current() -> OperatorSettings:

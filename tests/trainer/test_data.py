@@ -239,11 +239,12 @@ def test_multi_turn_chats_train_on_every_assistant_turn(tiny_lm: Path) -> None:
     assert tok.decode(labelled) == "hello<|im_end|>\ngoodbye<|im_end|>\n"
 
 
-def test_packing_fills_blocks_and_keeps_the_mask() -> None:
+def test_packing_fills_blocks_with_whole_examples_and_keeps_the_mask() -> None:
     examples = [{"input_ids": [1, 2, 3], "attention_mask": [1] * 3, "labels": [-100, 2, 3]} for _ in range(5)]
-    packed = pack(examples, 4)
-    assert [len(p["input_ids"]) for p in packed] == [4, 4, 4, 3]
-    assert packed[0]["labels"] == [-100, 2, 3, -100]
+    packed = pack(examples, 7)
+    assert [len(p["input_ids"]) for p in packed] == [6, 6, 3]  # no example is split across blocks
+    assert packed[0]["labels"] == [-100, 2, 3, -100, 2, 3]
+    assert packed[0]["position_ids"] == [0, 1, 2, 0, 1, 2]  # each example is its own sequence
 
 
 def test_validation_split_is_seeded_and_disjoint() -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubetune_trainer.config import EXIT_OK
@@ -121,3 +122,135 @@ def test_training_reports_progress_to_its_finetunejob(tmp_path: Path, tiny_lm: P
     assert last["step"] == last["totalSteps"] == 8 and last["percent"] == 100.0
     assert set(last) >= {"step", "totalSteps", "percent", "epoch", "loss", "updatedAt"}
     assert all(set(r["body"]) == {"status"} and set(r["body"]["status"]) == {"progress"} for r in received)
+
+
+# ---- credentials: rotated tokens are picked up, no key material on disk (issue 12, item 11)
+
+class _AuthServer:
+    """A status endpoint that accepts only the token currently in `valid` (401 otherwise)."""
+
+    def __init__(self, tls: Any = None) -> None:
+        self.valid = "first"
+        self.seen: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PATCH(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                auth = self.headers.get("Authorization", "")
+                outer.seen.append(auth)
+                expected = f"Bearer {outer.valid}" if outer.valid else ""
+                self.send_response(200 if auth == expected else 401)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_token_rotated_mid_run_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _AuthServer()
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "current-context": "t", "clusters": [{"name": "t", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
+        "users": [{"name": "t", "user": {"tokenFile": str(token)}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    patcher = StatusPatcher("ns", "job")
+    try:
+        patcher.send({"status": {"progress": {"step": 1}}})
+        server.valid = "second"  # the kubelet rotates the projected token
+        token.write_text("second\n")
+        patcher.send({"status": {"progress": {"step": 2}}})
+    finally:
+        server.close()
+    assert server.seen == ["Bearer first", "Bearer second"]
+
+
+def test_in_cluster_token_rotation_and_a_401_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    import trustme
+    from kubetune_trainer import progress
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server = _AuthServer(server_ctx)
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    ca.cert_pem.write_to_path(str(sa / "ca.crt"))
+    (sa / "token").write_text("first")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+    monkeypatch.setattr(progress, "SERVICE_ACCOUNT_DIR", sa)
+    reads = {"n": 0}
+    real_read_text = Path.read_text
+
+    def read_text(self: Path, *a: Any, **k: Any) -> str:
+        if self == sa / "token":
+            reads["n"] += 1
+            if reads["n"] == 2:  # rotated right after the second read: that request gets a 401
+                server.valid = "second"
+                real_write = Path.write_text
+                real_write(self, "second")
+                return "first"
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    patcher = StatusPatcher("ns", "job")
+    try:
+        patcher.send({"status": {"progress": {"step": 1}}})
+        patcher.send({"status": {"progress": {"step": 2}}})  # 401 with the stale token, retried with the new one
+    finally:
+        server.close()
+    assert server.seen == ["Bearer first", "Bearer first", "Bearer second"]
+
+
+def test_client_certificates_from_a_kubeconfig_leave_no_file_behind(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import os
+    import ssl
+    import tempfile
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS, as a kubeconfig with client certs uses
+    ca.configure_trust(server_ctx)
+    server = _AuthServer(server_ctx)
+    server.valid = ""
+    client = ca.issue_cert("kubetune-trainer")
+    b64 = lambda pem: base64.b64encode(pem.bytes()).decode()  # noqa: E731
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "current-context": "t",
+        "clusters": [{"name": "t", "cluster": {"server": f"https://127.0.0.1:{server.port}",
+                                               "certificate-authority-data": b64(ca.cert_pem)}}],
+        "users": [{"name": "t", "user": {"client-certificate-data": b64(client.cert_chain_pems[0]),
+                                         "client-key-data": b64(client.private_key_pem)}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    before = set(os.listdir(tempfile.gettempdir()))
+    try:
+        StatusPatcher("ns", "job").send({"status": {"progress": {"step": 1}}})
+    finally:
+        server.close()
+    assert server.seen == [""]  # authenticated by the client certificate, no token
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()

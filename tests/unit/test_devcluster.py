@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubetune_operator.devcluster import build
-from kubetune_operator.devcluster.pins import KUBERNETES_STAGING, Component, components
-from kubetune_operator.devcluster.topology import load_topology, node_manifests
+from kubetune_operator.dev.cluster import build
+from kubetune_operator.dev.cluster.pins import KUBERNETES_STAGING, Component, components
+from kubetune_operator.dev.cluster.topology import load_topology, node_manifests
 
 
 def test_every_component_is_pinned_and_cached_per_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -51,3 +51,20 @@ def test_a_failed_build_names_the_component_and_the_reason(monkeypatch: pytest.M
     assert "bogus v0.0.1" in message and "example.invalid/nothing" in message
     assert not build.is_built(bogus)
     assert any("building bogus v0.0.1" in line for line in said)
+
+
+def test_pki_issues_the_local_node_serving_cert_and_the_apiserver_kubelet_client_cert(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    from kubetune_operator.dev.cluster.pki import write_pki
+
+    pki = write_pki(tmp_path)
+    serving = x509.load_pem_x509_certificate(pki.kubelet_cert.read_bytes())
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    client = x509.load_pem_x509_certificate(pki.kubelet_client_cert.read_bytes())
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "kube-apiserver-kubelet-client"
+    assert client.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    assert serving.issuer == client.issuer == ca.subject
+    assert pki.kubelet_client_key.stat().st_mode & 0o077 == 0

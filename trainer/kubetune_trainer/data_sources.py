@@ -9,7 +9,10 @@
 
 Every row keeps the 1-based line (jsonl, text, csv) or row number (parquet, sql) it came from, so
 schema errors can name it. Rows that do not even parse are returned as `ParseError`s, not raised:
-the quality report counts them.
+the quality report counts them and the gate decides (exit 43 when it fails), whatever the source.
+That includes bytes that are not UTF-8: text is decoded with `surrogateescape`, so one bad byte
+makes its own line (or CSV record, or parquet/SQL cell) invalid with `file:line`, instead of a
+UnicodeDecodeError that ends the pod with exit 1 and makes the operator retry a data error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,12 +161,37 @@ def _expand(uri: str) -> list[str]:
     return [str(path)]
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
 def _decode(data: bytes, name: str) -> str:
+    """Text of a file; bytes that are not UTF-8 survive as lone surrogates for `_not_utf8` to report."""
     if name.endswith(".gz"):
         import gzip
+        import zlib
 
-        data = gzip.decompress(data)
-    return data.decode("utf-8-sig")
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ConfigError(f"data source {name!r}: not a readable gzip file ({e})") from e
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+def _not_utf8(text: str) -> str | None:
+    """Why `text` (decoded with surrogateescape) is not UTF-8, naming the first bad byte; None when it is."""
+    m = _UNDECODABLE.search(text)
+    if m is None:
+        return None
+    byte = ord(m.group()) - 0xDC00
+    return (f"not UTF-8 text (byte 0x{byte:02X} at character {m.start() + 1}); "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _bad_text(values: Any) -> str | None:
+    for value in values:
+        if isinstance(value, str) and (why := _not_utf8(value)):
+            return why
+    return None
 
 
 def _parse_jsonl(text: str, name: str, out: LoadedRows) -> None:
@@ -170,10 +199,16 @@ def _parse_jsonl(text: str, name: str, out: LoadedRows) -> None:
         if not line.strip():
             continue
         where = f"{name}:{lineno}"
+        if why := _not_utf8(line):
+            out.parse_errors.append(ParseError(where, why))
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             out.parse_errors.append(ParseError(where, f"invalid JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:
+            out.parse_errors.append(ParseError(where, "invalid JSON (nested too deeply)"))
             continue
         if not isinstance(row, dict):
             out.parse_errors.append(ParseError(where, f"expected a JSON object, got {type(row).__name__}"))
@@ -183,11 +218,25 @@ def _parse_jsonl(text: str, name: str, out: LoadedRows) -> None:
 
 
 def _parse_csv(text: str, name: str, out: LoadedRows) -> None:
+    first = text.split("\n", 1)[0]
+    if why := _not_utf8(first):
+        raise ConfigError(f"data source {name!r}: the CSV header (line 1) is {why}")
     reader = csv.DictReader(io.StringIO(text))
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a NUL byte or an unterminated quote: the rest cannot be split into rows
+            out.parse_errors.append(ParseError(f"{name}:{reader.line_num}", f"invalid CSV ({e}); rows after it "
+                                               "were not read"))
+            break
         where = f"{name}:{reader.line_num}"
         if None in row:  # more cells than header columns
             out.parse_errors.append(ParseError(where, f"{len(row) - 1 + len(row[None])} cells, header has {len(row) - 1}"))
+            continue
+        if why := _bad_text(row.values()):
+            out.parse_errors.append(ParseError(where, why))
             continue
         out.rows.append({k: v for k, v in row.items()})
         out.origins.append(where)
@@ -195,9 +244,29 @@ def _parse_csv(text: str, name: str, out: LoadedRows) -> None:
 
 def _parse_text(text: str, name: str, out: LoadedRows) -> None:
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            out.rows.append({"text": line})
-            out.origins.append(f"{name}:{lineno}")
+        if not line.strip():
+            continue
+        if why := _not_utf8(line):
+            out.parse_errors.append(ParseError(f"{name}:{lineno}", why))
+            continue
+        out.rows.append({"text": line})
+        out.origins.append(f"{name}:{lineno}")
+
+
+def _add_record(record: dict[str, Any], where: str, out: LoadedRows) -> None:
+    """A parquet or SQL row: binary cells must hold UTF-8 text to be used as text."""
+    row: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, bytes | bytearray | memoryview):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as e:
+                out.parse_errors.append(ParseError(where, f"column {key!r} is not UTF-8 text (byte "
+                                                          f"0x{bytes(value)[e.start]:02X} at byte {e.start + 1})"))
+                return
+        row[key] = value
+    out.rows.append(row)
+    out.origins.append(where)
 
 
 def _parse_parquet(data: bytes, name: str, out: LoadedRows) -> None:
@@ -208,8 +277,7 @@ def _parse_parquet(data: bytes, name: str, out: LoadedRows) -> None:
     except Exception as e:  # pyarrow raises several types for a corrupt file
         raise ConfigError(f"data source {name!r}: not a readable parquet file ({e})") from e
     for i, row in enumerate(table.to_pylist(), start=1):
-        out.rows.append(row)
-        out.origins.append(f"{name}:row {i}")
+        _add_record(row, f"{name}:row {i}", out)
 
 
 def load_file(uri: str, fmt: DataFormat) -> LoadedRows:
@@ -242,8 +310,7 @@ def load_sql(query: str, url_env: str) -> LoadedRows:
         with engine.connect() as conn:
             result = conn.execute(sqlalchemy.text(query))
             for i, record in enumerate(result.mappings(), start=1):
-                out.rows.append(dict(record))
-                out.origins.append(f"sql row {i}")
+                _add_record(dict(record), f"sql row {i}", out)
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise ConfigError(f"data source sql: the query failed: {str(e).splitlines()[0]}") from e
     finally:

@@ -1,4 +1,13 @@
-"""The transformers Trainer kubetune runs, with FSDP that also works on CPU (gloo).
+"""The transformers Trainer kubetune runs: one loss normalisation for every task, and FSDP on CPU (gloo).
+
+Loss and gradient accumulation: transformers divides the loss by gradientAccumulationSteps unless
+it was normalised by `num_items_in_batch` (the label count of the whole accumulated batch), and it
+decides which from the model's forward signature. Sequence-classification models accept loss
+kwargs but ignore them, and a subclass computing its own loss (distillation) ignored them too:
+both trained with a loss and gradients gradientAccumulationSteps times too large. So
+`KubetuneTrainer.compute_loss` computes every loss itself as a sum over the items that carry a
+label (completion tokens, or examples), divided by `num_items_in_batch`, and says so with
+`loss_is_scaled_for_ga = True`; subclasses only add terms to that sum (`loss_sum`).
 
 accelerate only switches to FSDP when the process group is on GPUs (its `distributed_type` is
 MULTI_GPU/…); on CPU it is MULTI_CPU and the FSDP plugin the Trainer built is silently dropped,
@@ -13,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from transformers import Trainer
 
 from kubetune_trainer.logs import get_logger
@@ -43,9 +54,65 @@ def enable_fsdp_on_cpu(trainer: Any) -> bool:
     return True
 
 
+IGNORE_INDEX = -100
+
+
+def task_loss_sum(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the items that carry a label, and how many there are.
+
+    Causal LMs: position i predicts token i+1 (labels shifted, as transformers' ForCausalLMLoss);
+    classification: one item per example.
+    """
+    if causal:
+        logits, labels = logits[:, :-1, :], labels[:, 1:]
+    flat_logits = logits.reshape(-1, logits.size(-1)).float()
+    flat_labels = labels.reshape(-1).to(flat_logits.device)
+    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (flat_labels != IGNORE_INDEX).sum()
+
+
+def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the model is called with: the batch without labels (the loss is computed here); packed
+    blocks (position ids, no attention mask) without a KV cache, because transformers only derives
+    the per-example mask from position ids when no cache is in play (`masking_utils`)."""
+    out = {k: v for k, v in inputs.items() if k != "labels"}
+    if "position_ids" in out and "attention_mask" not in out:
+        out["use_cache"] = False
+    return out
+
+
 class KubetuneTrainer(Trainer):
-    """transformers.Trainer, plus FSDP on CPU process groups."""
+    """transformers.Trainer with one loss normalisation for every task, plus FSDP on CPU process groups."""
+
+    loss_is_scaled_for_ga = True  # compute_loss normalises over the whole accumulated batch itself
+
+    def __init__(self, *args: Any, causal: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Causal LMs shift labels; unset, decide as transformers does (the model's loss type).
+        self.causal = bool(getattr(self, "_loss_shifts_labels", True)) if causal is None else causal
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
         enable_fsdp_on_cpu(self)
+
+    def loss_sum(self, model: Any, inputs: dict[str, Any], outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss summed over the labelled items of this micro-batch, and their count (subclasses add terms)."""
+        return task_loss_sum(outputs.logits, inputs["labels"], self.causal)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        if "labels" not in inputs:  # nothing of ours to normalise: transformers' own path
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return loss
+        outputs = model(**model_inputs(inputs))
+        total, count = self.loss_sum(model, inputs, outputs)
+        if not model.training:
+            loss = total / count.clamp(min=1)  # evaluation: the mean over this batch
+        elif num_items_in_batch is not None:
+            loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch counted every rank's items and DDP averages gradients over ranks.
+                loss = loss * self.accelerator.num_processes
+        else:  # transformers did not count the items: a mean per micro-batch, split over the accumulation
+            loss = total / count.clamp(min=1) / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss

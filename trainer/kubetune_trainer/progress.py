@@ -3,21 +3,24 @@
 Contract with the operator (DESIGN.md §3): a JSON merge patch `{"status": {"progress": {...}}}`
 on `finetunejobs/status` (group kubetune.io, version v1alpha1) of KUBETUNE_JOB_NAMESPACE /
 KUBETUNE_JOB_NAME, at most every `progress.minIntervalSeconds`. Credentials: KUBECONFIG when set,
-else the pod's service account. The `kubernetes` client is used when importable, plain HTTPS
-otherwise. Patches go out from a background thread that only keeps the newest one, so a slow API
-server never slows training; a trainer that cannot reach the API logs one warning and trains on.
+else the pod's service account, read afresh for every request (tokens rotate; see StatusPatcher).
+Patches go out from a background thread that only keeps the newest one, so a slow API server
+never slows training; a trainer that cannot reach the API logs one warning and trains on.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import ssl
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,13 @@ def build_progress_patch(*, step: int, total_steps: int, epoch: float | None, lo
 
 
 class StatusPatcher:
-    """Sends merge patches to one FineTuneJob's status subresource."""
+    """Sends merge patches to one FineTuneJob's status subresource over HTTPS (urllib, no client library).
+
+    Credentials are read for every request, not once: the kubelet rotates projected ServiceAccount
+    tokens (about hourly) and a run outlives them, so the token file is re-read each time, and a
+    401 is retried once with a freshly read token. Client key material from a kubeconfig is never
+    written to disk (see `_load_client_cert`).
+    """
 
     def __init__(self, namespace: str, name: str) -> None:
         self.namespace, self.name = namespace, name
@@ -76,69 +85,99 @@ class StatusPatcher:
 
     def send(self, patch: dict[str, Any]) -> None:
         if self._send is None:
-            self._send = self._client_sender() or self._https_sender()
+            self._send = self._https_sender()
         self._send(patch)
 
-    def _client_sender(self) -> Any:
-        try:
-            from kubernetes import client, config
-        except ImportError:
-            return None
-        if os.environ.get("KUBECONFIG"):
-            api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
-        else:
-            config.load_incluster_config()
-            api_client = client.ApiClient()
-        api = client.CustomObjectsApi(api_client)
-
-        def send(patch: dict[str, Any]) -> None:
-            api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, self.name, patch,
-                _content_type="application/merge-patch+json", _request_timeout=10,
-            )
-
-        return send
-
     def _https_sender(self) -> Any:
-        server, headers, context = _connection()
-        url = server.rstrip("/") + self.path
+        conn = _connection()
+        url = conn.server.rstrip("/") + self.path
 
-        def send(patch: dict[str, Any]) -> None:
+        def attempt(patch: dict[str, Any]) -> None:
             request = urllib.request.Request(
                 url, data=json.dumps(patch).encode(), method="PATCH",
-                headers={**headers, "Content-Type": "application/merge-patch+json"},
+                headers={**conn.headers(), "Content-Type": "application/merge-patch+json"},
             )
-            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            with urllib.request.urlopen(request, timeout=10, context=conn.tls) as response:
                 response.read()
+
+        def send(patch: dict[str, Any]) -> None:
+            try:
+                try:
+                    attempt(patch)
+                except urllib.error.HTTPError as e:
+                    if e.code != 401:
+                        raise
+                    attempt(patch)  # the token rotated between reading and sending: once more, read afresh
+            except urllib.error.HTTPError as e:
+                raise _api_error(e) from e
 
         return send
 
 
-def _connection() -> tuple[str, dict[str, str], ssl.SSLContext | None]:
-    """Server URL, auth headers and TLS context from KUBECONFIG, else from the service account."""
+def _api_error(e: urllib.error.HTTPError) -> Exception:
+    """An API refusal as the kubernetes client's ApiException when that library is installed (what callers
+    in the operator's process catch), else the HTTPError itself."""
+    try:
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:
+        return e
+    error = ApiException(status=e.code, reason=e.reason)
+    with contextlib.suppress(OSError):
+        error.body = e.read().decode("utf-8", "replace")
+    return error
+
+
+@dataclass
+class Connection:
+    """Where the API server is, how to trust it, and where the bearer token is read from on each request."""
+
+    server: str
+    tls: ssl.SSLContext | None
+    token: str | None = None  # a literal token from a kubeconfig
+    token_file: Path | None = None  # re-read on every request (rotated projected tokens)
+
+    def headers(self) -> dict[str, str]:
+        token = self.token_file.read_text().strip() if self.token_file is not None else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _connection() -> Connection:
+    """The API server and credentials from KUBECONFIG, else from the pod's service account."""
     kubeconfig = os.environ.get("KUBECONFIG")
     if kubeconfig:
         return _from_kubeconfig(Path(kubeconfig.split(os.pathsep)[0]))
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
         raise RuntimeError("not in a cluster (KUBERNETES_SERVICE_HOST unset) and KUBECONFIG unset")
-    token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
     context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
     host = f"[{host}]" if ":" in host else host
-    return f"https://{host}:{port}", {"Authorization": f"Bearer {token}"}, context
+    return Connection(f"https://{host}:{port}", context, token_file=SERVICE_ACCOUNT_DIR / "token")
 
 
-def _materialise(data_b64: str | None, path: str | None) -> str | None:
-    if path:
-        return path
-    if not data_b64:
-        return None
-    with tempfile.NamedTemporaryFile(prefix="kubetune-kc-", delete=False) as f:
-        f.write(base64.b64decode(data_b64))
-    return f.name
+def _pem(data_b64: str | None, path: str | None) -> bytes | None:
+    if data_b64:
+        return base64.b64decode(data_b64)
+    return Path(path).read_bytes() if path else None
 
 
-def _from_kubeconfig(path: Path) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+def _load_client_cert(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """`load_cert_chain` wants file names; give it an anonymous in-memory file (memfd) so the key never
+    touches a disk. Where memfd is missing, a private temp file exists only for the call."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("kubetune-client-cert")
+        try:
+            os.write(fd, cert + b"\n" + key)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="kubetune-kc-") as tmp:  # 0700, removed on exit
+        path = Path(tmp) / "client.pem"
+        path.write_bytes(cert + b"\n" + key)
+        context.load_cert_chain(str(path))
+
+
+def _from_kubeconfig(path: Path) -> Connection:
     import yaml
 
     kc = yaml.safe_load(path.read_text())
@@ -147,21 +186,19 @@ def _from_kubeconfig(path: Path) -> tuple[str, dict[str, str], ssl.SSLContext | 
     cluster = next(c["cluster"] for c in kc["clusters"] if c["name"] == ctx["cluster"])
     user: dict[str, Any] = next((u["user"] for u in kc.get("users", []) if u["name"] == ctx.get("user")), {}) or {}
     server = cluster["server"]
-    headers: dict[str, str] = {}
-    if user.get("token"):
-        headers["Authorization"] = f"Bearer {user['token']}"
     context = None
     if server.startswith("https://"):
-        ca = _materialise(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"))
-        context = ssl.create_default_context(cafile=ca)
+        ca = _pem(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"))
+        context = ssl.create_default_context(cadata=ca.decode() if ca else None)
         if cluster.get("insecure-skip-tls-verify"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        cert = _materialise(user.get("client-certificate-data"), user.get("client-certificate"))
-        key = _materialise(user.get("client-key-data"), user.get("client-key"))
+        cert = _pem(user.get("client-certificate-data"), user.get("client-certificate"))
+        key = _pem(user.get("client-key-data"), user.get("client-key"))
         if cert and key:
-            context.load_cert_chain(cert, key)
-    return server, headers, context
+            _load_client_cert(context, cert, key)
+    token_file = user.get("tokenFile")
+    return Connection(server, context, token=user.get("token"), token_file=Path(token_file) if token_file else None)
 
 
 class ProgressReporter:

@@ -20,7 +20,7 @@ from kubetune_trainer.data_quality import build_report, check_gate, map_rows
 from kubetune_trainer.data_sources import load_source
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.logs import get_logger
-from kubetune_trainer.preparation import split_validation, tokenize_records
+from kubetune_trainer.preparation import Cuts, ensure_chat_template, split_validation, tokenize_records
 from kubetune_trainer.records import Record
 from kubetune_trainer.strategy import StrategyChoice, choose_strategy, deepspeed_config, fsdp_arguments
 
@@ -63,11 +63,30 @@ def prepare_data(config: TrainerConfig, tokenizer: Any) -> PreparedData:
                                                       config.hyperparameters.seed)
     train_records = augment(train_records, config.data.augmentation, config.task)
     hp = config.hyperparameters
-    train = tokenize_records(train_records, tokenizer, config.task, hp.max_seq_length, config.labels, hp.packing)
-    validation = (tokenize_records(val_records, tokenizer, config.task, hp.max_seq_length, config.labels, False)
-                  if val_records else [])
+    cuts, val_cuts = Cuts(), Cuts()
+    train = tokenize_records(train_records, tokenizer, config.task, hp.max_seq_length, config.labels, hp.packing,
+                             cuts)
+    validation = (tokenize_records(val_records, tokenizer, config.task, hp.max_seq_length, config.labels, False,
+                                   val_cuts) if val_records else [])
+    for split, c in (("train", cuts), ("validation", val_cuts)):
+        if c.total():
+            log.warning(f"{split}: {c.total()} rows are longer than hyperparameters.maxSeqLength="
+                        f"{hp.max_seq_length} tokens: {c.prompt_cut} prompts cut from the left (completion kept), "
+                        f"{c.completion_cut} completions cut, {c.dropped} rows dropped (no completion token fit), "
+                        f"{c.truncated} texts cut on the right; raise maxSeqLength to keep them whole",
+                        extra={"split": split, **c.counts(), "examples": c.origins})
     counts = {"rows": report["rows"], "trainRecords": len(train_records), "validationRecords": len(val_records),
-              "trainExamples": len(train), "validationExamples": len(validation)}
+              "trainExamples": len(train), "validationExamples": len(validation),
+              **{f"train{k[0].upper()}{k[1:]}": v for k, v in cuts.counts().items()},
+              **{f"validation{k[0].upper()}{k[1:]}": v for k, v in val_cuts.counts().items()}}
+    if config.task == Task.CLASSIFICATION and val_records:
+        present = {r.data.get("label") for r in val_records}
+        missing = [label for label in config.labels if label not in present]
+        counts["labelsWithoutValidationRows"] = len(missing)
+        if missing:
+            log.warning(f"validation data has no rows of labels {missing}: macro precision, recall and F1 leave "
+                        "them out; add validation rows for them (or a larger data.validationSplit)",
+                        extra={"labels": missing})
     return PreparedData(train, validation, report, report["dataDigest"], counts)
 
 
@@ -144,7 +163,12 @@ def run_training(config: TrainerConfig) -> int:
     from transformers.utils import logging as hf_logging
 
     from kubetune_trainer.artifacts import checkpoints_dir, publish_version, run_dir
-    from kubetune_trainer.checkpoints import CheckpointCompletionCallback, resume_checkpoint
+    from kubetune_trainer.checkpoints import (
+        CheckpointCompletionCallback,
+        ResumeGuard,
+        mark_unloadable,
+        plan_resume,
+    )
     from kubetune_trainer.classification_metrics import metrics_for
     from kubetune_trainer.hf_trainer import KubetuneTrainer
     from kubetune_trainer.model_loading import (
@@ -169,6 +193,10 @@ def run_training(config: TrainerConfig) -> int:
     set_seed(config.hyperparameters.seed)
 
     tokenizer = load_tokenizer(config.base_model)
+    if config.task == Task.INSTRUCTION and ensure_chat_template(tokenizer):
+        log.warning("the base model's tokenizer has no chat template: chats are trained as plain "
+                    "'role: content' lines, and the version ships that format as its chat template so "
+                    "serving renders chats the same way; use a base model with a chat template for its own format")
     data = prepare_data(config, tokenizer)
     log.info("data ready", extra={"train_examples": len(data.train), "validation_examples": len(data.validation),
                                   "data_digest": data.digest})
@@ -203,7 +231,7 @@ def run_training(config: TrainerConfig) -> int:
         "eval_dataset": Dataset.from_list(data.validation) if has_eval else None,
         "processing_class": tokenizer,
         "compute_metrics": None if causal else metrics_for(config.labels),
-        "callbacks": [CheckpointCompletionCallback(), preemption, metrics_cb, progress],
+        "callbacks": [CheckpointCompletionCallback(), preemption, metrics_cb, progress, guard := ResumeGuard()],
     }
     if teacher is not None:
         from kubetune_trainer.distillation import DistillationTrainer
@@ -211,12 +239,20 @@ def run_training(config: TrainerConfig) -> int:
         trainer: Any = DistillationTrainer(**kwargs, teacher=teacher, temperature=config.distillation.temperature,
                                            alpha=config.distillation.alpha, causal=causal)
     else:
-        trainer = KubetuneTrainer(**kwargs)
+        trainer = KubetuneTrainer(**kwargs, causal=causal)
     trainer.remove_callback(PrinterCallback)  # prints raw dicts; TrainingMetricsCallback logs them as JSON
 
-    resume = resume_checkpoint(checkpoints_dir(config), resume_from=config.resume_from, attempt=config.attempt)
+    plan = plan_resume(checkpoints_dir(config), resume_from=config.resume_from, attempt=config.attempt)
+    resume = plan.checkpoint
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except Exception as e:
+        if resume is not None and not guard.stepped and rank == 0:
+            # Loading it failed: a deterministic failure. The next attempt resumes from the one before.
+            mark_unloadable(resume, f"attempt {config.attempt} failed to load it: {type(e).__name__}: {e}")
+            log.error("resuming failed; the checkpoint is marked unloadable and the next attempt resumes "
+                      "from the one before it", extra={"checkpoint": str(resume), "error": str(e)})
+        raise
     finally:
         preemption.uninstall()
         progress.close()
@@ -231,6 +267,7 @@ def run_training(config: TrainerConfig) -> int:
         "epochs": trainer.state.epoch,
         "resumedFrom": resume.name if resume else None,
         "resumedFromPath": str(resume.resolve()) if resume else None,
+        "skippedCheckpoints": plan.skipped,
         "worldSize": world_size(),
         "tokensSeen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0),
         "seconds": round(time.time() - started, 1),

@@ -41,6 +41,19 @@ QUANTITY_PATTERN = (
 )
 
 
+class SpecError(ValueError):
+    """A spec value that passed the schema but that kubetune cannot interpret (an unknown time zone,
+    a cron date that never comes, an unreadable Secret): the object gets an InvalidSpec condition and a
+    Warning event naming `field` and `fix`, and nothing retries until the spec changes.
+    """
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        super().__init__(f"{field}: {problem}; {fix}")
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+
+
 def cel_string(text: str) -> str:
     """A Python string as a single-quoted CEL literal."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -54,10 +54,29 @@ MAX_NAME_LENGTH = 45
 
 DATA_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|s3://\S+|https://\S+)$"
 OUTPUT_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|s3://\S+)$"
-# Five fields (minute hour day-of-month month day-of-week) or a macro; RE2 and Python agree.
+# Five fields (minute hour day-of-month month day-of-week) or a macro, each value in its range so
+# the API server refuses "61 * * * *" at apply; RE2 (CEL) and Python agree on this pattern.
+_STEP = r"(/[1-9][0-9]?)?"
+
+
+def _cron_field(value: str, extra: str = "") -> str:
+    item = rf"((\*|({value})(-({value}))?){_STEP}{extra})"
+    return rf"{item}(,{item})*"
+
+
+_MINUTE = r"[0-5]?[0-9]"
+_HOUR = r"[01]?[0-9]|2[0-3]"
+_DAY = r"0?[1-9]|[12][0-9]|3[01]"
+_MONTH = r"0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_WEEKDAY = r"[0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)"
 CRON_PATTERN = (
-    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
-    r"|[0-9*,/-]+ +[0-9*,/-]+ +[0-9*,/?LW-]+ +[0-9A-Za-z*,/-]+ +[0-9A-Za-z*,/?#L-]+)$"
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + _cron_field(_MINUTE) + " +"
+    + _cron_field(_HOUR) + " +"
+    + _cron_field(_DAY, extra=rf"|\?|L|LW|({_DAY})W") + " +"
+    + _cron_field(_MONTH) + " +"
+    + _cron_field(_WEEKDAY, extra=r"|\?|[0-7]L|[0-7]#[1-5]")
+    + ")$"
 )
 
 Label = Annotated[str, Field(min_length=1, max_length=128)]
@@ -224,8 +243,8 @@ class Schedule(ApiModel):
         CelRule(
             rule=f"self.cron.matches({cel_string(CRON_PATTERN)})",
             message=(
-                "schedule.cron must be five fields (minute hour day-of-month month day-of-week, "
-                "e.g. '0 3 * * 1') or a macro such as @daily"
+                "schedule.cron must be five fields in range (minute 0-59, hour 0-23, day-of-month 1-31, "
+                "month 1-12, day-of-week 0-7; e.g. '0 3 * * 1') or a macro such as @daily"
             ),
             field_path=".cron",
             check=lambda m: re.match(CRON_PATTERN, m.cron) is not None,

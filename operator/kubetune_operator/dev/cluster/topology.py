@@ -39,7 +39,7 @@ class Topology(BaseModel):
 def load_topology(path: str | Path | None) -> Topology:
     """The topology at `path`, or the default one (two GPU pools, H100 and A100)."""
     if path is None:
-        text = resources.files("kubetune_operator.devcluster").joinpath("topology.yaml").read_text()
+        text = resources.files("kubetune_operator.dev.cluster").joinpath("topology.yaml").read_text()
     else:
         text = Path(path).read_text()
     return Topology.model_validate(yaml.safe_load(text))

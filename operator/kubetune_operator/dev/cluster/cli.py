@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from kubetune_operator.devcluster.build import BuildError, build_all
-from kubetune_operator.devcluster.cluster import ClusterError, LocalCluster
-from kubetune_operator.devcluster.topology import load_topology
+from kubetune_operator.dev.cluster.build import BuildError, build_all
+from kubetune_operator.dev.cluster.cluster import ClusterError, LocalCluster
+from kubetune_operator.dev.cluster.topology import load_topology
 
 name_option = click.option("--name", default="default", show_default=True, help="Cluster name (its state folder).")
 state_option = click.option(
@@ -26,7 +26,9 @@ def _say(msg: str) -> None:
 
 @click.group()
 def dev() -> None:
-    """A real local Kubernetes control plane with fake GPU nodes (kwok), for development and tests."""
+    """A real local Kubernetes control plane with fake GPU nodes (kwok), for development and tests.
+
+    With `up --local-node`, node local-0 runs the pods placed on it as local processes."""
 
 
 @dev.command()
@@ -46,11 +48,14 @@ def build() -> None:
 @click.option("--topology", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Fake-node pools YAML (default: 4 x 8 H100 + 4 x 4 A100).")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for readiness.")
-def up(name: str, state_dir: Path | None, topology: str | None, timeout: float) -> None:
+@click.option("--local-node", is_flag=True, default=False,
+              help="Also run node local-0, which runs the pods placed on it as local processes "
+                   "(see docs/local-node.md).")
+def up(name: str, state_dir: Path | None, topology: str | None, timeout: float, local_node: bool) -> None:
     """Start the cluster (building components first when their pins changed)."""
     cluster = LocalCluster(name, state_dir, say=_say)
     try:
-        state = cluster.up(load_topology(topology), timeout=timeout)
+        state = cluster.up(load_topology(topology), timeout=timeout, local_node=local_node)
     except (BuildError, ClusterError) as e:
         raise click.ClickException(str(e)) from e
     _say(f"kubeconfig: {state.kubeconfig}")

@@ -1,4 +1,5 @@
-"""Start, stop and inspect a local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok.
+"""Start, stop and inspect a local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok,
+and optionally the local node (`kubetune_operator.dev.localnode`, node `local-0`) that runs pods as processes.
 
 Everything binds 127.0.0.1 on free ports, so several clusters run side by side; each cluster keeps
 its certificates, logs, etcd data, kubeconfig and the pids it started in one state folder. TLS is
@@ -9,6 +10,7 @@ with a bearer token; RBAC is on.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -28,16 +30,19 @@ from pathlib import Path
 
 import yaml
 
-from kubetune_operator.devcluster import pki
-from kubetune_operator.devcluster.build import binary_path, build_all
-from kubetune_operator.devcluster.pins import components
-from kubetune_operator.devcluster.topology import Topology, load_topology, node_manifests
+from kubetune_operator.dev.cluster import pki
+from kubetune_operator.dev.cluster.build import binary_path, build_all
+from kubetune_operator.dev.cluster.pins import components
+from kubetune_operator.dev.cluster.topology import Topology, load_topology, node_manifests
 
 # helm is built on demand (chart tests, docs); a cluster needs only these.
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+LOCAL_NODE_PROCESS = "local-node"
+# Host variables pods on the local node inherit, as if their image set them (offline model hubs).
+LOCAL_NODE_PASS_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 class ClusterError(RuntimeError):
@@ -91,6 +96,12 @@ class ClusterState:
     processes: list[Process] = field(default_factory=list)
     started_at: float = 0.0
     ready_seconds: float = 0.0
+    local_node: bool = False
+
+    @property
+    def local_node_dir(self) -> Path:
+        """The local node's state: pods/<uid>/ (logs, volumes, /tmp of each pod), volumes/ (claims)."""
+        return Path(self.root) / "local-node"
 
     @property
     def kubeconfig(self) -> Path:
@@ -127,10 +138,13 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ public verbs
 
-    def up(self, topology: Topology | None = None, timeout: float = 120.0) -> ClusterState:
+    def up(self, topology: Topology | None = None, timeout: float = 120.0, local_node: bool = False) -> ClusterState:
+        """Start the cluster; with `local_node`, also node `local-0`, which runs the pods bound to it."""
         existing = ClusterState.load(self.root)
         if existing and all(p.alive() for p in existing.processes):
             self.say(f"cluster {self.name!r} already running")
+            if local_node and not existing.local_node:
+                self._start_local_node(existing, time.monotonic() + timeout)
             return existing
         if existing:
             self.say(f"cluster {self.name!r} was partly running: stopping it first")
@@ -149,6 +163,8 @@ class LocalCluster:
         state.save()
         try:
             self._start(state, topology or load_topology(None), deadline=start + timeout)
+            if local_node:
+                self._start_local_node(state, deadline=start + timeout)
         except BaseException:
             self.say(f"start failed: stopping what was started; logs are in {self.root}/logs")
             self._stop_processes(state)
@@ -233,6 +249,12 @@ class LocalCluster:
             # The loopback address is not a valid endpoint for the kubernetes Service.
             "--endpoint-reconciler-type=none",
             f"--cert-dir={root / 'pki'}",
+            # kubectl logs: the apiserver reaches the local node's log server with a client cert and
+            # verifies its serving cert (both issued by the cluster CA).
+            f"--kubelet-client-certificate={certs.kubelet_client_cert}",
+            f"--kubelet-client-key={certs.kubelet_client_key}",
+            f"--kubelet-certificate-authority={certs.ca_cert}",
+            "--kubelet-preferred-address-types=InternalIP",
         ])
         self._wait(lambda: self._readyz(state), deadline, "kube-apiserver /readyz", state)
         self._spawn(state, "kube-controller-manager", str(binary_path(k8s, "kube-controller-manager")), [
@@ -247,7 +269,7 @@ class LocalCluster:
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             f"--authentication-kubeconfig={state.kubeconfig}", f"--authorization-kubeconfig={state.kubeconfig}",
         ])
-        stages = resources.files("kubetune_operator.devcluster").joinpath("kwok-stages.yaml").read_text()
+        stages = resources.files("kubetune_operator.dev.cluster").joinpath("kwok-stages.yaml").read_text()
         (root / "kwok.yaml").write_text(stages)
         self._spawn(state, "kwok", str(binary_path(components()["kwok"], "kwok")), [
             f"--kubeconfig={state.kubeconfig}", "--manage-all-nodes=false",
@@ -259,6 +281,65 @@ class LocalCluster:
                    "fake nodes Ready and untainted (kwok, kube-controller-manager)", state)
         self._wait(lambda: self._kcm_running(state), deadline,
                    "kube-controller-manager (kube-root-ca.crt published)", state)
+
+    # ------------------------------------------------------------------ the local node
+
+    def _start_local_node(self, state: ClusterState, deadline: float) -> None:
+        from kubetune_operator.dev.localnode import DEFAULT_NODE_NAME
+
+        pki_dir = self.root / "pki"
+        args = ["-m", "kubetune_operator.dev.localnode", f"--kubeconfig={state.kubeconfig}",
+                f"--state-dir={state.local_node_dir}", f"--node-name={DEFAULT_NODE_NAME}",
+                f"--tls-cert={pki_dir / 'kubelet.crt'}", f"--tls-key={pki_dir / 'kubelet.key'}",
+                f"--client-ca={pki_dir / 'ca.crt'}",
+                # `down` SIGTERMs it: its pods' processes go with it. A test restarts it with SIGKILL.
+                "--drain-on-exit"]
+        args += [f"--pass-env={name}" for name in LOCAL_NODE_PASS_ENV]
+        since = time.time()
+        self._spawn(state, LOCAL_NODE_PROCESS, sys.executable, args)
+        state.local_node = True
+        state.save()
+        self._wait(lambda: self._local_node_ready(state, since), deadline,
+                   f"local node {DEFAULT_NODE_NAME} Ready and StorageClass local-path", state)
+
+    def _local_node_ready(self, state: ClusterState, since: float) -> bool:
+        from kubetune_operator.dev.localnode import DEFAULT_NODE_NAME, STORAGE_CLASS
+
+        node = self._api(state, "GET", f"/api/v1/nodes/{DEFAULT_NODE_NAME}")
+        assert isinstance(node, dict)
+        ready = next((c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+        if not ready or ready["status"] != "True":
+            return False
+        beat = datetime.datetime.strptime(ready["lastHeartbeatTime"], "%Y-%m-%dT%H:%M:%SZ")
+        if beat.replace(tzinfo=datetime.UTC).timestamp() < int(since):
+            return False  # the Ready condition of a previous node process
+        self._api(state, "GET", f"/apis/storage.k8s.io/v1/storageclasses/{STORAGE_CLASS}")
+        return True
+
+    def kill_local_node(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the local node process (SIGKILL: as if it crashed; its pods keep running)."""
+        state = self.state()
+        if state is None:
+            raise ClusterError(f"cluster {self.name!r} is not running")
+        for p in [p for p in state.processes if p.name == LOCAL_NODE_PROCESS]:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, sig)
+            deadline = time.monotonic() + 30
+            while p.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, 0 if not p.alive() else os.WNOHANG)
+            state.processes.remove(p)
+        state.save()
+
+    def restart_local_node(self, timeout: float = 60.0, sig: int = signal.SIGKILL) -> ClusterState:
+        """Kill the local node with `sig` and start it again; it adopts the pods still bound to it."""
+        self.kill_local_node(sig)
+        state = self.state()
+        assert state is not None
+        self._start_local_node(state, time.monotonic() + timeout)
+        return state
 
     def _spawn(self, state: ClusterState, name: str, binary: str, args: list[str]) -> None:
         if not Path(binary).exists():

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from kubetune_operator.devcluster.pins import Component, components
+from kubetune_operator.dev.cluster.pins import Component, components
 
 
 class BuildError(RuntimeError):

@@ -1,0 +1,1 @@
+"""`kubetune demo`: the whole job (fine-tune, version, serve) on one machine, through the operator."""

@@ -1,0 +1,135 @@
+"""End to end: the demo's flow, shortened, through operator-rendered pods on the local node.
+
+Real processes run the trainer (torchrun across two pods, rendezvous over the headless Service's
+DNS names, LoRA on SmolLM2-135M-Instruct) and the transformers server (readiness probes, an API key
+from a Secret). Faults are real too: a training pod deleted mid-run gets SIGTERM, checkpoints and
+exits 42, and the next attempt resumes; suspend and resume go through a checkpoint; a second run
+produces version 2 and the ModelDeployment rolls to it by itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubetune_operator.dev.demo import dataset, manifests
+from kubetune_operator.dev.demo.run import Kubectl, ask, place_base_model, prepare_base_model, service_address
+from kubetune_operator.dev.localnode import pod_placement
+
+from tests.support import DevCluster, eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def ftj_status(kubectl: Kubectl, ns: str) -> dict[str, Any]:
+    return dict(kubectl.get("ftj", manifests.JOB, ns).get("status") or {})
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def train_pods(kubectl: Kubectl, ns: str, attempt: int | None = None) -> list[dict[str, Any]]:
+    selector = f"kubetune.io/finetunejob={manifests.JOB},kubetune.io/component=train"
+    if attempt is not None:
+        selector += f",kubetune.io/attempt={attempt}"
+    return list(json.loads(kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))["items"])
+
+
+def running_step(kubectl: Kubectl, ns: str, at_least: int) -> int | None:
+    st = ftj_status(kubectl, ns)
+    step = (st.get("progress") or {}).get("step") or 0
+    return step if st.get("phase") == "Running" and step >= at_least else None
+
+
+def test_demo_flow_trains_serves_survives_faults_and_rolls_forward(
+    cluster: DevCluster, namespace: str, operator: Any, tmp_path: Path
+) -> None:
+    kubectl = Kubectl(cluster.kubeconfig)
+    ns = namespace
+    # A short run with a checkpoint every 2 steps, so faults always have one to resume from.
+    spec = manifests.DemoSpec(namespace=ns, epochs=1, max_steps=24, batch_size=2, checkpoint_every=2, learning_rate=2e-3,
+                              max_perplexity=1e6, placement=pod_placement())
+    source = prepare_base_model(print)
+    kubectl.apply(manifests.claim(manifests.MODELS_CLAIM, spec), manifests.claim(manifests.ARTIFACTS_CLAIM, spec))
+    place_base_model(kubectl, spec, source)
+    facts = dataset.select(dataset.installed_packages(), packages=8)
+    kubectl.apply(manifests.data_config_map(spec, dataset.train_jsonl(facts), dataset.validation_jsonl(facts)),
+                  manifests.api_key_secret(spec))
+    kubectl.apply(manifests.fine_tune_job(spec), manifests.fine_tuned_deployment(spec))
+
+    # --- fault 1: a training pod deleted mid-run checkpoints (SIGTERM), exits 42; the retry resumes.
+    eventually(lambda: running_step(kubectl, ns, 3), timeout=420, what="run 1 training past step 3")
+    rank0 = next(p for p in train_pods(kubectl, ns, attempt=1)
+                 if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "0")
+    kubectl("delete", "pod", "-n", ns, rank0["metadata"]["name"], "--wait=false")
+    resumed = eventually(lambda: (ftj_status(kubectl, ns).get("currentRun") or {}).get("resumedFromStep"),
+                         timeout=300, what="attempt 2 resuming from a checkpoint")
+    assert resumed >= 2
+    st = ftj_status(kubectl, ns)
+    assert st["currentRun"]["attempts"] >= 2
+
+    # --- fault 2: suspend checkpoints and stops; resume continues from the checkpoint.
+    eventually(lambda: running_step(kubectl, ns, resumed + 2), timeout=300, what="attempt 2 making progress")
+    kubectl("patch", "ftj", manifests.JOB, "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    eventually(lambda: condition(ftj_status(kubectl, ns), "Suspended").get("status") == "True"
+               and not [p for p in train_pods(kubectl, ns) if p["status"].get("phase") in ("Pending", "Running")],
+               timeout=240, what="Suspended with no training pod left running")
+    suspended_at = ftj_status(kubectl, ns)["currentRun"].get("resumedFromStep") or 0
+    kubectl("patch", "ftj", manifests.JOB, "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    eventually(lambda: ((ftj_status(kubectl, ns).get("currentRun") or {}).get("resumedFromStep") or 0) > suspended_at,
+               timeout=300, what="the resumed attempt starting from a later checkpoint")
+
+    # --- run 1 succeeds: version 1 with metrics and the gate result, reported by rank 0.
+    eventually(lambda: ftj_status(kubectl, ns).get("phase") in ("Succeeded", "Failed"), timeout=600,
+               what="run 1 to finish")
+    st = ftj_status(kubectl, ns)
+    assert st["phase"] == "Succeeded", st.get("conditions")
+    v1 = st["versions"][-1]
+    assert v1["version"] == 1 and v1["passedGate"] is True and v1["adapter"] is True
+    assert {"loss", "perplexity"} <= set(v1["metrics"])
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] == 24
+    # status.progress is written by the trainer (rank 0's pod token), never by the operator.
+    managers = {m["manager"] for m in kubectl.get("ftj", manifests.JOB, ns)["metadata"]["managedFields"]
+                if "f:progress" in json.dumps(m.get("fieldsV1", {}))}
+    assert managers and not any("kopf" in m or "kubetune_operator" in m for m in managers), managers
+
+    # kubectl logs of rank 0 shows training log lines.
+    last_rank0 = sorted((p for p in train_pods(kubectl, ns)
+                         if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "0"),
+                        key=lambda p: p["metadata"]["creationTimestamp"])[-1]
+    logs = kubectl("logs", "-n", ns, last_rank0["metadata"]["name"])
+    assert "loss" in logs and "step" in logs, logs[-2000:]
+
+    # --- serving: Available through real readiness probes; the fine-tuned model answers with the key.
+    eventually(lambda: (kubectl.get("mdep", manifests.JOB, ns).get("status") or {}).get("servedVersion") == 1
+               and condition(kubectl.get("mdep", manifests.JOB, ns)["status"], "Available").get("status") == "True",
+               timeout=300, what="the ModelDeployment serving version 1")
+    address = service_address(kubectl, ns, manifests.JOB)
+    answer = ask(address, manifests.JOB, spec.api_key, dataset.QUESTIONS[0].format(name=facts[0].name))
+    assert answer
+    import openai
+
+    with pytest.raises(openai.AuthenticationError):
+        ask(address, manifests.JOB, "wrong-key", "hello")
+
+    # --- a second version end to end: a schedule tick starts run 2; the deployment rolls to v2.
+    kubectl("patch", "ftj", manifests.JOB, "-n", ns, "--type=merge", "-p",
+            json.dumps({"spec": {"schedule": {"cron": "* * * * *"}, "hyperparameters": {"maxSteps": 6}}}))
+    eventually(lambda: ftj_status(kubectl, ns).get("latestPassingVersion") == 2, timeout=600,
+               what="run 2 producing version 2")
+    kubectl("patch", "ftj", manifests.JOB, "-n", ns, "--type=merge", "-p",
+            '{"spec":{"schedule":{"suspend":true}}}')
+    eventually(lambda: (kubectl.get("mdep", manifests.JOB, ns).get("status") or {}).get("servedVersion") == 2,
+               timeout=300, what="the ModelDeployment rolling to version 2 by itself")
+    address = service_address(kubectl, ns, manifests.JOB)
+    models = ask_models(address, spec.api_key)
+    assert manifests.JOB in models
+
+
+def ask_models(address: str, key: str) -> list[str]:
+    from openai import OpenAI
+
+    return [m.id for m in OpenAI(base_url=f"http://{address}/v1", api_key=key).models.list().data]
