@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubetune_trainer.version_format import format_problem
+
 CONFIG_SCHEMA_VERSION: Literal[1] = 1
 
 
@@ -281,8 +283,12 @@ class OutputConfig(SpecModel):
 
     root: str = Field(description="Local path (shared volume) or fsspec URI.")
     checkpoints: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
-    merge_adapter: bool = Field(
-        False, description="lora/qlora: publish base weights merged with the adapter instead of the adapter alone."
+    merge_adapter: bool | None = Field(
+        None,
+        description=(
+            "lora/qlora: true publishes base weights merged with the adapter, false the adapter alone; unset: "
+            "merged for classification (served from merged weights only), the adapter otherwise."
+        ),
     )
 
 
@@ -334,6 +340,12 @@ class TrainerConfig(SpecModel):
     def _classification_has_labels(self) -> TrainerConfig:
         if self.task == Task.CLASSIFICATION and len(self.labels) < 2:
             raise ValueError("task classification needs at least two labels")
+        return self
+
+    @model_validator(mode="after")
+    def _version_is_servable(self) -> TrainerConfig:
+        if problem := format_problem(self.task, self.method.type, self.output.merge_adapter):
+            raise ValueError(problem)
         return self
 
     def to_json(self) -> str:

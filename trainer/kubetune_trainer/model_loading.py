@@ -82,7 +82,10 @@ def _torch_dtype(config: TrainerConfig) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(config.hyperparameters.precision), torch.float32)
 
 
-def load_model(config: TrainerConfig, source: ModelSource | None = None, for_teacher: bool = False) -> Any:
+def load_model(config: TrainerConfig, source: ModelSource | None = None, *, quantize: bool = True) -> Any:
+    """The model at `source` (default: the base model) for the config's task: a sequence classifier with
+    the job's labels for classification, a causal LM otherwise; 4-bit for qlora unless `quantize` is
+    False (the teacher, and the base an adapter is merged into). ConfigError when it cannot be loaded."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     source = source or config.base_model
@@ -91,7 +94,7 @@ def load_model(config: TrainerConfig, source: ModelSource | None = None, for_tea
                               "dtype": _torch_dtype(config)}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
-    if config.method.type == MethodType.QLORA and not for_teacher:
+    if config.method.type == MethodType.QLORA and quantize:
         import torch
         from transformers import BitsAndBytesConfig
 
@@ -167,7 +170,7 @@ def load_teacher(config: TrainerConfig, student_tok: Any) -> Any | None:
         return None
     teacher_tok = load_tokenizer(config.teacher)
     check_teacher_tokenizer(student_tok, teacher_tok, config.teacher.uri)
-    teacher = load_model(config, config.teacher, for_teacher=True)
+    teacher = load_model(config, config.teacher, quantize=False)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -47,8 +47,9 @@ def installed_packages(distributions: Iterable[importlib.metadata.Distribution] 
     """One fact per installed distribution with a usable ASCII summary, sorted by name, no duplicates."""
     found: dict[str, PackageFact] = {}
     for dist in distributions if distributions is not None else importlib.metadata.distributions():
-        name = (dist.metadata.get("Name") or "").strip()
-        summary = " ".join((dist.metadata.get("Summary") or "").split())
+        # PackageMetadata is an email.Message: indexing gives None for an absent header.
+        name = (dist.metadata["Name"] or "").strip()
+        summary = " ".join((dist.metadata["Summary"] or "").split())
         if not name or not summary.isascii() or not MIN_SUMMARY <= len(summary) <= MAX_SUMMARY:
             continue
         found.setdefault(name.lower(), PackageFact(name, summary))
