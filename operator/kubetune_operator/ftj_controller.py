@@ -542,6 +542,8 @@ class Reconcile:
         self.jobs.append(job)
         self.status["currentRun"]["attempts"] = attempt
         self.status["currentRun"]["jobName"] = job["metadata"]["name"]
+        if attempt == 1:  # retries keep the first attempt's config, so its base model is the run's
+            self.status["currentRun"]["baseModel"] = self.ftj.spec.base_model.uri
         return job
 
     def training(self, run: int, current: Body) -> None:
@@ -709,6 +711,9 @@ class Reconcile:
             entry["passedGate"] = bool(passed)
         if manifest.get("adapter") is not None:
             entry["adapter"] = bool(manifest["adapter"])
+        base = (self.status.get("currentRun") or {}).get("baseModel")
+        if base:  # the base an adapter must be served on, even after spec.baseModel changes
+            entry["baseModel"] = base
         versions = [v for v in self.status["versions"] if v.get("version") != version]
         self.status["versions"] = sorted([*versions, entry], key=lambda v: v["version"])
         self.status["latestVersion"] = max(v["version"] for v in self.status["versions"])

@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from kubetune_trainer.version_format import servable, unservable_reason
+
 from kubetune_operator.api import FineTuneJob, ModelDeployment, ModelVersion
 
 # Annotations of a server Deployment: the model it serves (with what was pinned at its rollout) and
@@ -195,6 +197,14 @@ def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) 
     if problem := location_problem(entry.uri, runtime):
         return Waiting("UnsupportedModelLocation", f"{where} is at {entry.uri!r}: {problem}", stuck=True)
     is_adapter = bool(entry.adapter)
+    if is_adapter and not servable(job.spec.task, "adapter"):
+        return Waiting(
+            "VersionNotServable",
+            f"{where}: {unservable_reason(job.spec.task, 'adapter')}; the trainer now publishes {job.spec.task} "
+            f"versions merged (spec.output.mergeAdapter unset), so serve a version from a newer run of FineTuneJob "
+            f"{jname}",
+            stuck=True,
+        )
     weights = spec.model.weights
     if weights == "adapter" and not is_adapter:
         return Waiting(
@@ -212,8 +222,19 @@ def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) 
             stuck=True,
         )
     base = job.spec.base_model
+    # The base the version was trained on, as recorded when its run started; spec.baseModel may have
+    # changed since, and an adapter fits only its own base (older statuses record none).
+    base_uri = entry.base_model or base.uri
+    if is_adapter and spec.model.base_model is not None and spec.model.base_model != base_uri:
+        return Waiting(
+            "BaseModelMismatch",
+            f"ModelDeployment {md.metadata.name}: spec.model.baseModel is {spec.model.base_model!r}, but {where} is a "
+            f"LoRA adapter trained on {base_uri!r}; remove spec.model.baseModel (versions of a FineTuneJob are "
+            "served on the base they were trained on) or set it to that base",
+            stuck=True,
+        )
     if is_adapter:
-        if base.gguf_file is not None:
+        if base.gguf_file is not None and base_uri == base.uri:
             return Waiting(
                 "AdapterOnGgufBase",
                 f"{where} is a LoRA adapter on a GGUF base model (FineTuneJob {jname} spec.baseModel.ggufFile), "
@@ -221,10 +242,11 @@ def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) 
                 "so its versions hold full weights",
                 stuck=True,
             )
-        if problem := location_problem(base.uri, runtime):
+        if problem := location_problem(base_uri, runtime):
             return Waiting(
                 "UnsupportedModelLocation",
-                f"{where} is a LoRA adapter on FineTuneJob {jname} spec.baseModel.uri {base.uri!r}: {problem}",
+                f"{where} is a LoRA adapter on base model {base_uri!r} (FineTuneJob {jname} spec.baseModel.uri of its "
+                f"run): {problem}",
                 stuck=True,
             )
     lora = job.spec.method.lora
@@ -233,7 +255,7 @@ def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) 
         version=entry.version,
         job=jname,
         adapter=is_adapter,
-        base_uri=base.uri if is_adapter else None,
+        base_uri=base_uri if is_adapter else None,
         passed_gate=entry.passed_gate,
         lora_rank=vllm_lora_rank(lora.r) if is_adapter else None,
         max_model_len=job.spec.hyperparameters.max_seq_length,

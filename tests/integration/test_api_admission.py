@@ -95,6 +95,17 @@ def test_bad_spec_is_rejected_at_apply_naming_the_field(
     assert expect in proc.stderr, f"{case.id}: expected {expect!r} in:\n{proc.stderr}"
 
 
+@pytest.mark.parametrize("example", ["finetunejob-lora-instruction.yaml", "modeldeployment-auto-promotion.yaml"])
+def test_a_bad_name_is_refused_naming_metadata_name(
+    example: str, cluster: DevCluster, kubetune_crds: list[str], namespace: str
+) -> None:
+    proc = apply(cluster, patched(load_example(example), {"metadata.name": "9-bad-name"}), namespace, check=False)
+    assert proc.returncode != 0
+    # the root CEL rule's fieldPath: the field, where the API server used to print `<nil>`
+    assert "metadata.name: Invalid value" in proc.stderr and "<nil>" not in proc.stderr, proc.stderr
+    assert "metadata.name must be at most" in proc.stderr
+
+
 def test_unknown_fields_are_pruned(cluster: DevCluster, kubetune_crds: list[str], namespace: str) -> None:
     body = patched(
         load_example("finetunejob-lora-instruction.yaml"),

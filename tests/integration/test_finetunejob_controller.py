@@ -44,6 +44,7 @@ def test_happy_path_records_a_model_version(cluster: DevCluster, namespace: str,
     assert st["dataQuality"]["rows"] == 20 and st["dataQuality"]["passed"] is True
     assert condition(st, "Admitted")["status"] == "True"
     assert st["currentRun"]["admittedGPUs"] == 4 and st["currentRun"]["gpuType"] == H100
+    assert st["currentRun"]["baseModel"] == "/models/smollm2-135m-instruct"  # what this run trains on
 
     # The gang: one Indexed Job with 2 pods on H100 nodes, rendezvous through a headless Service.
     (job,) = jobs(cluster, namespace, "happy", "train")
@@ -73,6 +74,7 @@ def test_happy_path_records_a_model_version(cluster: DevCluster, namespace: str,
     (version,) = st["versions"]
     assert version["version"] == 1 and version["passedGate"] is True and version["adapter"] is True
     assert version["uri"] == "s3://kubetune-test/models/happy/versions/1"
+    assert version["baseModel"] == "/models/smollm2-135m-instruct"  # an adapter is served on this base
     assert version["metrics"]["loss"] == 1.25
     assert st["latestVersion"] == 1 and st["latestPassingVersion"] == 1
     assert st["runs"][0]["result"] == "Succeeded" and st["runs"][0]["version"] == 1

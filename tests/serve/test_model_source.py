@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from kubetune_trainer.model_identity import model_digest
 from kubetune_trainer.serve.model_source import IncompatibleModelError, resolve_model_source
 
 from tests.serve.model_dirs import write_manifest
@@ -19,9 +20,9 @@ def hf_dir(path: Path, architecture: str = "LlamaForCausalLM", **config: object)
     return path
 
 
-def adapter_dir(path: Path, tokenizer: bool = False) -> Path:
+def adapter_dir(path: Path, tokenizer: bool = False, base: Path | str | None = None) -> Path:
     path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text("{}")
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)} if base else {}))
     if tokenizer:
         (path / "tokenizer.json").write_text("{}")
     return path
@@ -93,3 +94,61 @@ def test_unreadable_manifest_is_refused(tmp_path: Path) -> None:
     (model / "manifest.json").write_text("{oops")
     with pytest.raises(IncompatibleModelError, match="not readable JSON"):
         resolve_model_source(model)
+
+
+LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1024}
+
+
+def weighted_dir(path: Path, seed: bytes = b"w", **config: object) -> Path:
+    hf_dir(path, "LlamaForCausalLM", **{**LLAMA, **config})
+    (path / "model.safetensors").write_bytes(seed * 300_000)
+    return path
+
+
+def test_an_adapter_on_a_base_of_another_shape_is_refused_naming_both(tmp_path: Path) -> None:
+    trained_on = weighted_dir(tmp_path / "small")
+    served = weighted_dir(tmp_path / "big", hidden_size=128, num_hidden_layers=4)
+    lora = adapter_dir(tmp_path / "lora", base=trained_on)  # a plain peft adapter: its config names the base
+    with pytest.raises(IncompatibleModelError) as info:
+        resolve_model_source(served, lora)
+    message = str(info.value)
+    assert str(trained_on) in message and str(served) in message
+    assert "hidden_size 64 vs 128; num_hidden_layers 2 vs 4" in message
+
+
+def test_a_version_records_the_shape_and_digest_of_its_base(tmp_path: Path) -> None:
+    base = weighted_dir(tmp_path / "base")
+    version = write_manifest(adapter_dir(tmp_path / "v2", base="/pods/path/base"), version=2, format="adapter",
+                             adapter=True, baseModel="/pods/path/base", baseModelShape=LLAMA,
+                             baseModelDigest=model_digest(base))
+    # same shape and weights under another path: served, with a warning that says so
+    source = resolve_model_source(base, version)
+    assert source.adapter_dir == version and len(source.warnings) == 1
+    assert "'/pods/path/base'" in source.warnings[0] and "the shape and weights digest agree" in source.warnings[0]
+    # another vocabulary: refused before any weight is read
+    with pytest.raises(IncompatibleModelError, match="vocab_size 1024 vs 2048"):
+        resolve_model_source(weighted_dir(tmp_path / "wide-vocab", vocab_size=2048), version)
+    # the same shape with other weights: refused too
+    with pytest.raises(IncompatibleModelError, match="the same shape but other weights"):
+        resolve_model_source(weighted_dir(tmp_path / "retrained", seed=b"x"), version)
+
+
+def test_an_adapter_served_on_the_path_it_records_gives_no_warning(tmp_path: Path) -> None:
+    base = weighted_dir(tmp_path / "base")
+    assert resolve_model_source(base, adapter_dir(tmp_path / "lora", base=base)).warnings == ()
+
+
+def test_an_adapter_whose_base_cannot_be_checked_is_served_with_a_warning(tmp_path: Path) -> None:
+    source = resolve_model_source(weighted_dir(tmp_path / "base"), adapter_dir(tmp_path / "lora", base="org/model"))
+    assert source.warnings and "'org/model'" in source.warnings[0] and "cannot be checked" in source.warnings[0]
+
+
+def test_a_classification_adapter_is_refused_with_the_rule_of_the_trainer(tmp_path: Path) -> None:
+    base = weighted_dir(tmp_path / "base")
+    version = write_manifest(adapter_dir(tmp_path / "v1", base=base), task="classification", labels=["a", "b"],
+                             format="adapter", adapter=True, baseModel=str(base))
+    with pytest.raises(IncompatibleModelError) as info:
+        resolve_model_source(version)
+    assert "classification versions are served from merged weights only, and this one is format=adapter" in str(
+        info.value)
+    assert "output.mergeAdapter unset or true" in str(info.value)

@@ -84,3 +84,41 @@ def test_cli_reports_a_missing_model_directory(tmp_path: Path) -> None:
     proc = run_cli("train", "--config", str(cfg))
     assert proc.returncode == EXIT_CONFIG_ERROR
     assert "no-such-model" in proc.stderr and "no such directory" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("task", "method", "merge", "published"),
+    [
+        ("classification", "lora", None, "merged"),  # the default: classification is served merged only
+        ("classification", "qlora", None, "merged"),
+        ("classification", "lora", True, "merged"),
+        ("classification", "full", False, "merged"),
+        ("instruction", "lora", None, "adapter"),
+        ("instruction", "lora", True, "merged"),
+        ("text", "qlora", False, "adapter"),
+        ("text", "full", None, "merged"),
+    ],
+)
+def test_every_published_format_is_one_serving_accepts(task: str, method: str, merge: bool | None,
+                                                       published: str) -> None:
+    from kubetune_trainer.version_format import published_format, servable
+
+    assert published_format(task, method, merge) == published
+    assert servable(task, published)
+
+
+def test_the_rule_covers_every_task() -> None:
+    from kubetune_trainer.config import Task
+    from kubetune_trainer.version_format import SERVED_FORMATS
+
+    assert set(SERVED_FORMATS) == {str(t) for t in Task}
+
+
+def test_an_unservable_output_is_refused_naming_the_field_and_the_fix() -> None:
+    cfg = {**BASE, "task": "classification", "labels": ["a", "b"], "method": {"type": "lora"},
+           "output": {"root": "/out", "mergeAdapter": False}}
+    with pytest.raises(ValidationError, match=r"output.mergeAdapter: false publishes a LoRA adapter, and "
+                                              r"classification versions are served from merged weights only"):
+        TrainerConfig.model_validate(cfg)
+    cfg["output"] = {"root": "/out"}
+    assert TrainerConfig.model_validate(cfg).output.merge_adapter is None

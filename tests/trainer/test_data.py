@@ -163,6 +163,31 @@ def test_field_mapping(row: dict, task: Task, expect: object) -> None:
             assert result.data["messages"] == expect
 
 
+@pytest.mark.parametrize(
+    ("row", "task", "fields", "expect"),
+    [
+        ({"question": "q", "answer": "a"}, Task.INSTRUCTION, FieldMapping(),
+         "missing column 'prompt' (data.fields.prompt); instruction rows need columns 'prompt' and 'completion' "
+         "(data.fields.prompt, data.fields.completion) or a chat column named in data.fields.messages; this row has "
+         "columns ['answer', 'question']: set data.fields to the names your data uses"),
+        ({"question": "q", "completion": "a"}, Task.INSTRUCTION, FieldMapping(messages="chat"),
+         "missing column 'prompt' (data.fields.prompt); instruction rows need columns 'prompt' and 'completion' "
+         "(data.fields.prompt, data.fields.completion) or a chat column 'chat' (data.fields.messages); this row has "
+         "columns ['completion', 'question']"),
+        ({"body": "b", "queue": "x"}, Task.CLASSIFICATION, FieldMapping(label="queue"),
+         "missing column 'text' (data.fields.text); classification rows need a text column; this row has columns "
+         "['body', 'queue']"),
+        ({"text": "t"}, Task.CLASSIFICATION, FieldMapping(), "missing column 'label' (data.fields.label)"),
+        ({f"c{i:02}": i for i in range(23)}, Task.TEXT, FieldMapping(), "'c19', … (3 more)]"),
+    ],
+    ids=["instruction", "instruction-with-chat-column", "classification-text", "classification-label", "wide-row"],
+)
+def test_a_missing_column_names_its_data_fields_setting_and_the_columns_found(
+        row: dict, task: Task, fields: FieldMapping, expect: str) -> None:
+    issue = to_record(row, "t.jsonl:3", task, fields, ["x", "y"])
+    assert isinstance(issue, SchemaIssue) and expect in issue.message, issue
+
+
 def test_messages_column_wins_and_must_end_with_the_assistant() -> None:
     fields = FieldMapping(messages="chat")
     good = {"chat": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},

@@ -166,8 +166,26 @@ BAD_CASES: list[BadCase] = [
         {"spec.runPolicy.priority": 10},
         "runPolicy.priority or runPolicy.priorityClassName",
     ),
-    BadCase("name-starts-with-digit", LORA, {"metadata.name": "1-support"}, "metadata.name must be"),
-    BadCase("name-too-long", LORA, {"metadata.name": "a" * 46}, "metadata.name must be"),
+    BadCase(
+        "classification-adapter-not-merged",
+        CLASSIFY,
+        {"spec.method.type": "lora", "spec.output.mergeAdapter": False},
+        "output.mergeAdapter: false publishes a LoRA adapter, and classification versions are served from merged",
+        notes="the trainer's rule (kubetune_trainer.version_format), also enforced by TrainerConfig",
+    ),
+    BadCase(
+        "classification-default-method-not-merged",
+        CLASSIFY,
+        {"spec.method": DELETE, "spec.output.mergeAdapter": False},
+        "output.mergeAdapter: false publishes a LoRA adapter",
+    ),
+    # The API server names the field (fieldPath .metadata.name), not `<nil>`.
+    BadCase("name-starts-with-digit", LORA, {"metadata.name": "1-support"}, "metadata.name must be",
+            api_expect="metadata.name: Invalid value"),
+    BadCase("name-too-long", LORA, {"metadata.name": "a" * 46}, "metadata.name must be",
+            api_expect="metadata.name: Invalid value"),
+    BadCase("deployment-name-starts-with-digit", MDEP, {"metadata.name": "9-faq"}, "metadata.name must be",
+            api_expect="metadata.name: Invalid value"),
     # ---- ModelDeployment
     BadCase(
         "model-ref-and-uri",

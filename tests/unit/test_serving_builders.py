@@ -53,9 +53,10 @@ def mdep(spec: dict[str, Any], name: str = "faq", generation: int = 1, status: d
     })
 
 
-def version(n: int, passed: bool | None = True, adapter: bool = False, uri: str | None = None) -> dict[str, Any]:
+def version(n: int, passed: bool | None = True, adapter: bool = False, uri: str | None = None,
+            base: str | None = None) -> dict[str, Any]:
     return {"version": n, "uri": uri or f"pvc://models/team-a/faq-bot/versions/{n}", "passedGate": passed,
-            "adapter": adapter, "metrics": {"loss": 1.0}}
+            "adapter": adapter, "metrics": {"loss": 1.0}, **({"baseModel": base} if base else {})}
 
 
 def ftj(versions: list[dict[str, Any]], spec: dict[str, Any] | None = None, **status: Any) -> FineTuneJob:
@@ -112,6 +113,13 @@ RESOLVE_CASES = [
     ResolveCase("an adapter on a GGUF base is stuck", REF,
                 ftj([version(1, adapter=True)], {"baseModel": {"uri": "pvc://models/smollm2", "ggufFile": "m.gguf"}},
                     latestPassingVersion=1), "AdapterOnGgufBase", stuck=True),
+    ResolveCase("a classification adapter version is stuck, whatever the weights setting", REF,
+                ftj([version(1, adapter=True)], {"task": "classification", "labels": ["a", "b"]},
+                    latestPassingVersion=1), "VersionNotServable", stuck=True),
+    ResolveCase("a base model other than the one the adapter was trained on is stuck",
+                {"model": {"fineTuneJobRef": {"name": "faq-bot"}, "baseModel": "pvc://models/llama-8b"}},
+                ftj([version(1, adapter=True, base="pvc://models/smollm2")], latestPassingVersion=1),
+                "BaseModelMismatch", stuck=True),
     ResolveCase("a version on s3 is served (fetched by an init container)", REF,
                 ftj([version(1, uri="s3://bucket/faq/versions/1")], latestPassingVersion=1), 1),
     ResolveCase("an https uri is an invalid spec", {"model": {"uri": "https://example.com/model"}}, None,
@@ -145,6 +153,33 @@ def test_adapter_version_pins_base_rank_and_length_from_the_job() -> None:
     assert got == ServedModel(uri="pvc://models/team-a/faq-bot/versions/4", version=4, job="faq-bot", adapter=True,
                               base_uri="pvc://models/smollm2", passed_gate=True, lora_rank=16, max_model_len=2048)
     assert ServedModel.from_annotation(got.to_annotation()) == got
+
+
+def test_classification_adapter_refusal_says_why_and_the_fix() -> None:
+    job = ftj([version(2, adapter=True)], {"task": "classification", "labels": ["a", "b"]}, latestPassingVersion=2)
+    got = resolve_model(mdep({**REF, "model": {**REF["model"], "weights": "merged"}}), job)
+    assert isinstance(got, Waiting) and got.reason == "VersionNotServable"
+    assert got.message.startswith("version 2 of FineTuneJob faq-bot: classification versions are served from merged "
+                                  "weights only, and this one is format=adapter")
+    assert "spec.output.mergeAdapter unset" in got.message
+
+
+def test_an_adapter_is_served_on_the_base_its_run_recorded_not_the_current_spec() -> None:
+    # spec.baseModel changed after version 4 was trained: the adapter still needs its own base.
+    job = ftj([version(4, adapter=True, base="pvc://models/smollm2"), version(5, adapter=True, base="pvc://models/big")],
+              {"baseModel": {"uri": "pvc://models/big"}}, latestPassingVersion=5)
+    pinned = mdep({"model": {"fineTuneJobRef": {"name": "faq-bot", "version": "4"}}})
+    got = resolve_model(pinned, job)
+    assert isinstance(got, ServedModel) and got.base_uri == "pvc://models/smollm2"
+    assert resolve_model(mdep(REF), job).base_uri == "pvc://models/big"  # type: ignore[union-attr]
+    # an explicit spec.model.baseModel must agree with the recorded one; the message names both
+    wrong = resolve_model(mdep({"model": {"fineTuneJobRef": {"name": "faq-bot", "version": "4"},
+                                          "baseModel": "pvc://models/big"}}), job)
+    assert isinstance(wrong, Waiting) and wrong.reason == "BaseModelMismatch"
+    assert "'pvc://models/big'" in wrong.message and "'pvc://models/smollm2'" in wrong.message
+    same = resolve_model(mdep({"model": {"fineTuneJobRef": {"name": "faq-bot", "version": "4"},
+                                         "baseModel": "pvc://models/smollm2"}}), job)
+    assert isinstance(same, ServedModel) and same.base_uri == "pvc://models/smollm2"
 
 
 def test_uri_with_base_model_is_served_as_an_adapter() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ from kubetune_trainer.config import EXIT_OK, EXIT_PREEMPTED, TrainerConfig
 from kubetune_trainer.errors import ConfigError, write_termination_message
 from kubetune_trainer.launcher import add_arguments as add_launch_arguments
 from kubetune_trainer.launcher import record_exit, under_launcher
-from kubetune_trainer.logs import get_logger, setup_logging
+from kubetune_trainer.logs import JsonFormatter, get_logger, route_library_logs, setup_logging
 
 log = get_logger("cli")
 
@@ -98,7 +99,7 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
         args.result_message = status_report(report)
         write_termination_message(args.result_message)
     check_gate(report)
-    print(f"data quality gate passed: {report['usableRows']} usable rows", file=sys.stderr)
+    log.info(f"data quality gate passed: {report['usableRows']} usable rows")
     return EXIT_OK
 
 
@@ -125,9 +126,13 @@ def _sigterm_before_training(signum: int, frame: FrameType | None) -> None:
 
     run_training() replaces this handler with the checkpointing one (preemption.py) before loading
     data and model. No exit record is written: a launcher that was itself stopped maps it to 42; one
-    whose torchrun stopped this worker because another one failed keeps that failure."""
-    print("kubetune-train: SIGTERM before training started: nothing to checkpoint, exiting "
-          f"{EXIT_PREEMPTED}", file=sys.stderr, flush=True)
+    whose torchrun stopped this worker because another one failed keeps that failure.
+
+    The JSON line is written with os.write, not through logging: a handler's lock may be held by the
+    code the signal interrupted."""
+    record = logging.LogRecord(log.name, logging.WARNING, __file__, 0, "SIGTERM before training started: nothing "
+                               f"to checkpoint, exiting {EXIT_PREEMPTED}", None, None)
+    os.write(2, (JsonFormatter().format(record) + "\n").encode())
     os._exit(EXIT_PREEMPTED)
 
 
@@ -145,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "train":
         signal.signal(signal.SIGTERM, _sigterm_before_training)
+    if args.command in ("train", "validate-data"):
+        route_library_logs()  # they load transformers and datasets, which would print plain text
     try:
         code = int(args.func(args))
     except ConfigError as e:
         message = str(e)
-        print(f"kubetune-train: error: {message}", file=sys.stderr)
+        log.error(message, extra={"exit_code": e.exit_code})
         # A failed data gate keeps its structured report as the termination message.
         report_exit(e.exit_code, getattr(args, "result_message", None) or message)
         return e.exit_code

@@ -1,8 +1,9 @@
 """Publishing a model version: `<output.root>/<job>/versions/<version>/`.
 
-Contents: the model as safetensors (merged weights, or a LoRA adapter), the tokenizer,
-`manifest.json` (read by the operator and the serving runtimes), `README.md` (model card),
-`loss.png` and `training_log.json` (the Trainer's log history). The version is written into a
+Contents: the model as safetensors (merged weights, or a LoRA adapter: version_format.py decides
+which), the tokenizer, `manifest.json` (read by the operator and the serving runtimes; it records the
+base model's shape and digest, model_identity.py), `README.md` (model card), `loss.png` and
+`training_log.json` (the Trainer's log history). The version is written into a
 hidden sibling directory and renamed into place, so readers never see half a version.
 """
 
@@ -17,9 +18,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.config import MethodType, Task, TrainerConfig
+from kubetune_trainer.config import MethodType, TrainerConfig
 from kubetune_trainer.loss_plot import plot_loss
 from kubetune_trainer.model_card import render_model_card
+from kubetune_trainer.model_identity import directory_shape, model_digest, model_shape
+from kubetune_trainer.version_format import published_format
 
 MANIFEST_SCHEMA_VERSION = 1
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "trl", "deepspeed", "datasets", "tokenizers",
@@ -75,19 +78,50 @@ def staging_dir(config: TrainerConfig) -> Path:
 
 
 def merge_adapter_into(staging: Path, config: TrainerConfig) -> None:
-    """Replace the adapter files in `staging` by the base model merged with the adapter."""
-    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+    """Replace the adapter files in `staging` by the base model merged with the adapter.
 
-    cls = AutoPeftModelForSequenceClassification if config.task == Task.CLASSIFICATION else AutoPeftModelForCausalLM
-    merged = cls.from_pretrained(str(staging)).merge_and_unload()
+    The base is loaded as training loaded it (for classification: with the job's labels, so the class
+    head saved beside the adapter fits; peft's AutoPeftModel would build a 2-label head and fail on
+    any other number), but never quantised: merged weights are full weights.
+    """
+    from peft import PeftModel
+
+    from kubetune_trainer.model_loading import load_model
+
+    merged = PeftModel.from_pretrained(load_model(config, quantize=False), str(staging)).merge_and_unload()
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         (staging / name).unlink(missing_ok=True)
     merged.save_pretrained(staging, safe_serialization=True)
 
 
+def _local_base_dir(config: TrainerConfig) -> Path | None:
+    """The directory the base model was loaded from: a path, the s3:// cache, or the hub cache's snapshot."""
+    from kubetune_trainer.model_loading import resolve_model_location
+
+    location = resolve_model_location(config.base_model)
+    if Path(location).is_dir():
+        return Path(location)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(location, revision=config.base_model.revision, local_files_only=True))
+    except (OSError, ValueError):  # not in the local hub cache (huggingface_hub's errors derive from these)
+        return None
+
+
+def base_model_identity(config: TrainerConfig, model: Any) -> dict[str, Any]:
+    """`baseModelShape` and `baseModelDigest` of the manifest (model_identity.py); the shape from the base's
+    config.json, or from the loaded `model`'s config when the base is not a local directory."""
+    base = _local_base_dir(config)
+    shape = directory_shape(base) if base is not None else None
+    if shape is None and getattr(model, "config", None) is not None:
+        shape = model_shape(model.config.to_dict())
+    return {"baseModelShape": shape or None, "baseModelDigest": model_digest(base) if base is not None else None}
+
+
 def build_manifest(config: TrainerConfig, *, adapter: bool, metrics: dict[str, float], data_digest: str,
                    strategy: dict[str, Any], data_counts: dict[str, int], files: list[dict[str, Any]],
-                   training: dict[str, Any]) -> dict[str, Any]:
+                   training: dict[str, Any], base_identity: dict[str, Any] | None = None) -> dict[str, Any]:
     gate = config.evaluation.gate
     passed = True if gate is None else bool(gate.passes(metrics))
     return {
@@ -102,6 +136,7 @@ def build_manifest(config: TrainerConfig, *, adapter: bool, metrics: dict[str, f
         "method": str(config.method.type),
         "baseModel": config.base_model.uri,
         "baseModelGgufFile": config.base_model.gguf_file,
+        **(base_identity or {"baseModelShape": None, "baseModelDigest": None}),
         "teacher": config.teacher.uri if config.teacher else None,
         "adapter": adapter,
         "format": "adapter" if adapter else "merged",
@@ -139,17 +174,18 @@ def publish_version(trainer: Any, tokenizer: Any, config: TrainerConfig, *, metr
     if not trainer.is_world_process_zero():
         return None
 
-    adapter = config.method.type != MethodType.FULL
-    if adapter and config.output.merge_adapter:
+    fmt = published_format(config.task, config.method.type, config.output.merge_adapter)
+    if fmt == "merged" and config.method.type != MethodType.FULL:
         merge_adapter_into(staging, config)
-        adapter = False
+    adapter = fmt == "adapter"
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing reads it
     tokenizer.save_pretrained(staging)
     history = trainer.state.log_history
     (staging / "training_log.json").write_text(json.dumps(history, indent=1))
     plot_loss(history, staging / "loss.png", f"{config.job_name}-v{config.version}")
     manifest = build_manifest(config, adapter=adapter, metrics=metrics, data_digest=data_digest, strategy=strategy,
-                              data_counts=data_counts, files=[], training=training)
+                              data_counts=data_counts, files=[], training=training,
+                              base_identity=base_model_identity(config, trainer.model))
     (staging / "README.md").write_text(render_model_card(manifest, config.objective))
     manifest["files"] = file_list(staging)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))

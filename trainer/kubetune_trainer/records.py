@@ -18,6 +18,7 @@ from typing import Any
 from kubetune_trainer.config import FieldMapping, Task
 
 ROLES = {"system", "user", "assistant"}
+MAX_LISTED_COLUMNS = 20
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,18 @@ def _messages(value: Any, column: str, where: str) -> list[dict[str, str]] | Sch
     return out
 
 
+def _missing_column(where: str, column: str, field: str, row: dict[str, Any], need: str) -> SchemaIssue:
+    found = sorted(str(c) for c in row)
+    listed = ", ".join(repr(c) for c in found[:MAX_LISTED_COLUMNS]) + (
+        f", … ({len(found) - MAX_LISTED_COLUMNS} more)" if len(found) > MAX_LISTED_COLUMNS else "")
+    return SchemaIssue(where, f"missing column {column!r} (data.fields.{field}); {need}; this row has columns "
+                              f"[{listed}]: set data.fields to the names your data uses")
+
+
 def to_record(row: dict[str, Any], where: str, task: Task | str, fields: FieldMapping,
               labels: list[str]) -> Record | SchemaIssue:
-    """Map one source row onto its task's canonical record."""
+    """Map one source row onto its task's canonical record; a SchemaIssue says what is wrong with it
+    (a missing column names its `data.fields` setting and lists the columns the row has)."""
     task = Task(task)
     if task == Task.INSTRUCTION:
         if fields.messages and fields.messages in row:
@@ -85,12 +95,13 @@ def to_record(row: dict[str, Any], where: str, task: Task | str, fields: FieldMa
                 return msgs
             empty = any(_blank(m["content"]) for m in msgs if m["role"] != "system")
             return Record({"messages": msgs}, where, empty)
-        missing = [c for c in (fields.prompt, fields.completion) if c not in row]
+        missing = [(c, f) for c, f in ((fields.prompt, "prompt"), (fields.completion, "completion")) if c not in row]
         if missing:
-            want = f"{fields.prompt!r} and {fields.completion!r}"
-            if fields.messages:
-                want += f" (or {fields.messages!r})"
-            return SchemaIssue(where, f"missing column {missing[0]!r}; instruction rows need {want}")
+            chat = (f"a chat column {fields.messages!r} (data.fields.messages)" if fields.messages
+                    else "a chat column named in data.fields.messages")
+            need = (f"instruction rows need columns {fields.prompt!r} and {fields.completion!r} "
+                    f"(data.fields.prompt, data.fields.completion) or {chat}")
+            return _missing_column(where, *missing[0], row, need)
         prompt = _as_text(row[fields.prompt], fields.prompt, where)
         completion = _as_text(row[fields.completion], fields.completion, where)
         for v in (prompt, completion):
@@ -100,14 +111,14 @@ def to_record(row: dict[str, Any], where: str, task: Task | str, fields: FieldMa
         msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
         return Record({"messages": msgs}, where, _blank(prompt) or _blank(completion))
     if fields.text not in row:
-        return SchemaIssue(where, f"missing column {fields.text!r} (data.fields.text)")
+        return _missing_column(where, fields.text, "text", row, f"{task} rows need a text column")
     text = _as_text(row[fields.text], fields.text, where)
     if isinstance(text, SchemaIssue):
         return text
     if task == Task.TEXT:
         return Record({"text": text}, where, _blank(text))
     if fields.label not in row:
-        return SchemaIssue(where, f"missing column {fields.label!r} (data.fields.label)")
+        return _missing_column(where, fields.label, "label", row, "classification rows need a label column")
     label = _as_text(row[fields.label], fields.label, where)
     if isinstance(label, SchemaIssue):
         return label

@@ -58,10 +58,14 @@ def unservable_reason(task: str, fmt: str) -> str:
                if fmt == "adapter" else ""))
 
 
+def merge_required_message(tasks: str) -> str:
+    """The refusal of `output.mergeAdapter: false` for `tasks` (e.g. "classification"), with the fix."""
+    return (f"output.mergeAdapter: false publishes a LoRA adapter, and {tasks} versions are served from merged "
+            "weights only; remove output.mergeAdapter (merged is then the default) or set it to true")
+
+
 def format_problem(task: str, method: str, merge_adapter: bool | None) -> str | None:
     """Why `output.mergeAdapter` would publish a version no server accepts, with the fix; None when it would not."""
-    fmt = published_format(task, method, merge_adapter)
-    if servable(task, fmt):
+    if servable(task, published_format(task, method, merge_adapter)):
         return None
-    return (f"output.mergeAdapter: false publishes a LoRA adapter, and {task} versions are served from merged "
-            "weights only; remove output.mergeAdapter (merged is the default for this task) or set it to true")
+    return merge_required_message(str(task))

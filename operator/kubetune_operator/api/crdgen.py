@@ -279,7 +279,9 @@ def root_schema(info: KindInfo) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "kubetune.io/v1alpha1"},
             "kind": {"type": "string", "description": info.kind},
-            "metadata": {"type": "object"},
+            # name declared so that a root CEL rule can say `fieldPath: .metadata.name` (the API server
+            # checks fieldPath against the schema; at the root it allows name and generateName only).
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec,
             "status": status,
         },

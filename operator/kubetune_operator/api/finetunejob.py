@@ -26,6 +26,7 @@ from kubetune_trainer.config import (
     StrategySpec,
     Task,
 )
+from kubetune_trainer.version_format import MERGED_ONLY_TASKS, format_problem, merge_required_message
 from pydantic import Field, field_validator
 
 from kubetune_operator.api.common import (
@@ -199,8 +200,12 @@ class OutputSpec(ApiModel):
     checkpoints: CheckpointPolicy = Field(
         default_factory=CheckpointPolicy, description="How often checkpoints are saved and how many are kept."
     )
-    merge_adapter: bool = Field(
-        False, description="lora/qlora: publish base weights merged with the adapter instead of the adapter alone."
+    merge_adapter: bool | None = Field(
+        None,
+        description=(
+            "lora/qlora: true publishes base weights merged with the adapter, false the adapter alone; unset: merged "
+            "for task classification (served from merged weights only), the adapter otherwise."
+        ),
     )
 
 
@@ -358,6 +363,17 @@ class FineTuneJobSpec(ApiModel):
             or str(m.evaluation.gate.metric) in [str(x) for x in m.evaluation.metrics],
         ),
         CelRule(
+            # The trainer's rule (kubetune_trainer.version_format): which tasks are served merged only.
+            rule=(
+                f"!(self.task in [{', '.join(cel_string(t) for t in MERGED_ONLY_TASKS)}]) || "
+                "!has(self.output.mergeAdapter) || self.output.mergeAdapter != false || "
+                "(has(self.method) && self.method.type == 'full')"
+            ),
+            message=merge_required_message(" and ".join(MERGED_ONLY_TASKS)),
+            field_path=".output.mergeAdapter",
+            check=lambda m: format_problem(m.task, m.method.type, m.output.merge_adapter) is None,
+        ),
+        CelRule(
             rule=(
                 "self.task == 'classification' || !has(self.datasets.quality) || "
                 "!has(self.datasets.quality.minLabelFraction)"
@@ -489,6 +505,9 @@ class CurrentRun(StatusModel):
         None, description="What started the run."
     )
     resumed_from_step: int | None = Field(None, ge=0, description="Checkpoint step the run resumed from.")
+    base_model: str | None = Field(
+        None, description="spec.baseModel.uri when the run started: the base its version is trained on."
+    )
 
 
 class RunRecord(StatusModel):
@@ -517,6 +536,9 @@ class ModelVersion(StatusModel):
     created_at: datetime | None = Field(None, description="When the version was written.")
     run: int | None = Field(None, ge=1, description="Run that produced the version.")
     adapter: bool | None = Field(None, description="True when the version holds a LoRA adapter, not full weights.")
+    base_model: str | None = Field(
+        None, description="Base model the version was trained on (spec.baseModel.uri of its run): an adapter's base."
+    )
 
 
 class FineTuneJobStatus(StatusModel):
@@ -561,6 +583,7 @@ class FineTuneJob(ApiModel):
                 f"metadata.name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a "
                 "letter: it names the run's Job, Service and pods"
             ),
+            field_path=".metadata.name",
             check=lambda m: _name_fits(m.metadata),
         ),
     )

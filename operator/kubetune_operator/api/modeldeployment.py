@@ -251,6 +251,7 @@ class ModelDeployment(ApiModel):
                 f"metadata.name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a "
                 "letter: it names the Service of the endpoint"
             ),
+            field_path=".metadata.name",
             check=lambda m: _name_fits(m.metadata),
         ),
     )

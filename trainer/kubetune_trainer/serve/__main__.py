@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from kubetune_trainer.serve.settings import parse_settings
-from kubetune_trainer.serve.structured_logging import configure_logging
+from kubetune_trainer.serve.structured_logging import configure_logging, route_model_library_logs
 
 
 def _describe(exc: ValidationError) -> str:
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("invalid settings", extra={"reason": str(exc)})
         return 2
     configure_logging(settings.log_level)
+    route_model_library_logs()
     from kubetune_trainer.serve.server import run_server  # imports uvicorn/fastapi; keep --help fast
 
     return run_server(settings)

@@ -8,6 +8,8 @@ Three shapes are accepted:
 
 `resolve_model_source` checks all of it and raises IncompatibleModelError with a message that
 names the file, the field and the fix, so a bad version fails at start-up, not at the first request.
+Which formats are served for which task is the trainer's rule (version_format.py); an adapter is
+checked against the base model it was trained on (model_identity.py) before any weight is read.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from kubetune_trainer.model_identity import (
+    DIGEST_SCHEME,
+    directory_shape,
+    model_digest,
+    shape_differences,
+)
+from kubetune_trainer.version_format import FORMATS, SERVED_FORMATS, servable, unservable_reason
+
 MANIFEST = "manifest.json"
-TASKS = ("instruction", "text", "classification")
-FORMATS = ("merged", "adapter")
+TASKS = tuple(SERVED_FORMATS)
 REQUIRED_MANIFEST_FIELDS = ("jobName", "version", "task", "baseModel", "format")
 
 Task = Literal["instruction", "text", "classification"]
@@ -41,6 +50,7 @@ class ModelSource:
     served_name: str
     labels: tuple[str, ...] = ()
     manifest: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # to log at start-up (an adapter on a base found under another path)
 
     @property
     def generative(self) -> bool:
@@ -140,6 +150,65 @@ def _labels_of_plain_model(directory: Path) -> tuple[str, ...]:
     return tuple(str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k)))
 
 
+def _recorded_base_names(adapter: Path, manifest: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(where, name) of each record of the base an adapter was trained on."""
+    path = adapter / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IncompatibleModelError(f"{path}: not readable JSON ({exc})") from exc
+    names = []
+    if isinstance(config, dict) and isinstance(config.get("base_model_name_or_path"), str):
+        names.append((f"{path} base_model_name_or_path", config["base_model_name_or_path"]))
+    if manifest is not None:
+        names.append((f"{adapter / MANIFEST} baseModel", str(manifest["baseModel"])))
+    return [(where, name) for where, name in names if name]
+
+
+def check_adapter_base(adapter: Path, manifest: dict[str, Any] | None, model: Path) -> tuple[str, ...]:
+    """Refuse to serve `adapter` on `model` when it was trained on another base; returns warnings.
+
+    The recorded base: adapter_config.json's `base_model_name_or_path`, and for a kubetune version
+    the manifest's `baseModel`, `baseModelShape` and `baseModelDigest` (model_identity.py); without a
+    recorded shape, that of a recorded base directory that exists here. IncompatibleModelError,
+    naming both models, when the shapes (config.json sizes) differ or the recorded digest is not
+    `model`'s. Only config.json and samples of the weight files are read.
+
+    Returns one warning when the recorded base is under another path but shape (and digest, when
+    recorded) agree, or when nothing recorded allows a check; none when the path is the same.
+    """
+    served = model.resolve()
+    names = _recorded_base_names(adapter, manifest)
+    locals_ = [(where, name, d) for where, name in names if (d := local_dir(name)) is not None]
+    same_path = any(d.resolve() == served for _, _, d in locals_)
+    trained_on = f"{names[0][1]!r} ({names[0][0]})" if names else "an unrecorded base model"
+    recorded_shape = (manifest or {}).get("baseModelShape")
+    if not isinstance(recorded_shape, dict) or not recorded_shape:
+        recorded_shape = next((shape for _, _, d in locals_ if (shape := directory_shape(d))), None)
+    served_shape = directory_shape(model) or {}
+    if recorded_shape and (diffs := shape_differences(recorded_shape, served_shape)):
+        raise IncompatibleModelError(
+            f"--adapter {adapter} was trained on base model {trained_on}, and --model {model} has another shape "
+            f"({'; '.join(diffs)}: trained-on vs served); serve the adapter with --model <the base it was trained on>"
+        )
+    recorded_digest = (manifest or {}).get("baseModelDigest")
+    digest_checked = isinstance(recorded_digest, str) and recorded_digest.startswith(f"{DIGEST_SCHEME}:")
+    if digest_checked and (served_digest := model_digest(model)) != recorded_digest:
+        raise IncompatibleModelError(
+            f"--adapter {adapter} was trained on base model {trained_on} with weights {recorded_digest}, and "
+            f"--model {model} has the same shape but other weights ({served_digest}); serve the adapter with "
+            "--model <the base it was trained on>"
+        )
+    if same_path:
+        return ()
+    if recorded_shape:
+        agree = "shape and weights digest agree" if digest_checked else "shape agrees"
+        return (f"--adapter {adapter} was trained on base model {trained_on}, served on --model {model}: "
+                f"another path, but the {agree}",)
+    return (f"--adapter {adapter}: its base model ({trained_on}) cannot be checked against --model {model} "
+            "(no recorded shape and no such local directory); a wrong base fails while loading",)
+
+
 def resolve_model_source(model: Path, adapter: Path | None = None, served_model_name: str | None = None) -> ModelSource:
     """Decide what to load from `--model` (and `--adapter`), or raise IncompatibleModelError."""
     model = model.expanduser()
@@ -160,6 +229,7 @@ def resolve_model_source(model: Path, adapter: Path | None = None, served_model_
         if model_manifest is not None and model_manifest["format"] == "adapter":
             raise IncompatibleModelError(f"--model {model} is itself an adapter version; pass a base model as --model")
         _check_weights(model, "--model")
+        warnings = check_adapter_base(adapter, adapter_manifest, model)
         weights_dir, adapter_dir, manifest = model, adapter, adapter_manifest or {}
     elif model_manifest is not None and model_manifest["format"] == "adapter":
         _check_adapter(model, "--model")
@@ -170,9 +240,11 @@ def resolve_model_source(model: Path, adapter: Path | None = None, served_model_
                 f"serve it with --model <base model dir> --adapter {model}"
             )
         _check_weights(base, "baseModel")
+        warnings = check_adapter_base(model, model_manifest, base)
         weights_dir, adapter_dir, manifest = base, model, model_manifest
     else:
         _check_weights(model, "--model")
+        warnings = ()
         weights_dir, adapter_dir, manifest = model, None, model_manifest or {}
 
     if manifest:
@@ -183,10 +255,10 @@ def resolve_model_source(model: Path, adapter: Path | None = None, served_model_
         task = _task_of_plain_model(weights_dir)
         labels = _labels_of_plain_model(weights_dir) if task == "classification" else ()
         default_name = (adapter_dir or weights_dir).resolve().name
-    if task == "classification" and adapter_dir is not None:
+    if adapter_dir is not None and not servable(task, "adapter"):
         raise IncompatibleModelError(
-            "classification with a LoRA adapter is not served; the trainer writes classification "
-            "versions merged (format=merged)"
+            f"{adapter_dir}: {unservable_reason(task, 'adapter')}; train it again with output.mergeAdapter unset "
+            "or true, which publishes it merged, and serve that version with --model"
         )
     if task != "classification" and _task_of_plain_model(weights_dir) == "classification":
         raise IncompatibleModelError(
@@ -203,4 +275,5 @@ def resolve_model_source(model: Path, adapter: Path | None = None, served_model_
         served_name=served_model_name or default_name,
         labels=labels,
         manifest=manifest,
+        warnings=warnings,
     )

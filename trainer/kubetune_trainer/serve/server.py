@@ -50,6 +50,8 @@ def run_server(settings: ServeSettings) -> int:
         log.error("cannot serve this model", extra={"reason": str(exc)})
         return EXIT_CONFIG
     _warn_about_gate(source)
+    for warning in source.warnings:
+        log.warning(warning, extra={"adapter": str(source.adapter_dir), "weights": str(source.weights_dir)})
     load_failed = threading.Event()
     server: uvicorn.Server | None = None
 

@@ -47,6 +47,15 @@ def configure_logging(level: str = "info") -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # FutureWarning & co. as JSON lines, not raw text
     # transformers and httpx are chatty at info level
     for name in ("transformers", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def route_model_library_logs() -> None:
+    """transformers and huggingface_hub put plain-text handlers on their own loggers: send their records
+    through the root handler instead (imports transformers' logging module: call it once settings parsed)."""
+    from kubetune_trainer.logs import route_library_logs
+
+    route_library_logs(("transformers", "huggingface_hub"), max(logging.WARNING, logging.getLogger().level))

@@ -7,6 +7,10 @@
   in EndpointSlices ("may not be in the loopback range"), so Services would never get endpoints.
   Without the privilege to add the route, the node falls back to 127.10.0.0/16 and says so.
   The route stays after the node exits (harmless; `ip route del table local local 10.245.0.0/16 dev lo`).
+- Each leased IP is also an address of `lo` (`ip addr replace <ip>/32 dev lo`) while its pod
+  lives, as the pod IP is an address of eth0 in a real pod: programs that look up the interface of
+  their own address (gloo, NCCL and torch.distributed's TCPStore resolve the hostname and then
+  search `getifaddrs()` for it) find one. The route alone makes the address reachable, not owned.
 - Addresses are leased host-wide (a file per IP under /run/kubetune/localnode-ips, created with
   O_EXCL, naming the pod directory that holds it): several local nodes (clusters) on one machine
   never hand out the same IP, and an IP is never reused while its pod directory exists.
@@ -109,11 +113,26 @@ def ensure_local_route(cidr: str) -> bool:
     return True
 
 
+def _ip(action: str, address: str) -> None:
+    try:
+        done = subprocess.run(["ip", "addr", action, f"{address}/32", "dev", "lo"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("ip addr %s %s/32 dev lo: %s", action, address, e)
+        return
+    if done.returncode != 0 and action != "del":  # del of an absent address is the goal reached
+        log.warning("ip addr %s %s/32 dev lo: %s", action, address, done.stderr.strip())
+
+
 class IpAllocator:
-    """Hands out pod IPs from a range; each one is leased host-wide to the pod directory holding it."""
+    """Hands out pod IPs from a range; each one is leased host-wide to the pod directory holding it.
+
+    Outside the loopback range each held IP is also an address of `lo` (see the module docstring).
+    """
 
     def __init__(self, cidr: str, leases: Path = LEASES) -> None:
         self.network = ipaddress.ip_network(cidr)
+        self.assign = not self.network.is_loopback
         self.leases = leases
         self.held: dict[str, Path] = {}
         self._next = 2  # .0 network, .1 reserved (as a gateway would be)
@@ -148,6 +167,8 @@ class IpAllocator:
         """Keep `ip` for `owner` (a pod adopted after a node restart)."""
         self.held[ip] = owner
         self._try_lease(ip, owner)
+        if self.assign:
+            _ip("replace", ip)
 
     def allocate(self, owner: Path) -> str:
         size = self.network.num_addresses
@@ -157,6 +178,8 @@ class IpAllocator:
             ip = str(self.network.network_address + offset)
             if ip not in self.held and self._try_lease(ip, owner):
                 self.held[ip] = owner
+                if self.assign:
+                    _ip("replace", ip)
                 return ip
         raise RuntimeError(f"no free pod IP left in {self.network}")
 
@@ -168,3 +191,15 @@ class IpAllocator:
         with contextlib.suppress(OSError):
             if owner is not None and Path(path.read_text().strip()) == owner:
                 path.unlink()
+                if self.assign:
+                    _ip("del", ip)
+
+    def drop(self, ip: str | None) -> None:
+        """Give up `ip` left by a pod that no longer exists (found at adoption), lease and address."""
+        if not ip:
+            return
+        self.held.pop(ip, None)
+        with contextlib.suppress(OSError):
+            self._lease(ip).unlink()
+        if self.assign:
+            _ip("del", ip)

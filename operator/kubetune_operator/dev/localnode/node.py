@@ -244,6 +244,7 @@ class LocalNode:
             if state is not None:
                 log.info("pod %s/%s is gone: killing what is left of it", state.namespace, state.name)
                 kill_state(state)
+                self.ips.drop(state.ip)
             shutil.rmtree(folder, ignore_errors=True)
         for pod in by_uid.values():
             self.on_pod(pod, start=False)
@@ -382,6 +383,8 @@ class LocalNode:
         for pid, start in runs:
             kill_group(pid, start, signal.SIGKILL)
         reap_children()
+        for state in states:  # the pods are gone with their processes: so are their addresses
+            self.ips.drop(state.ip)
         log.info("drained %d process group(s)", len(runs))
 
 
