@@ -20,7 +20,8 @@ from kubetune_operator.dev.localnode import pod_placement
 
 from tests.support import DevCluster, eventually
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+# The whole flow trains three times on 2 cores: far longer than the suite's default timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(2400)]
 
 
 def ftj_status(kubectl: Kubectl, ns: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The source layout DESIGN.md §1 asks for, and the traps it avoids."""
+"""The source layout docs/design.md §1 asks for, and the traps it avoids."""
 
 from __future__ import annotations
 

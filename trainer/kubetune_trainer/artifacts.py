@@ -205,7 +205,7 @@ SUMMARY_KEYS = ("version", "versionName", "run", "attempt", "metrics", "passedGa
 def version_summary(manifest: dict[str, Any]) -> str:
     """The manifest's headline as compact JSON: rank 0's termination message after a successful run.
 
-    The operator records it in status.versions without reading the output volume (DESIGN.md §3).
+    The operator records it in status.versions without reading the output volume (docs/design.md §3).
     """
     summary = {k: manifest.get(k) for k in SUMMARY_KEYS if manifest.get(k) is not None}
     text = json.dumps(summary, separators=(",", ":"))

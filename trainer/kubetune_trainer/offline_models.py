@@ -1,4 +1,4 @@
-"""Models that exist without a model hub (DESIGN.md §7).
+"""Models that exist without a model hub (docs/design.md §7).
 
 - `build_tiny_causal_lm`: a random-init 2-layer Llama with a ByteLevel BPE tokenizer trained in
   seconds on text that ships with CPython; for unit tests.

@@ -1,6 +1,6 @@
 """The progress channel: rank 0 patches `status.progress` of its own FineTuneJob.
 
-Contract with the operator (DESIGN.md §3): a JSON merge patch `{"status": {"progress": {...}}}`
+Contract with the operator (docs/design.md §3): a JSON merge patch `{"status": {"progress": {...}}}`
 on `finetunejobs/status` (group kubetune.io, version v1alpha1) of KUBETUNE_JOB_NAMESPACE /
 KUBETUNE_JOB_NAME, at most every `progress.minIntervalSeconds`. Credentials: KUBECONFIG when set,
 else the pod's service account, read afresh for every request (tokens rotate; see StatusPatcher).

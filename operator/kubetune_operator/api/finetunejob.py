@@ -1,4 +1,4 @@
-"""FineTuneJob: one model to fine-tune, once or on a schedule (DESIGN.md §3).
+"""FineTuneJob: one model to fine-tune, once or on a schedule (docs/design.md §3).
 
 Value-only parts (method, hyperparameters, strategy, quality gate, evaluation, field mapping,
 augmentation, checkpoint policy, distillation parameters) are the trainer's own models

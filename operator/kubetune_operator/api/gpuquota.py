@@ -1,4 +1,4 @@
-"""GPUQuota (cluster-scoped): how many GPUs of which type a set of namespaces may hold (DESIGN.md §4)."""
+"""GPUQuota (cluster-scoped): how many GPUs of which type a set of namespaces may hold (docs/design.md §4)."""
 
 from __future__ import annotations
 

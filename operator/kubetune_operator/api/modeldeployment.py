@@ -1,4 +1,4 @@
-"""ModelDeployment: serve a model version as an OpenAI-compatible endpoint (DESIGN.md §5)."""
+"""ModelDeployment: serve a model version as an OpenAI-compatible endpoint (docs/design.md §5)."""
 
 from __future__ import annotations
 

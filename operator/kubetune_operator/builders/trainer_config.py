@@ -1,7 +1,7 @@
 """FineTuneJob spec -> the TrainerConfig a run's pods read, plus what the pods must mount to read it.
 
 The API speaks of pvc:// URIs, ConfigMaps and Secrets; the TrainerConfig holds only what a pod sees:
-local paths, fsspec URIs and names of environment variables (DESIGN.md §3).
+local paths, fsspec URIs and names of environment variables (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def build_service_account(ftj: FineTuneJob) -> Body:
 
 
 def build_progress_role(ftj: FineTuneJob) -> Body:
-    """Rank 0 may get and patch the status of its own FineTuneJob, and nothing else (DESIGN.md §3)."""
+    """Rank 0 may get and patch the status of its own FineTuneJob, and nothing else (docs/design.md §3)."""
     name = ftj.metadata.name or ""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -79,7 +79,6 @@ def _pod(spec: DemoSpec) -> Body:
 
 def fine_tune_job(spec: DemoSpec) -> Body:
     hyper: Body = {
-        "epochs": spec.epochs,
         "learningRate": spec.learning_rate,
         "batchSizePerDevice": spec.batch_size,
         "maxSeqLength": 128,
@@ -87,8 +86,11 @@ def fine_tune_job(spec: DemoSpec) -> Body:
         "precision": "fp32",
         "loggingSteps": 2,
     }
+    # The API takes one length, epochs or maxSteps (a CEL rule refuses both).
     if spec.max_steps:
         hyper["maxSteps"] = spec.max_steps
+    else:
+        hyper["epochs"] = spec.epochs
     return {
         "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
         "metadata": {"name": JOB, "namespace": spec.namespace},

@@ -211,7 +211,7 @@ def follow_training(kubectl: Kubectl, namespace: str, name: str, say: Say, timeo
 def service_address(kubectl: Kubectl, namespace: str, service: str) -> str:
     """host:port of a ready pod behind the Service, from its EndpointSlice.
 
-    The dev cluster has no kube-proxy, so ClusterIPs do not route; pod IPs (127.x.y.z on the local
+    The dev cluster has no kube-proxy, so ClusterIPs do not route; pod IPs (10.245.x.y on the local
     node) do, from this machine.
     """
     def ready() -> str | None:
