@@ -22,10 +22,10 @@ demo-down: install
 	$(BIN)/kubetune demo --down --name $(NAME)
 
 dev-up: install
-	$(BIN)/kubetune dev up --local-node
+	$(BIN)/kubetune dev up --name $(NAME) --local-node --operator
 
 dev-down: install
-	$(BIN)/kubetune dev down
+	$(BIN)/kubetune dev down --name $(NAME)
 
 ## Everything: lint, types, CRD drift, unit, training, serving and integration tests.
 test: install lint typecheck crds-check

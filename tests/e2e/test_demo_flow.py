@@ -41,6 +41,8 @@ def train_pods(kubectl: Kubectl, ns: str, attempt: int | None = None) -> list[di
 
 def running_step(kubectl: Kubectl, ns: str, at_least: int) -> int | None:
     st = ftj_status(kubectl, ns)
+    if st.get("phase") == "Failed":  # fail now with the reason, not after the wait times out
+        pytest.fail(f"the FineTuneJob failed: {[c.get('message') for c in st.get('conditions', [])]}")
     step = (st.get("progress") or {}).get("step") or 0
     return step if st.get("phase") == "Running" and step >= at_least else None
 
@@ -56,7 +58,8 @@ def test_demo_flow_trains_serves_survives_faults_and_rolls_forward(
     source = prepare_base_model(print)
     kubectl.apply(manifests.claim(manifests.MODELS_CLAIM, spec), manifests.claim(manifests.ARTIFACTS_CLAIM, spec))
     place_base_model(kubectl, spec, source)
-    facts = dataset.select(dataset.installed_packages(), packages=8)
+    # 12 packages x 2 wordings = 24 rows: above the job's data.quality.minRows (20).
+    facts = dataset.select(dataset.installed_packages(), packages=12)
     kubectl.apply(manifests.data_config_map(spec, dataset.train_jsonl(facts), dataset.validation_jsonl(facts)),
                   manifests.api_key_secret(spec))
     kubectl.apply(manifests.fine_tune_job(spec), manifests.fine_tuned_deployment(spec))

@@ -51,13 +51,23 @@ def build() -> None:
 @click.option("--local-node", is_flag=True, default=False,
               help="Also run node local-0, which runs the pods placed on it as local processes "
                    "(see docs/local-node.md).")
-def up(name: str, state_dir: Path | None, topology: str | None, timeout: float, local_node: bool) -> None:
+@click.option("--operator", "with_operator", is_flag=True, default=False,
+              help="Also install the CRDs and run the operator as a process of this cluster, with the "
+                   "Helm chart's ServiceAccount; `dev down` stops it (log under the state folder).")
+def up(name: str, state_dir: Path | None, topology: str | None, timeout: float, local_node: bool,
+       with_operator: bool) -> None:
     """Start the cluster (building components first when their pins changed)."""
     cluster = LocalCluster(name, state_dir, say=_say)
     try:
         state = cluster.up(load_topology(topology), timeout=timeout, local_node=local_node)
     except (BuildError, ClusterError) as e:
         raise click.ClickException(str(e)) from e
+    if with_operator:
+        # The demo's own steps: one way to run the operator on a dev cluster, owned by its state.
+        from kubetune_operator.dev.demo.run import Kubectl, install_crds, start_operator
+
+        install_crds(Kubectl(Path(state.kubeconfig)))
+        start_operator(state, _say)
     _say(f"kubeconfig: {state.kubeconfig}")
     click.echo(f"export KUBECONFIG={state.kubeconfig}")
 
