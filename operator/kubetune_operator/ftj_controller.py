@@ -608,6 +608,13 @@ class Reconcile:
             current["gpuType"] = decision.gpu_type
         metrics.RUNS_STARTED.labels(self.namespace).inc()
         self.phase("Running")
+        # The resume step is the trainer's word (status.progress, written by rank 0); progress older
+        # than this run's start belongs to an earlier run.
+        progress = self.old.get("progress") or {}
+        started = parse_time(current.get("startTime"))
+        reported = parse_time(progress.get("updatedAt"))
+        if progress.get("resumedFromStep") and started and reported and reported >= started:
+            current["resumedFromStep"] = progress["resumedFromStep"]
         self.condition("Admitted", True, "Admitted", decision.message)
         self.condition("Running", True, "Started", f"run {run}: {decision.message}")
         self.condition("Suspended", False, "Resumed" if condition_is(self.status["conditions"], "Suspended")

@@ -27,7 +27,8 @@ def test_patch_has_the_contract_keys_in_camel_case() -> None:
                                  tokens_per_second=1234.56, elapsed_seconds=50.0, start_step=0, now=0.0)
     assert patch == {"status": {"progress": {
         "step": 25, "totalSteps": 100, "percent": 25.0, "epoch": 0.5, "loss": 1.23457,
-        "tokensPerSecond": 1234.6, "etaSeconds": 150, "updatedAt": "1970-01-01T00:00:00Z"}}}
+        "tokensPerSecond": 1234.6, "etaSeconds": 150, "updatedAt": "1970-01-01T00:00:00Z",
+        "resumedFromStep": None}}}  # null: a merge patch removes an earlier attempt's value
 
 
 def test_eta_uses_only_the_steps_done_since_resuming() -> None:
@@ -35,6 +36,7 @@ def test_eta_uses_only_the_steps_done_since_resuming() -> None:
                                  tokens_per_second=None, elapsed_seconds=10.0, start_step=50)
     progress = patch["status"]["progress"]
     assert progress["etaSeconds"] == 40 and progress["evalLoss"] == 0.5 and "loss" not in progress
+    assert progress["resumedFromStep"] == 50
 
 
 @pytest.fixture

@@ -43,7 +43,11 @@ def rfc3339(ts: float) -> str:
 def build_progress_patch(*, step: int, total_steps: int, epoch: float | None, loss: float | None,
                          eval_loss: float | None, tokens_per_second: float | None, elapsed_seconds: float,
                          start_step: int = 0, now: float | None = None) -> dict[str, Any]:
-    """The merge patch for one progress report. ETA extrapolates the pace of this process's steps."""
+    """The merge patch for one progress report. ETA extrapolates the pace of this process's steps.
+
+    `resumedFromStep` is `start_step` when this process resumed from a checkpoint; otherwise it is
+    sent as null, which a merge patch reads as "remove" (an earlier attempt's value must not stay).
+    """
     now = time.time() if now is None else now
     done_here = step - start_step
     eta = None
@@ -54,6 +58,7 @@ def build_progress_patch(*, step: int, total_steps: int, epoch: float | None, lo
         "totalSteps": int(total_steps),
         "percent": round(100.0 * step / total_steps, 1) if total_steps else 0.0,
         "updatedAt": rfc3339(now),
+        "resumedFromStep": int(start_step) if start_step > 0 else None,
     }
     optional = {
         "epoch": None if epoch is None else round(float(epoch), 3),
@@ -270,8 +275,11 @@ class ProgressCallback(TrainerCallback):
         return cls(reporter, p.min_interval_seconds)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # transformers calls this after loading a checkpoint's trainer state: global_step is the
+        # step resumed from (0 for a fresh start). Reported at once, so status shows the resume.
         self.started = time.monotonic()
         self.start_step = state.global_step
+        self._emit(state, force=True)
 
     def _emit(self, state: Any, force: bool = False) -> None:
         if not state.is_world_process_zero:
