@@ -96,9 +96,10 @@ def test_demo_flow_trains_serves_survives_faults_and_rolls_forward(
     assert {"loss", "perplexity"} <= set(v1["metrics"])
     assert st["progress"]["step"] == st["progress"]["totalSteps"] == 24
     # status.progress is written by the trainer (rank 0's pod token), never by the operator.
-    managers = {m["manager"] for m in kubectl.get("ftj", manifests.JOB, ns)["metadata"]["managedFields"]
+    shown = json.loads(kubectl("get", "ftj", manifests.JOB, "-n", ns, "-o", "json", "--show-managed-fields"))
+    managers = {m["manager"] for m in shown["metadata"]["managedFields"]
                 if "f:progress" in json.dumps(m.get("fieldsV1", {}))}
-    assert managers and not any("kopf" in m or "kubetune_operator" in m for m in managers), managers
+    assert managers == {"kubetune-trainer"}, managers
 
     # kubectl logs of rank 0 shows training log lines.
     last_rank0 = sorted((p for p in train_pods(kubectl, ns)

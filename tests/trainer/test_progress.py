@@ -77,7 +77,7 @@ def test_reporter_sends_a_merge_patch_to_the_status_subresource(status_endpoint:
     reporter = ProgressReporter(StatusPatcher("team-a", "chatbot"))
     reporter.submit({"status": {"progress": {"step": 1}}})
     reporter.close()
-    assert received == [{"path": "/apis/kubetune.io/v1alpha1/namespaces/team-a/finetunejobs/chatbot/status",
+    assert received == [{"path": "/apis/kubetune.io/v1alpha1/namespaces/team-a/finetunejobs/chatbot/status?fieldManager=kubetune-trainer",
                          "contentType": "application/merge-patch+json",
                          "body": {"status": {"progress": {"step": 1}}}}]
 
@@ -89,7 +89,7 @@ def test_plain_https_fallback_speaks_the_same_protocol(status_endpoint: tuple[Pa
     patcher = StatusPatcher("ns", "job")
     patcher._send = patcher._https_sender()  # what runs when the kubernetes client is not installed
     patcher.send({"status": {"progress": {"step": 2}}})
-    assert received[0]["path"].endswith("/namespaces/ns/finetunejobs/job/status")
+    assert received[0]["path"].endswith("/namespaces/ns/finetunejobs/job/status?fieldManager=kubetune-trainer")
     assert received[0]["contentType"] == "application/merge-patch+json"
 
 

@@ -36,6 +36,9 @@ GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
+FIELD_MANAGER = "kubetune-trainer"
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -95,7 +98,8 @@ class StatusPatcher:
 
     def _https_sender(self) -> Any:
         conn = _connection()
-        url = conn.server.rstrip("/") + self.path
+        # Named in managedFields, so `kubectl get --show-managed-fields` tells who wrote progress.
+        url = conn.server.rstrip("/") + self.path + f"?fieldManager={FIELD_MANAGER}"
 
         def attempt(patch: dict[str, Any]) -> None:
             request = urllib.request.Request(
