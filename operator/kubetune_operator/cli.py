@@ -59,12 +59,21 @@ def _described(name: str) -> str:
 @click.option("--health-port", type=int, default=None, help=_described("health_port") + " [default: 8081]")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Log lines as text or as JSON objects [default: text; env KUBETUNE_LOG_FORMAT]")
+@click.option("--leader-election/--no-leader-election", default=None,
+              help=_described("leader_election") + " [default: off]")
+@click.option("--leader-election-lease", default=None, metavar="NAME",
+              help=_described("leader_election_lease") + " [default: kubetune]")
+@click.option("--leader-election-namespace", default=None, metavar="NAMESPACE",
+              help=_described("leader_election_namespace"))
 @click.option("--verbose", is_flag=True, help="Debug logging.")
 def run(namespaces: tuple[str, ...], all_namespaces: bool, controllers: str | None, bind_address: str | None,
-        metrics_port: int | None, health_port: int | None, log_format: str | None, verbose: bool) -> None:
+        metrics_port: int | None, health_port: int | None, log_format: str | None, leader_election: bool | None,
+        leader_election_lease: str | None, leader_election_namespace: str | None, verbose: bool) -> None:
     """Run the operator (kopf) against the cluster of the current kubeconfig.
 
-    Flags override the KUBETUNE_* environment, which overrides the defaults.
+    Flags override the KUBETUNE_* environment, which overrides the defaults. With --leader-election,
+    run as many as you like: one acts, the others wait and one of them takes over within 19 s of the
+    leader's death (a coordination.k8s.io Lease; docs/install.md, "High availability").
     """
     from kubetune_operator.main import run_operator
 
@@ -73,9 +82,12 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, controllers: str | No
         argv += ["--namespace", ns]
     for flag, value in (("--controllers", controllers), ("--bind-address", bind_address),
                         ("--metrics-port", metrics_port), ("--health-port", health_port),
-                        ("--log-format", log_format)):
+                        ("--log-format", log_format), ("--leader-election-lease", leader_election_lease),
+                        ("--leader-election-namespace", leader_election_namespace)):
         if value is not None:
             argv += [flag, str(value)]
+    if leader_election is not None:
+        argv.append("--leader-election" if leader_election else "--no-leader-election")
     run_operator(argv + (["--verbose"] if verbose else []))
 
 

@@ -7,11 +7,12 @@ import asyncio
 import importlib
 import logging
 import socket
+import time
 from typing import Any
 
 import kopf
 
-from kubetune_operator import kube, logs, metrics, settings
+from kubetune_operator import kube, leader_election, logs, metrics, settings
 
 log = logging.getLogger("kubetune")
 
@@ -53,6 +54,11 @@ def parse_args(argv: list[str]) -> tuple[settings.OperatorSettings, bool]:
     p.add_argument("--health-port", type=int, default=env.health_port,
                    help="Liveness endpoint (/healthz) port; 0 picks a free one, -1 turns it off.")
     p.add_argument("--log-format", choices=["text", "json"], default=env.log_format)
+    p.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=env.leader_election,
+                   help="Act only while holding the leader Lease (several replicas, one acts).")
+    p.add_argument("--leader-election-lease", default=env.leader_election_lease, help="Name of the leader Lease.")
+    p.add_argument("--leader-election-namespace", default=env.leader_election_namespace,
+                   help="Namespace of the leader Lease (default: the pod's own, else default).")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     merged = env.model_copy(
@@ -64,6 +70,9 @@ def parse_args(argv: list[str]) -> tuple[settings.OperatorSettings, bool]:
             "health_port": a.health_port,
             "log_format": a.log_format,
             "log_level": "DEBUG" if a.verbose else env.log_level,
+            "leader_election": a.leader_election,
+            "leader_election_lease": a.leader_election_lease,
+            "leader_election_namespace": a.leader_election_namespace,
         }
     )
     return settings.OperatorSettings.model_validate(merged.model_dump()), a.verbose
@@ -109,11 +118,36 @@ def run_operator(argv: list[str]) -> None:
         "metrics": f"http://{cfg.bind_address}:{metrics_port}/metrics" if metrics_port is not None else "off",
         "health": f"http://{cfg.bind_address}:{health_port}/healthz" if health_port is not None else "off"})
     liveness = f"http://{cfg.bind_address}:{health_port}/healthz" if health_port is not None else None
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not cfg.namespaces,
-            namespaces=cfg.namespaces,
-            liveness_endpoint=liveness,
-            standalone=True,  # one active replica (the chart runs one; STYLE.md pitfall 5)
+    candidate = wait_for_leadership(cfg, health_port) if cfg.leader_election else None
+    metrics.LEADER.set(1)
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=not cfg.namespaces,
+                namespaces=cfg.namespaces,
+                liveness_endpoint=liveness,
+                # No kopf peering: one replica acts, alone or elected by the Lease (STYLE.md pitfall 5).
+                standalone=True,
+            )
         )
-    )
+    finally:
+        if candidate is not None:
+            candidate.release()
+
+
+def wait_for_leadership(cfg: settings.OperatorSettings, health_port: int | None) -> leader_election.Candidate:
+    """Block, as a healthy standby that runs no handler, until this process holds the leader Lease."""
+    namespace = leader_election.lease_namespace(cfg.leader_election_namespace)
+    candidate = leader_election.Candidate(cfg.leader_election_lease, namespace)
+    metrics.LEADER.set(0)
+    log.info("kubetune operator %s is a standby until it holds the leader Lease %s/%s", candidate.identity,
+             namespace, cfg.leader_election_lease,
+             extra={"identity": candidate.identity, "lease": f"{namespace}/{cfg.leader_election_lease}"})
+    started = time.monotonic()
+    with leader_election.standby_health(cfg.bind_address, health_port):
+        candidate.start()
+        candidate.wait_until_leading()
+    log.info("kubetune operator %s leads (Lease %s/%s) after %.1fs as a standby", candidate.identity, namespace,
+             cfg.leader_election_lease, time.monotonic() - started,
+             extra={"identity": candidate.identity, "lease": f"{namespace}/{cfg.leader_election_lease}"})
+    return candidate

@@ -22,6 +22,11 @@ QUEUE_WAIT_SECONDS = Histogram(
     "Time from a run being queued to its admission.",
     buckets=(1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
 )
+LEADER = Gauge(
+    "kubetune_operator_leader",
+    "1 while this operator process acts (it holds the leader Lease, or runs without leader election); "
+    "0 while it waits as a standby.",
+)
 DEPLOYMENTS_AVAILABLE = Gauge(
     "kubetune_modeldeployments_available", "ModelDeployments whose Available condition is True.", ["namespace"]
 )

@@ -51,6 +51,19 @@ class OperatorSettings(BaseSettings):
     )
     retry_max_seconds: float = Field(600.0, ge=0, le=86400, description="Cap of the retry delay.")
     rendezvous_port: int = Field(29500, ge=1, le=65535, description="torchrun rendezvous port on rank 0.")
+    leader_election: bool = Field(
+        False,
+        description="Act only while holding the leader Lease, and wait as a standby otherwise, so that "
+                    "several replicas can run and exactly one acts (the Helm chart turns it on).",
+    )
+    leader_election_lease: str = Field(
+        "kubetune", min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Name of the coordination.k8s.io Lease that elects the leader.",
+    )
+    leader_election_namespace: str = Field(
+        "", max_length=63, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="Namespace of the leader Lease; empty means the operator pod's own (outside a cluster: default).",
+    )
 
     @field_validator("controllers", "namespaces", mode="before")
     @classmethod

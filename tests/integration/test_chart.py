@@ -78,7 +78,7 @@ def test_install_creates_the_operator_and_owns_the_crds(cluster: DevCluster, rel
                                      "json").stdout)
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"  # leader election decides which replica acts
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert {"name": "KUBETUNE_BIND_ADDRESS", "value": "0.0.0.0"} in c["env"]
@@ -99,8 +99,15 @@ def test_operator_with_the_chart_service_account_reconciles_without_rbac_errors(
     assert can_i(cluster, SA, "create", "jobs.batch", "-n", namespace)
     token = chart.service_account_token(cluster.kubeconfig, NAMESPACE, chart.fullname(release))
     kubeconfig = chart.write_token_kubeconfig(cluster.kubeconfig, token, tmp_path / "sa.kubeconfig", SA)
-    op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log", env={"KUBECONFIG": str(kubeconfig)})
+    # Leader election as in the chart's pod: the Lease in the release namespace, by the chart's Role.
+    lease = chart.fullname(release)
+    assert can_i(cluster, SA, "update", f"leases.coordination.k8s.io/{lease}", "-n", NAMESPACE)
+    assert not can_i(cluster, SA, "update", "leases.coordination.k8s.io/other", "-n", NAMESPACE)
+    op = OperatorProcess(cluster, [namespace], tmp_path / "operator.log", env={
+        "KUBECONFIG": str(kubeconfig), "KUBETUNE_LEADER_ELECTION": "true",
+        "KUBETUNE_LEADER_ELECTION_LEASE": lease, "KUBETUNE_LEADER_ELECTION_NAMESPACE": NAMESPACE})
     op.start()
+    eventually(lambda: "leads (Lease" in op.logs(), timeout=30, what="the operator holds the chart's Lease")
     try:
         create_data(cluster, namespace)
         apply(cluster, namespace, ftj("charted"))

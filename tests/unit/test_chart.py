@@ -86,19 +86,23 @@ def test_every_rbac_rule_is_explained_by_a_comment() -> None:
             assert lines[i - 1].strip().startswith("#"), f"rbac.yaml:{i + 1}: rule without a comment saying why"
 
 
+def namespaced_rule_bindings(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "kubetune-namespaced"]
+
+
 def test_watch_namespaces_binds_the_rules_per_namespace_only() -> None:
     docs = render(*NAMESPACED)
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = namespaced_rule_bindings(docs)
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == ["kubetune-cluster"]
-    assert not by_kind(render(), "RoleBinding")
+    assert not namespaced_rule_bindings(render())
     assert sorted(b["roleRef"]["name"] for b in by_kind(render(), "ClusterRoleBinding")) == [
         "kubetune-cluster", "kubetune-namespaced"]
 
 
 def test_operator_pod_is_locked_down_and_probed() -> None:
     (dep,) = by_kind(render(), "Deployment")
-    assert dep["spec"]["strategy"] == {"type": "Recreate"} and dep["spec"]["replicas"] == 1
+    assert dep["spec"]["replicas"] == 1
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -117,6 +121,38 @@ def test_operator_pod_is_locked_down_and_probed() -> None:
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
 
 
+def test_leader_election_elects_one_replica_through_a_lease_only_this_release_may_renew() -> None:
+    (dep,) = by_kind(render("--set", "operator.replicas=2"), "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    # The new pod waits as a standby while the old one still leads: no need to stop it first.
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    spread = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = spread["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    parsed = OperatorSettings.from_env({k: v for k, v in env.items() if v is not None})
+    assert parsed.leader_election is True
+    assert (parsed.leader_election_namespace, parsed.leader_election_lease) == ("kubetune-system", "kubetune")
+    (role,) = by_kind(render(), "Role")
+    assert role["metadata"] == {**role["metadata"], "name": "kubetune-leader-election", "namespace": "kubetune-system"}
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kubetune"],
+         "verbs": ["get", "update"]},
+    ]
+    (binding,) = [b for b in by_kind(render(), "RoleBinding") if b["roleRef"]["kind"] == "Role"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
+    # Without leader election: one replica, stopped before the next starts, and no Lease rights.
+    off = render("--set", "operator.leaderElection.enabled=false")
+    (dep,) = by_kind(off, "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in dep["spec"]["template"]["spec"]
+    assert not by_kind(off, "Role")
+    (pdb,) = by_kind(render("--set", "operator.replicas=2"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
 def test_every_operator_setting_is_set_from_values() -> None:
     (dep,) = by_kind(render(), "Deployment")
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -133,7 +169,9 @@ def test_every_operator_setting_is_set_from_values() -> None:
 
 
 @pytest.mark.parametrize(("value", "field"), [
-    ("operator.replicas=2", "/operator/replicas"),
+    ("operator.replicas=2,operator.leaderElection.enabled=false", "/operator/replicas"),
+    ("operator.replicas=-1", "/operator/replicas"),
+    ("operator.leaderElection.enabled=yes", "/operator/leaderElection/enabled"),
     ("operator.logFormat=xml", "/operator/logFormat"),
     ("operator.logLevel=TRACE", "/operator/logLevel"),
     ("operator.controllers={trainer}", "/operator/controllers/0"),

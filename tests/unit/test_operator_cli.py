@@ -14,9 +14,11 @@ from kubetune_operator.settings import OperatorSettings
 def test_run_help_lists_every_option_with_its_default_and_env() -> None:
     out = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
     for option in ("--namespace", "--all-namespaces", "--controllers", "--bind-address", "--metrics-port",
-                   "--health-port", "--log-format"):
+                   "--health-port", "--log-format", "--leader-election / --no-leader-election",
+                   "--leader-election-lease", "--leader-election-namespace"):
         assert option in out
     assert "KUBETUNE_METRICS_PORT" in out and "[default: 8080]" in out
+    assert "KUBETUNE_LEADER_ELECTION_NAMESPACE" in out
 
 
 def test_a_taken_port_names_the_port_and_the_flag() -> None:
