@@ -436,6 +436,15 @@ def test_drain_on_exit_leaves_no_process(tmp_path: Path, cluster: DevCluster) ->
         subprocess.run([cluster.kubectl_path, kubeconfig, "apply", "-f", "-"], input=manifest, text=True,
                        check=True, capture_output=True)
         eventually(lambda: processes_with(marker), timeout=60, what="the pod's process")
+        shown = subprocess.run([cluster.kubectl_path, kubeconfig, "get", "pod", "sleeper", "-o", "json"],
+                               text=True, check=True, capture_output=True).stdout
+        ip = json.loads(shown)["status"]["podIP"]
+        assert f" {ip}/32 " in lo_addresses(), "the pod IP is an address of lo while the pod lives"
     finally:
         lc.down()
     assert processes_with(marker) == []
+    assert f" {ip}/32 " not in lo_addresses(), "the drained pod's address is removed from lo"
+
+
+def lo_addresses() -> str:
+    return subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout

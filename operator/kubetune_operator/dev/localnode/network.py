@@ -203,3 +203,23 @@ class IpAllocator:
             self._lease(ip).unlink()
         if self.assign:
             _ip("del", ip)
+
+    def sweep(self) -> None:
+        """Remove addresses of the range from `lo` that no lease holds (left by a node killed hard).
+
+        Safe beside other live nodes: a lease is taken before its address is added, so a live pod's
+        address always has one.
+        """
+        if not self.assign:
+            return
+        try:
+            shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"],
+                                   capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        for word in shown.split():
+            address = word.split("/")[0]
+            with contextlib.suppress(ValueError):
+                if (ipaddress.ip_address(address) in self.network and word.endswith("/32")
+                        and not self._lease(address).exists()):
+                    _ip("del", address)

@@ -112,6 +112,7 @@ class LocalNode:
             log.warning("pod IPs fall back to %s: Services will get no endpoints (the apiserver rejects "
                         "loopback addresses in EndpointSlices)", FALLBACK_POD_IP_RANGE)
             self.ips = IpAllocator(FALLBACK_POD_IP_RANGE)
+        self.ips.sweep()
         server = self._start_log_server()
         self.log_port = server.server_address[1]
         self.register()
