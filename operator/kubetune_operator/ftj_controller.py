@@ -13,6 +13,20 @@ Run lifecycle (run n, attempt k):
   Running     admission granted the whole gang: Job annotated and un-suspended in one patch
   Succeeded   Job Complete: the version from rank 0's termination message is recorded
   Failed      data gate, config error (exit 43), backoff limit, deadline or unschedulable
+
+Re-running and changing a job (the rule, docs/api.md "Re-running and changing a job"):
+  - a spec change after a run failed starts a new run (trigger SpecChange);
+  - a spec change to a run that has not started training replaces it by a new run; a run that
+    trains keeps the settings it started with, and SpecApplied=False says the change applies to
+    the next run (spec.runPolicy and spec.schedule apply at once and never start a run);
+  - `kubectl annotate ftj <job> kubetune.io/retrain=<value>` starts a run once per value (when
+    no run is active; a request made during a run starts one when it ends).
+  status.versions are never lost: every run adds to them.
+
+Every wait names its cause in currentRun.waitReason and a condition: a missing reference (with a
+"did you mean"), the GPU queue, a child pod that cannot be scheduled, pull its image or start, a
+Job that cannot create pods (child_state.py); a child stuck for child_state.STALL_AFTER makes the
+job Stalled with a Warning event. Facts the pods did not report are said to be "not reported".
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -32,9 +47,11 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, TrainerConfig
+from kubetune_trainer.gate_text import gate_verdict
+from kubetune_trainer.version_format import published_format
 from pydantic import ValidationError
 
-from kubetune_operator import events, kube, metrics, schedule, settings
+from kubetune_operator import events, kube, metrics, references, schedule, settings
 from kubetune_operator.admission import ADMISSION_LOCK, Admission, CapacityAdmission, Decision, GangRequest
 from kubetune_operator.api.common import API_VERSION, SpecError
 from kubetune_operator.api.finetunejob import FineTuneJob
@@ -51,12 +68,23 @@ from kubetune_operator.builders.training import (
     build_training_job,
     build_validation_job,
 )
-from kubetune_operator.status import condition_is, now, parse_time, set_condition, shorten, timestamp
+from kubetune_operator.child_state import STALL_AFTER, ChildProblem, first_problem, job_creation_problem
+from kubetune_operator.status import (
+    condition_is,
+    get_condition,
+    now,
+    parse_time,
+    set_condition,
+    shorten,
+    timestamp,
+)
 
 log = logging.getLogger("kubetune.finetunejob")
 Body = dict[str, Any]
 KIND = "FineTuneJob"
 RUN_HISTORY_LIMIT = 20
+# `kubectl annotate ftj <job> kubetune.io/retrain=<value>`: one run per new value.
+ANNOTATION_RETRAIN = "kubetune.io/retrain"
 
 admission: Admission = CapacityAdmission()
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -158,6 +186,14 @@ def _json_object(text: str) -> Body | None:
     return value if isinstance(value, dict) else None
 
 
+def spec_digest(ftj: FineTuneJob) -> str:
+    """A digest of what shapes a run: the spec without runPolicy and schedule (which apply at once).
+    Defaults are left out, so a new defaulted field in a later kubetune does not count as a change."""
+    shaping = ftj.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True,
+                                  exclude={"run_policy", "schedule"})
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- the reconcile
 
 
@@ -179,7 +215,9 @@ class Reconcile:
         selector = f"{names.LABEL_JOB}={self.name}"
         self.jobs = kube.list_objects("batch/v1", "Job", self.namespace, selector)
         self.pods = kube.list_objects("v1", "Pod", self.namespace, selector)
-        self.pending_events: list[tuple[str, str, bool]] = []
+        self.pending_events: list[tuple[str, str, bool, str | None]] = []
+        self.digest = spec_digest(ftj)
+        self.problem: ChildProblem | None = None  # what a child of the current run is stuck on
 
     # ---- status helpers
 
@@ -188,8 +226,8 @@ class Reconcile:
             self.status["conditions"], type_, status, reason, message, self.generation
         )
 
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.pending_events.append((reason, message, warning))
+    def event(self, reason: str, message: str, warning: bool = False, once: str | None = None) -> None:
+        self.pending_events.append((reason, message, warning, once))
 
     def phase(self, phase: str) -> None:
         self.status["phase"] = phase
@@ -220,25 +258,35 @@ class Reconcile:
     # ---- main
 
     def run(self) -> None:
+        self.pass_()
+        self.mark_stalled()
+
+    def pass_(self) -> None:
         n = self.current_run_number()
         current = self.status.get("currentRun") or {}
         if n == 0:
-            if self.ftj.spec.schedule is not None:  # a scheduled job starts with its first tick
+            request = self.retrain_request()
+            if self.ftj.spec.schedule is not None and request is None:  # a scheduled job starts with its first tick
                 if not self.tick(active=False):
                     self.phase("Pending")
                     self.condition("Running", False, "WaitingForSchedule",
                                    f"the first run starts at the next tick of schedule {self.ftj.spec.schedule.cron!r}")
                 return
-            n, current = 1, {"number": 1, "attempts": 0, "trigger": "Create"}
+            n, current = 1, self.begin_run(1, "Manual" if request is not None else "Create")
         elif current.get("number") != n:
             current = {"number": n, "attempts": 0}  # children exist that status never heard of
+        current.pop("waitReason", None)  # every wait below sets it again, so a stale one never stays
         self.status["currentRun"] = current
         record = self.run_record(n)
         if record is not None:
+            if self.rerun(record):
+                return
             if self.ftj.spec.schedule is None or not self.tick(active=False):
                 self.finished(record)
             return
         if self.ftj.spec.schedule is not None and self.tick(active=True):
+            return
+        if self.spec_changed_during(n, current):
             return
         if self.deadline_passed(current):
             return
@@ -253,6 +301,111 @@ class Reconcile:
         if not self.validation(n):
             return
         self.training(n, current)
+
+    # ---- starting runs again: spec changes and the retrain annotation
+
+    def retrain_request(self) -> str | None:
+        """The kubetune.io/retrain annotation's value when no run has answered it yet."""
+        value = (self.body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRAIN)
+        return value if value and value != self.status.get("lastRetrainRequest") else None
+
+    def begin_run(self, number: int, trigger: str) -> Body:
+        """The currentRun of a run starting now, from this generation of the spec. A pending retrain
+        request is answered by it (a new annotation value is needed for another run)."""
+        request = (self.body["metadata"].get("annotations") or {}).get(ANNOTATION_RETRAIN)
+        if request:
+            self.status["lastRetrainRequest"] = request
+        return {"number": number, "attempts": 0, "trigger": trigger, "generation": self.generation,
+                "specDigest": self.digest}
+
+    def start_run(self, number: int, trigger: str, message: str) -> None:
+        self.status["currentRun"] = self.begin_run(number, trigger)
+        self.status.pop("dataQuality", None)  # the report of the run before is not this run's
+        self.phase("Pending")
+        for type_ in ("Succeeded", "Failed", "Running"):
+            self.condition(type_, False, "RunStarted", message)
+        self.condition("SpecApplied", True, "Applied", f"run {number} uses the current spec "
+                       f"(generation {self.generation})")
+        self.event("RunStarted", message)
+
+    def rerun(self, record: Body) -> bool:
+        """After a finished run: start another for a new retrain request, or for a spec changed after a
+        failure; True when one started. A change after a success waits for the next run (SpecApplied)."""
+        run = int(record["number"])
+        request = self.retrain_request()
+        if request is not None:
+            self.start_run(run + 1, "Manual", f"run {run + 1} started by annotation {ANNOTATION_RETRAIN}={request}")
+            return True
+        digest = record.get("specDigest")
+        if digest is None:  # a run recorded before kubetune kept digests: never restarted on its own
+            return False
+        if digest == self.digest:
+            self.condition("SpecApplied", True, "Applied", f"run {run} ran with the current spec")
+            return False
+        if record.get("result") != "Succeeded":
+            self.start_run(run + 1, "SpecChange", f"the spec changed (generation {self.generation}) after run {run} "
+                           f"ended {str(record.get('result')).lower()}: run {run + 1} starts with it")
+            return True
+        self.condition("SpecApplied", False, "AppliesToNextRun", self.next_run_hint(
+            f"the spec changed (generation {self.generation}) after run {run} succeeded"))
+        return False
+
+    def next_run_hint(self, what: str) -> str:
+        how = f"`kubectl annotate ftj {self.name} {ANNOTATION_RETRAIN}=<a new value>`"
+        if self.ftj.spec.schedule is not None:
+            how += " or the next tick of spec.schedule"
+        return f"{what}; it applies to the next run: start one with {how}"
+
+    def spec_changed_during(self, run: int, current: Body) -> bool:
+        """The spec changed during run `run`: a run that has not started training is replaced by a new
+        one (True); a training run keeps its settings and SpecApplied says when the change applies."""
+        digest = current.get("specDigest")
+        if digest is None:
+            return False
+        if digest == self.digest:
+            self.condition("SpecApplied", True, "Applied", f"run {run} uses the current spec")
+            return False
+        if not self.run_jobs(run, names.COMPONENT_VALIDATE) and not self.run_jobs(run, names.COMPONENT_TRAIN):
+            current["generation"], current["specDigest"] = self.generation, self.digest  # nothing built yet
+            self.condition("SpecApplied", True, "Applied", f"run {run} uses the current spec")
+            return False
+        if current.get("startTime") is None:  # no GPU time spent yet: start over with the new spec
+            self.finish(run, "Cancelled", "SpecChanged",
+                        f"run {run} had not started training when the spec changed (generation {self.generation}); "
+                        f"run {run + 1} replaces it")
+            self.start_run(run + 1, "SpecChange", f"run {run + 1} starts with the changed spec "
+                           f"(generation {self.generation}) in place of run {run}")
+            return True
+        self.condition("SpecApplied", False, "AppliesToNextRun", self.next_run_hint(
+            f"the spec changed (generation {self.generation}) while run {run} trains: run {run} keeps the settings "
+            "it started with (spec.runPolicy and spec.schedule apply at once)"))
+        return False
+
+    # ---- children stuck, and how long
+
+    def child_problem(self, job: Body) -> ChildProblem | None:
+        """What the pods of `job` are stuck on; or why the Job creates none (its FailedCreate events)."""
+        pods = _pods_of(self.pods, job["metadata"]["name"])
+        problem = first_problem(pods)
+        if problem is None and not [p for p in pods if not p["metadata"].get("deletionTimestamp")]:
+            problem = job_creation_problem(job, kube.events_of(self.namespace, "Job", job["metadata"]["name"]))
+        return problem
+
+    def wait(self, reason_text: str, problem: ChildProblem | None = None) -> None:
+        self.status["currentRun"]["waitReason"] = shorten(reason_text)
+        if problem is not None:
+            self.problem = problem
+
+    def mark_stalled(self) -> None:
+        """Stalled=True, with one Warning event, once a child has been stuck for STALL_AFTER."""
+        problem, was = self.problem, condition_is(self.status["conditions"], "Stalled")
+        if problem is not None and problem.stalled(now()):
+            minutes = int(STALL_AFTER.total_seconds() // 60)
+            if not was:
+                self.event("Stalled", f"stuck for more than {minutes} minutes: {problem.message}", warning=True)
+            self.condition("Stalled", True, problem.reason, f"stuck for more than {minutes} minutes: {problem.message}")
+        elif get_condition(self.status["conditions"], "Stalled") is not None:
+            self.condition("Stalled", False, "NotStalled", "no child of the job is stuck")
 
     # ---- finished runs: keep status, clean up after the TTL
 
@@ -274,6 +427,7 @@ class Reconcile:
             "number": run, "result": result, "reason": reason, "message": shorten(message),
             "startTime": current.get("startTime"), "completionTime": current["completionTime"],
             "attempts": current.get("attempts", 0), "trigger": current.get("trigger") or "Create",
+            "generation": current.get("generation"), "specDigest": current.get("specDigest"),
         }
         if version is not None:
             record["version"] = version
@@ -296,10 +450,12 @@ class Reconcile:
             self.event(reason, message)
         else:
             self.phase("Failed")
-            self.condition("Failed", True, reason, message)
+            again = (f"; to run again, fix the spec (a change starts a new run) or "
+                     f"`kubectl annotate ftj {self.name} {ANNOTATION_RETRAIN}=<a new value>`")
+            self.condition("Failed", True, reason, message + again)
             self.condition("Succeeded", False, reason, message)
             metrics.RUNS_FAILED.labels(self.namespace, reason).inc()
-            self.event(reason, message, warning=True)
+            self.event(reason, message + again, warning=True)
             for job in self.jobs:  # a failed run holds no GPUs: stop whatever still runs
                 labels = job["metadata"].get("labels") or {}
                 if labels.get(names.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
@@ -339,7 +495,7 @@ class Reconcile:
             self.finish(run, "Cancelled", "ReplacedBySchedule",
                         f"run {run} stopped: the tick of {due} replaces it (schedule.concurrencyPolicy Replace)")
         self.status["lastScheduleTime"] = due
-        self.status["currentRun"] = {"number": run + 1, "attempts": 0, "trigger": "Schedule"}
+        self.status["currentRun"] = self.begin_run(run + 1, "Schedule")
         self.phase("Pending")
         for type_ in ("Succeeded", "Failed"):
             self.condition(type_, False, "RunStarted", f"run {run + 1} started by the schedule")
@@ -393,63 +549,64 @@ class Reconcile:
         return True
 
     def prechecks(self) -> bool:
-        """Referenced Secrets, ConfigMaps and PVCs exist; the output is shareable; some node fits a pod."""
+        """Every object the spec names exists (with its key); a SQL Secret holds a URL; the output is
+        shareable; some node fits a pod. A missing one: a condition, waitReason and one Warning event each."""
         spec = self.ftj.spec
-        missing: list[str] = []
-        for split, src in (("train", spec.datasets.train), ("validation", spec.datasets.validation)):
-            if src is None:
-                continue
-            if src.sql is not None:
-                ref = src.sql.secret_key_ref
-                secret = kube.get("v1", "Secret", ref.name, self.namespace)
-                if secret is None:
-                    missing.append(f"Secret {ref.name} (spec.datasets.{split}.sql.secretKeyRef)")
-                elif ref.key not in (secret.get("data") or {}):
-                    missing.append(f"key {ref.key} in Secret {ref.name} (spec.datasets.{split}.sql.secretKeyRef)")
-                elif (problem := _sql_url_problem((secret.get("data") or {})[ref.key])) is not None:
-                    self.invalid_dependency(SpecError(
-                        f"spec.datasets.{split}.sql.secretKeyRef",
-                        f"key {ref.key} of Secret {ref.name} {problem}",
-                        "store a SQLAlchemy URL there, e.g. postgresql://user:password@host:5432/db "
-                        "(kubectl create secret generic … --from-literal)"))
-                    return False
-            if src.config_map is not None:
-                cm = kube.get("v1", "ConfigMap", src.config_map.name, self.namespace)
-                if cm is None:
-                    missing.append(f"ConfigMap {src.config_map.name} (spec.datasets.{split}.configMap)")
-                elif src.config_map.key not in (cm.get("data") or {}):
-                    missing.append(f"key {src.config_map.key} in ConfigMap {src.config_map.name} "
-                                   f"(spec.datasets.{split}.configMap)")
-        claims: dict[str, str] = {}
-        for field, uri in (("spec.output.uri", spec.output.uri), ("spec.baseModel.uri", spec.base_model.uri),
-                           ("spec.datasets.train.uri", spec.datasets.train.uri)):
-            pvc = parse_pvc_uri(uri) if uri else None
-            if pvc:
-                claims.setdefault(pvc[0], field)
-        output_claim = parse_pvc_uri(spec.output.uri)
-        for claim, field in claims.items():
-            pvc_body = kube.get("v1", "PersistentVolumeClaim", claim, self.namespace)
-            if pvc_body is None:
-                missing.append(f"PersistentVolumeClaim {claim} ({field})")
-                continue
-            modes = (pvc_body.get("spec") or {}).get("accessModes") or []
-            if output_claim and claim == output_claim[0] and spec.resources.nodes > 1 and "ReadWriteMany" not in modes:
-                self.finish(self.status["currentRun"]["number"], "Failed", "OutputNotShared",
-                            f"spec.output.uri: claim {claim} has access modes {modes}, but a run on "
-                            f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
-                            "ReadWriteMany claim or an s3:// output, or set spec.resources.nodes: 1")
-                return False
+        missing = references.find_missing(references.finetunejob_references(self.ftj), self.namespace,
+                                          self.read_reference, self.reference_names)
         if missing:
-            self.phase("Pending")
-            self.condition("DataValidated", "Unknown", "MissingDependency",
-                           "waiting for " + "; ".join(missing) + ": create it in namespace " + self.namespace)
+            self.missing_references(missing)
             return False
+        for split, src in (("train", spec.datasets.train), ("validation", spec.datasets.validation)):
+            if src is None or src.sql is None:
+                continue
+            ref = src.sql.secret_key_ref
+            secret = kube.read("v1", "Secret", ref.name, self.namespace)
+            data = (secret.get("data") or {}) if isinstance(secret, dict) else {}
+            if ref.key in data and (problem := _sql_url_problem(data[ref.key])) is not None:
+                self.invalid_dependency(SpecError(
+                    f"spec.datasets.{split}.sql.secretKeyRef",
+                    f"key {ref.key} of Secret {ref.name} {problem}",
+                    "store a SQLAlchemy URL there, e.g. postgresql://user:password@host:5432/db "
+                    "(kubectl create secret generic … --from-literal)"))
+                return False
+        output_claim = parse_pvc_uri(spec.output.uri)
+        if output_claim and spec.resources.nodes > 1:
+            pvc_body = kube.get("v1", "PersistentVolumeClaim", output_claim[0], self.namespace) or {}
+            modes = (pvc_body.get("spec") or {}).get("accessModes") or []
+            if "ReadWriteMany" not in modes:
+                self.finish(self.status["currentRun"]["number"], "Failed", "OutputNotShared",
+                            f"spec.output.uri: claim {output_claim[0]} has access modes {modes}, but a run on "
+                            f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
+                            "ReadWriteMany claim, or set spec.resources.nodes: 1")
+                return False
         if not self.run_jobs(self.status["currentRun"]["number"], names.COMPONENT_TRAIN):
             decision = self.decide(dry_run=True)
             if decision.never:
                 self.finish(self.status["currentRun"]["number"], "Failed", "Unschedulable", decision.message)
                 return False
         return True
+
+    def read_reference(self, ref: references.Reference) -> Any:
+        api_version, namespaced = references.KINDS[ref.kind]
+        return kube.read(api_version, ref.kind, ref.name, self.namespace if namespaced else None)
+
+    def reference_names(self, kind: str) -> list[str]:
+        api_version, namespaced = references.KINDS[kind]
+        return kube.names(api_version, kind, self.namespace if namespaced else None)
+
+    def missing_references(self, missing: list[references.Missing]) -> None:
+        """Wait for them: Pending, DataValidated=Unknown/MissingDependency naming each, and a Warning
+        event for each one the condition did not name before."""
+        self.phase("Pending")
+        old = get_condition(self.status["conditions"], "DataValidated") or {}
+        said = str(old.get("message") or "") if old.get("reason") == "MissingDependency" else ""
+        for m in missing:  # `said` may be cut short: the event's name keeps it to one per reference
+            if m.what not in said:
+                self.event("MissingReference", f"{KIND} {self.name}: {m.message()}", warning=True, once=m.what)
+        text = "waiting for " + "; ".join(m.message() for m in missing)
+        self.condition("DataValidated", "Unknown", "MissingDependency", text)
+        self.wait(text)
 
     # ---- data validation
 
@@ -478,26 +635,46 @@ class Reconcile:
         if state == "Complete":
             report = _json_object(_rank0_message(job, self.pods))
             self.record_report(report, passed=True)
+            if report is None:  # exit 0 without a report: say what is known, and what is not
+                reason, text = "NotReported", (
+                    f"run {run}: data validation Job {job['metadata']['name']} succeeded without a report: the "
+                    "rows and the quality gate result are not reported")
+            else:
+                reason, text = "QualityGatePassed", str(report.get("message") or
+                                                        f"run {run}: the data passed the quality gate")
             if not condition_is(self.status["conditions"], "DataValidated"):
-                self.event("DataValidated", f"run {run}: the data passed the quality gate")
-            self.condition("DataValidated", True, "QualityGatePassed",
-                           (report or {}).get("message") or f"run {run}: the data passed the quality gate")
+                self.event("DataValidated", text)
+            self.condition("DataValidated", True, reason, text)
             return True
         if state == "Failed":
-            _code, message = _failure_of(job, self.pods)
+            code, message = _failure_of(job, self.pods)
             report = _json_object(message)
             self.record_report(report, passed=False)
-            text = (report or {}).get("message") or "; ".join((report or {}).get("errors") or []) or message
-            self.condition("DataValidated", False, "QualityGateFailed", text)
-            self.finish(run, "Failed", "DataValidationFailed",
-                        f"run {run}: the data failed its quality gate (spec.datasets.quality): {text}")
+            if report is not None:
+                text = str(report.get("message") or "; ".join(report.get("errors") or []) or message)
+                self.condition("DataValidated", False, "QualityGateFailed", text)
+                self.finish(run, "Failed", "DataValidationFailed",
+                            f"run {run}: the data failed its quality gate (spec.datasets.quality): {text}")
+                return False
+            # No report: the pod failed, but whether the data passed the gate is not known.
+            text = (f"run {run}: data validation Job {job['metadata']['name']} failed"
+                    + (f" with exit code {code}" if code is not None else "") + (f": {message}" if message else "")
+                    + "; it wrote no data report, so the quality gate result is not reported")
+            self.condition("DataValidated", False, "ValidationFailed", text)
+            self.finish(run, "Failed", "DataValidationFailed", text)
             return False
         self.phase("Validating")
-        self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
+        problem = self.child_problem(job)
+        if problem is not None:
+            self.condition("DataValidated", "Unknown", problem.reason, f"run {run}: {problem.message}")
+            self.wait(problem.message, problem)
+        else:
+            self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
         return False
 
     def record_report(self, report: Body | None, passed: bool) -> None:
-        if report is None:
+        if report is None:  # nothing reported: no report at all, rather than the previous run's
+            self.status.pop("dataQuality", None)
             return
         allowed = {"rows", "validationRows", "duplicates", "empty", "invalid", "tokenLength",
                    "labelDistribution", "errors", "passed", "message", "checkedAt"}
@@ -591,7 +768,7 @@ class Reconcile:
         current = self.status["currentRun"]
         if not decision.admitted:
             self.phase("Queued")
-            current["waitReason"] = decision.message
+            self.wait(decision.message)
             current["queuePosition"] = 0
             self.condition("Admitted", False, decision.reason, decision.message)
             self.condition("Running", False, "Queued", decision.message)
@@ -608,13 +785,6 @@ class Reconcile:
             current["gpuType"] = decision.gpu_type
         metrics.RUNS_STARTED.labels(self.namespace).inc()
         self.phase("Running")
-        # The resume step is the trainer's word (status.progress, written by rank 0); progress older
-        # than this run's start belongs to an earlier run.
-        progress = self.old.get("progress") or {}
-        started = parse_time(current.get("startTime"))
-        reported = parse_time(progress.get("updatedAt"))
-        if progress.get("resumedFromStep") and started and reported and reported >= started:
-            current["resumedFromStep"] = progress["resumedFromStep"]
         self.condition("Admitted", True, "Admitted", decision.message)
         self.condition("Running", True, "Started", f"run {run}: {decision.message}")
         self.condition("Suspended", False, "Resumed" if condition_is(self.status["conditions"], "Suspended")
@@ -634,6 +804,7 @@ class Reconcile:
             self.event("Suspended", f"run {run}: suspended by spec.runPolicy.suspend; {what}")
         self.condition("Suspended", True, "SuspendedBySpec",
                        f"spec.runPolicy.suspend is true: {what}; set it to false to resume")
+        self.wait("suspended: spec.runPolicy.suspend is true; set it to false to resume")
         self.condition("Running", False, "Suspended", "suspended by spec.runPolicy.suspend")
         self.condition("Admitted", False, "Suspended", "GPUs released while suspended")
 
@@ -645,6 +816,7 @@ class Reconcile:
         if not old or old.get("reason") != "InvalidSpec" or old.get("message") != shorten(message):
             self.event("InvalidSpec", message, warning=True)
         self.condition("DataValidated", False, "InvalidSpec", message)
+        self.wait(message)
 
     def active(self, run: int, job: Body) -> None:
         if self.ftj.spec.run_policy.suspend:
@@ -657,9 +829,28 @@ class Reconcile:
             self.mark_suspended(run)
             return
         self.phase("Running")
+        self.note_resume()
         self.condition("Admitted", True, "Admitted", self.admitted_message())
-        self.condition("Running", True, "Running", f"run {run} attempt {self.status['currentRun'].get('attempts')} "
-                       "is training")
+        attempt = self.status["currentRun"].get("attempts")
+        problem = self.child_problem(job)
+        if problem is not None:
+            self.condition("Running", False, problem.reason, f"run {run} attempt {attempt}: {problem.message}")
+            self.wait(problem.message, problem)
+            return
+        self.condition("Running", True, "Running", f"run {run} attempt {attempt} is training")
+
+    def note_resume(self) -> None:
+        """currentRun.resumedFromStep from the trainer's report (status.progress, written by rank 0).
+
+        Progress older than the current attempt's start belongs to an earlier attempt or run.
+        """
+        current = self.status["currentRun"]
+        progress = self.old.get("progress") or {}
+        step = progress.get("resumedFromStep")
+        reported = parse_time(progress.get("updatedAt"))
+        started = parse_time(current.get("startTime"))
+        if step and reported and started and reported >= started:
+            current["resumedFromStep"] = step
 
     def admitted_message(self) -> str:
         old = next((c for c in self.status["conditions"] if c.get("type") == "Admitted"), None)
@@ -687,7 +878,7 @@ class Reconcile:
         wait = (failed_at + timedelta(seconds=delay) - now()).total_seconds()
         if wait > 0:
             self.phase("Queued")
-            self.status["currentRun"]["waitReason"] = f"{detail}; retrying in {wait:.0f}s"
+            self.wait(f"{detail}; retrying in {wait:.0f}s")
             self.condition("Running", False, "BackOff", f"{detail}; retrying in {wait:.0f}s")
             return
         self.create_attempt(run, attempt + 1, resume=True)
@@ -699,25 +890,40 @@ class Reconcile:
         self.event("Retrying", f"run {run} {detail}; starting attempt {attempt + 1} from the newest checkpoint",
                    warning=True)
 
+    def run_config(self, run: int) -> TrainerConfig | None:
+        """The TrainerConfig run `run` was given (attempt 1's; retries keep it), or None once cleaned up."""
+        cm = kube.get("v1", "ConfigMap", names.attempt_name(self.name, run, 1), self.namespace)
+        try:
+            return TrainerConfig.from_json(((cm or {}).get("data") or {})["config.json"])
+        except (KeyError, ValueError):
+            return None
+
     def succeeded(self, run: int, job: Body) -> None:
+        """Record the version of a completed run from rank 0's manifest; what it did not report is said
+        to be not reported (a gate result, metrics), never assumed."""
+        self.note_resume()  # an attempt may resume and finish between two passes
         manifest = _json_object(_rank0_message(job, self.pods)) or {}
-        version = int(manifest.get("version") or self.next_version())
-        gate = self.ftj.spec.evaluation.gate
+        config = self.run_config(run)
+        gate = config.evaluation.gate if config is not None else self.ftj.spec.evaluation.gate
+        version = int(manifest.get("version") or (config.version if config is not None else self.next_version()))
         passed = manifest.get("passedGate")
         if passed is None and gate is None:
-            passed = True
+            passed = True  # no gate: every version passes by definition, nothing to report
+        metrics_ = {k: float(v) for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, int | float)}
         entry: Body = {
             "version": version,
             "uri": version_uri(self.ftj.spec.output.uri, self.name, version),
-            "metrics": {k: float(v) for k, v in (manifest.get("metrics") or {}).items()
-                        if isinstance(v, int | float)},
+            "metrics": metrics_,
             "createdAt": manifest.get("createdAt") or timestamp(),
             "run": run,
         }
         if passed is not None:
             entry["passedGate"] = bool(passed)
-        if manifest.get("adapter") is not None:
-            entry["adapter"] = bool(manifest["adapter"])
+        adapter = manifest.get("adapter")
+        if adapter is None and config is not None:  # the format follows from the run's config alone
+            adapter = published_format(config.task, config.method.type, config.output.merge_adapter) == "adapter"
+        if adapter is not None:
+            entry["adapter"] = bool(adapter)
         base = (self.status.get("currentRun") or {}).get("baseModel")
         if base:  # the base an adapter must be served on, even after spec.baseModel changes
             entry["baseModel"] = base
@@ -728,14 +934,12 @@ class Reconcile:
         if passing:
             self.status["latestPassingVersion"] = max(passing)
         self.status["metrics"] = entry["metrics"]
-        gate_text = "" if gate is None else (
-            f"; evaluation gate {gate.metric} {'>=' if gate.direction == 'max' else '<='} {gate.threshold}: "
-            + ("passed" if passed else "failed" if passed is False else "not reported"))
-        name = f"{self.name}-v{version}"
+        message = f"run {run} produced model version {self.name}-v{version}"
         if not manifest:
-            gate_text += " (the trainer reported no manifest in its termination message)"
-        self.finish(run, "Succeeded", "Completed", f"run {run} produced model version {name}{gate_text}",
-                    version=version)
+            message += (f" (Job {job['metadata']['name']} succeeded, but rank 0 reported no manifest in its "
+                        "termination message: its metrics are not reported)")
+        message += f"; {gate_verdict(gate, metrics_, passed)}"
+        self.finish(run, "Succeeded", "Completed", message, version=version)
 
     # ---- writing status
 
@@ -753,8 +957,8 @@ class Reconcile:
             log.info("%s/%s: phase %s -> %s", self.namespace, self.name, self.old.get("phase"),
                      self.status.get("phase"))
         metrics.record_phase(self.namespace, self.name, self.status.get("phase"))
-        for reason, message, warning in self.pending_events:
-            events.post(self.body, reason, message, warning)
+        for reason, message, warning, once in self.pending_events:
+            events.post(self.body, reason, message, warning, once)
 
 
 def validation_problems(error: ValidationError) -> str:
@@ -866,6 +1070,6 @@ def reconcile(namespace: str, name: str) -> None:
             # retrying cannot help, so the run fails with the server's own words.
             r.finish(r.status["currentRun"]["number"], "Failed", "InvalidChild",
                      f"the API server rejected a child of this job: {kube.api_error_message(e)}; "
-                     "fix spec.pod (or the field it names) and re-create the job")
+                     "fix spec.pod (or the field it names) and apply it: the spec change starts a new run")
         r.write()
     metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)

@@ -55,10 +55,53 @@ def get(api_version: str, kind: str, name: str, namespace: str | None = None) ->
 
 
 def list_objects(
-    api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
+    field_selector: str | None = None,
 ) -> list[Body]:
-    out = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+    out = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                          field_selector=field_selector)
     return [dict(item.to_dict()) for item in out.items]
+
+
+class Forbidden:
+    """What `read` returns when RBAC does not let the operator look: the check is skipped, not failed."""
+
+
+FORBIDDEN = Forbidden()
+# Only metadata: the names of Secrets are listed for a "did you mean" hint, never their data.
+_METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+
+
+def read(api_version: str, kind: str, name: str, namespace: str | None = None) -> Body | Forbidden | None:
+    """`get`, or FORBIDDEN when the operator may not read that kind (a chart without the rule)."""
+    try:
+        return get(api_version, kind, name, namespace)
+    except ApiException as e:
+        if e.status == 403:
+            return FORBIDDEN
+        raise
+
+
+def names(api_version: str, kind: str, namespace: str | None = None) -> list[str]:
+    """Names of the objects of a kind (metadata only); empty when the operator may not list them."""
+    try:
+        out = resource(api_version, kind).get(namespace=namespace, header_params=dict(_METADATA_ONLY))
+    except ApiException as e:
+        if e.status == 403:
+            return []
+        raise
+    return [str(item.metadata.name) for item in out.items]
+
+
+def events_of(namespace: str, kind: str, name: str) -> list[Body]:
+    """Events about one object (a child Job's FailedCreate); empty when the operator may not list events."""
+    try:
+        return list_objects("v1", "Event", namespace,
+                            field_selector=f"involvedObject.kind={kind},involvedObject.name={name}")
+    except ApiException as e:
+        if e.status == 403:
+            return []
+        raise
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str | None = None, background: bool = True) -> bool:

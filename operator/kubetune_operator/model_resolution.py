@@ -163,7 +163,7 @@ def _pick_version(job: FineTuneJob, selector: str, where: str) -> ModelVersion |
             passing = [v for v, entry in versions.items() if entry.passed_gate is True]
             number = max(passing, default=None)
         if number is None:
-            had = f"its {len(versions)} version(s) all failed the gate" if versions else "it has no version yet"
+            had = _gate_results(list(versions.values()))
             return Waiting(
                 "NoPassingVersion",
                 f"{where}.version is latest-passing and FineTuneJob {jname} has no version that passed its "
@@ -191,6 +191,17 @@ def _pick_version(job: FineTuneJob, selector: str, where: str) -> ModelVersion |
     return versions[number]
 
 
+def _gate_results(versions: list[ModelVersion]) -> str:
+    """What the versions' gate results say, counting those that did not report one apart."""
+    if not versions:
+        return "it has no version yet"
+    failed = sum(1 for v in versions if v.passed_gate is False)
+    unknown = len(versions) - failed
+    parts = ([f"{failed} failed it"] if failed else []) + (
+        [f"{unknown} did not report a gate result (their runs reported no manifest)"] if unknown else [])
+    return f"of its {len(versions)} version(s), " + " and ".join(parts)
+
+
 def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) -> ServedModel | Waiting:
     spec, runtime = md.spec, md.spec.runtime.type
     jname, where = job.metadata.name, f"version {entry.version} of FineTuneJob {job.metadata.name}"
@@ -206,6 +217,14 @@ def _served_version(md: ModelDeployment, job: FineTuneJob, entry: ModelVersion) 
             stuck=True,
         )
     weights = spec.model.weights
+    if weights == "adapter" and entry.adapter is None:
+        return Waiting(
+            "FormatNotReported",
+            f"ModelDeployment {md.metadata.name}: spec.model.weights is adapter but {where} does not report whether "
+            "it holds an adapter or merged weights (its run reported no manifest); set spec.model.weights to auto, "
+            "or serve a version whose run reported one",
+            stuck=True,
+        )
     if weights == "adapter" and not is_adapter:
         return Waiting(
             "WeightsMismatch",

@@ -5,7 +5,11 @@ the status flips, `observedGeneration` on each. Three conditions:
 - Available: the stable Deployment has its replicas ready (the endpoint answers).
 - Progressing: True while something is being rolled out or waited for; False with RolloutComplete
   when done, or with the reason a newer model is held back (VersionFailedGate, ManualPromotion, ...).
-- Degraded: True when a person must act (an invalid spec, an unservable version, failing pods).
+- Degraded: True when a person must act (an invalid spec, an unservable version, failing pods, a
+  server pod stuck for child_state.STALL_AFTER).
+`waitReason` repeats why nothing is available (Available's message): the WAITING column.
+A server pod that cannot run (unschedulable, image pull, crash loop, missing Secret key) is named in
+Available, with its fix (child_state.py), instead of "loading or failing".
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.api import Condition, ModelDeploymentStatus, find_condition
+from kubetune_operator.child_state import STALL_AFTER, ChildProblem
 from kubetune_operator.model_resolution import InvalidSpec, ServedModel, Waiting
 from kubetune_operator.serving_rollout import RolloutPlan, Track, record_rollouts
 
 CONDITION_MESSAGE_LIMIT = 2000
+WAIT_REASON_LIMIT = 950
 EVENT_MESSAGE_LIMIT = 950  # the events API caps messages at 1 KiB
 # Progressing reasons a rollout event of the plan already announces (no second event for the flip).
 ROLLOUT_REASONS = {"RollingOut", "CanaryRunning"}
@@ -39,6 +45,7 @@ class Observed:
     endpoint: str | None
     before_stable: ServedModel | None = None
     before_canary: ServedModel | None = None
+    problem: ChildProblem | None = None  # what a server pod is stuck on (child_state.first_problem)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,14 @@ def available(obs: Observed) -> tuple[str, str, str]:
     label = st.model.label if st.model is not None else "the model"
     if st.available and st.ready > 0:
         return "True", "ReplicasAvailable", f"{st.ready}/{st.replicas} replica(s) of {label} ready at {obs.endpoint}"
+    if obs.problem is not None:
+        return "False", obs.problem.reason, f"{st.ready}/{st.replicas} replica(s) of {label} ready: {obs.problem.message}"
+    if st.failure:  # ReplicaFailure (pods cannot be created) or ProgressDeadlineExceeded
+        return (
+            "False", "DeploymentFailing",
+            f"{st.ready}/{st.replicas} replica(s) of {label} ready: Deployment {obs.stable_name}: {st.failure}; fix what "
+            "it names (spec.pod, spec.resources, or a ResourceQuota of the namespace)",
+        )
     return (
         "False", "ReplicasUnavailable",
         f"{st.ready}/{st.replicas} replica(s) of Deployment {obs.stable_name} ready: the servers are loading "
@@ -132,12 +147,15 @@ def progressing(obs: Observed) -> tuple[str, str, str]:
     return "False", "RolloutComplete", f"{label} is rolled out to {st.replicas} replica(s)"
 
 
-def degraded(obs: Observed) -> tuple[str, str, str]:
+def degraded(obs: Observed, now: datetime) -> tuple[str, str, str]:
     if isinstance(obs.outcome, InvalidSpec):
         return "True", obs.outcome.reason, obs.outcome.message
     wait = _waiting(obs)
     if wait is not None and wait.stuck:
         return "True", wait.reason, wait.message
+    if obs.problem is not None and obs.problem.stalled(now):
+        minutes = int(STALL_AFTER.total_seconds() // 60)
+        return "True", obs.problem.reason, f"stuck for more than {minutes} minutes: {obs.problem.message}"
     if obs.stable is not None and obs.stable.failure:
         return "True", "DeploymentFailing", f"Deployment {obs.stable_name}: {obs.stable.failure}"
     if obs.canary is not None and obs.canary.failure:
@@ -162,7 +180,7 @@ def _phase(status: dict[str, tuple[str, str, str]], obs: Observed) -> str:
 
 def derive_status(old: ModelDeploymentStatus, obs: Observed, now: datetime) -> ModelDeploymentStatus:
     """The new status (compare it with the old one to decide whether to patch)."""
-    computed = {"Available": available(obs), "Progressing": progressing(obs), "Degraded": degraded(obs)}
+    computed = {"Available": available(obs), "Progressing": progressing(obs), "Degraded": degraded(obs, now)}
     conditions = list(old.conditions)
     for type_, (status, reason, message) in computed.items():
         conditions = set_condition(conditions, type_, status, reason, message, obs.generation, now)
@@ -187,7 +205,17 @@ def derive_status(old: ModelDeploymentStatus, obs: Observed, now: datetime) -> M
         replicas=sum(t.replicas for t in tracks) if tracks else None,
         ready_replicas=sum(t.ready for t in tracks) if tracks else None,
         rollout_history=history,
+        wait_reason=wait_reason(computed["Available"]),
     )
+
+
+def wait_reason(available_: tuple[str, str, str]) -> str | None:
+    """Why nothing is served: Available's message while it is False (not for an invalid spec, which is
+    Failed, nor for replicas: 0, which is asked for)."""
+    status, reason, message = available_
+    if status == "True" or reason in ("InvalidSpec", "ScaledToZero"):
+        return None
+    return _cut(message, WAIT_REASON_LIMIT)
 
 
 def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus, rollout_announced: bool

@@ -19,9 +19,10 @@ BASE_SPEC: dict[str, Any] = {
     "method": {"type": "lora"},
     "datasets": {"train": {"configMap": {"name": "train-data", "key": "train.jsonl"}, "format": "jsonl"}},
     "hyperparameters": {"maxSteps": 20},
-    "evaluation": {"metrics": ["loss"], "gate": {"metric": "loss", "threshold": 2.0, "direction": "min"}},
+    "evaluation": {"metrics": ["loss"], "gate": {"metric": "loss", "atMost": 2.0}},
     "resources": {"nodes": 2, "gpusPerNode": 2, "gpuType": H100},
-    "output": {"uri": "s3://kubetune-test/models"},
+    # A ReadWriteMany claim (create_data makes it; the local node's provisioner binds it).
+    "output": {"uri": "pvc://artifacts/models", "accessMode": "ReadWriteMany"},
     "runPolicy": {"backoffLimit": 1},
     "pod": {"annotations": dict(HOLD)},
 }
@@ -42,9 +43,13 @@ def apply(cluster: DevCluster, namespace: str, obj: dict[str, Any]) -> None:
 
 
 def create_data(cluster: DevCluster, namespace: str) -> None:
+    """What BASE_SPEC references: the `train-data` ConfigMap and the `artifacts` claim of the output."""
     rows = "\n".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) for i in range(20))
     apply(cluster, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "train-data"},
                                "data": {"train.jsonl": rows}})
+    apply(cluster, namespace, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "artifacts"},
+                               "spec": {"accessModes": ["ReadWriteMany"],
+                                        "resources": {"requests": {"storage": "1Gi"}}}})
 
 
 def get(cluster: DevCluster, namespace: str, kind: str, name: str | None = None,

@@ -175,7 +175,7 @@ def test_kubectl_explain_shows_descriptions(cluster: DevCluster, kubetune_crds: 
     ("changes", "message"),
     [
         ({"spec.task": "text"}, "task cannot change"),
-        ({"spec.output.uri": "s3://elsewhere/support"}, "output.uri cannot change"),
+        ({"spec.output.uri": "pvc://elsewhere/support"}, "output.uri cannot change"),
     ],
     ids=["task", "output-uri"],
 )

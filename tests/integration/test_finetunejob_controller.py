@@ -61,7 +61,7 @@ def test_happy_path_records_a_model_version(cluster: DevCluster, namespace: str,
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     config = json.loads(get(cluster, namespace, "configmap", "happy-r1-a1")["data"]["config.json"])
     assert config["jobName"] == "happy" and config["run"] == 1 and config["attempt"] == 1
-    assert config["resumeFrom"] is None and config["output"]["root"] == "s3://kubetune-test/models"
+    assert config["resumeFrom"] is None and config["output"]["root"] == "/mnt/pvc/artifacts/models"
     assert config["data"]["train"]["uri"] == "/mnt/configmap/train-data/train.jsonl"
 
     printed = cluster.kubectl("get", "ftj", "-n", namespace).stdout
@@ -73,7 +73,7 @@ def test_happy_path_records_a_model_version(cluster: DevCluster, namespace: str,
     assert condition(st, "Succeeded")["status"] == "True"
     (version,) = st["versions"]
     assert version["version"] == 1 and version["passedGate"] is True and version["adapter"] is True
-    assert version["uri"] == "s3://kubetune-test/models/happy/versions/1"
+    assert version["uri"] == "pvc://artifacts/models/happy/versions/1"
     assert version["baseModel"] == "/models/smollm2-135m-instruct"  # an adapter is served on this base
     assert version["metrics"]["loss"] == 1.25
     assert st["latestVersion"] == 1 and st["latestPassingVersion"] == 1
@@ -126,7 +126,7 @@ def test_failed_attempt_is_retried_and_resumes_from_the_checkpoint(cluster: DevC
     cm = eventually(second_attempt, timeout=60, what="attempt 2's ConfigMap")
     config = json.loads(cm["data"]["config.json"])
     assert config["attempt"] == 2
-    assert config["resumeFrom"] == "s3://kubetune-test/models/retry/runs/1/checkpoints"
+    assert config["resumeFrom"] == "/mnt/pvc/artifacts/models/retry/runs/1/checkpoints"
     assert config["hyperparameters"]["maxSteps"] == 20
     wait_phase(cluster, namespace, "retry", "Running")
     finish_pods(cluster, namespace, train_selector("retry", 2), "Succeeded", count=2, message=manifest(1),
@@ -255,7 +255,8 @@ def test_multinode_run_on_a_read_write_once_claim_is_rejected(cluster: DevCluste
                                         "resources": {"requests": {"storage": "1Gi"}}}})
     # Declared as ReadWriteOnce, the API refuses it at apply time ...
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False,
-                              input=json.dumps(ftj("rwo", output={"uri": "pvc://rwo/models"})))
+                              input=json.dumps(ftj("rwo", output={"uri": "pvc://rwo/models",
+                                                                  "accessMode": "ReadWriteOnce"})))
     assert refused.returncode != 0 and "ReadWriteMany" in refused.stderr
     # ... and declared ReadWriteMany, the operator checks the real claim before any pod starts.
     apply(cluster, namespace, ftj("rwo", output={"uri": "pvc://rwo/models", "accessMode": "ReadWriteMany"}))

@@ -79,6 +79,7 @@ def test_a_secret_that_holds_no_database_url_is_reported_and_rechecked(cluster: 
         return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
                 "data": {"url": base64.b64encode(value).decode()}}
 
+    create_data(cluster, namespace)  # the output claim
     apply(cluster, namespace, secret(b"\xe9\xff not text"))
     sql = {"train": {"sql": {"query": "SELECT prompt, completion FROM rows",
                              "secretKeyRef": {"name": "db", "key": "url"}}}}

@@ -165,7 +165,7 @@ def test_waits_for_a_passing_version_then_serves_it_on_gpus(
 
     # A failing version alone is still nothing to serve; then a passing one appears.
     publish_versions(api_client, ns, [version(ns, 1, passed=False)])
-    st = wait_status(api_client, ns, "faq", "still waiting", lambda s: "all failed" in
+    st = wait_status(api_client, ns, "faq", "still waiting", lambda s: "of its 1 version(s), 1 failed it" in
                      condition(s, "Available").get("message", ""))
     publish_versions(api_client, ns, [version(ns, 1, passed=False), version(ns, 2)])
     st = wait_status(api_client, ns, "faq", "version 2 served", served_version_is(2))
@@ -343,6 +343,8 @@ def test_autoscaling_hpa_auth_tls_and_garbage_collection(
     secret_key = f"sk-{uuid.uuid4().hex}"
     core = client.CoreV1Api(api_client)
     core.create_namespaced_secret(ns, {"metadata": {"name": "keys"}, "stringData": {"keys": secret_key}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "faq-tls"}, "type": "kubernetes.io/tls",
+                                       "stringData": {"tls.crt": "not checked on KWOK", "tls.key": "x"}})
     spec: dict[str, Any] = {
         "model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "vllm"}, "replicas": 3,
         "auth": {"apiKeySecretRef": {"name": "keys", "key": "keys"}, "tlsSecretRef": {"name": "faq-tls"}},
@@ -394,6 +396,41 @@ def test_autoscaling_hpa_auth_tls_and_garbage_collection(
     eventually(lambda: deployment(api_client, ns, "auto") is None, timeout=60, what="Deployment collected")
     eventually(lambda: not [s for s in core.list_namespaced_service(ns).items if s.metadata.name == "auto"],
                timeout=60, what="Service collected")
+
+
+def test_missing_references_and_a_stuck_server_pod_are_named_in_waiting(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "api-keys"}, "stringData": {"keys": "k"}})
+    spec: dict[str, Any] = {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "vllm"},
+                            "auth": {"apiKeySecretRef": {"name": "api-key", "key": "keys"}},
+                            "pod": {"nodeSelector": {"kubetune.io/pool": "none"}}}
+    apply_mdep(cluster, ns, "stuck", spec)
+    st = wait_status(api_client, ns, "stuck", "a missing Secret", lambda s: bool(s.get("waitReason")))
+    assert condition(st, "Available")["reason"] == "MissingReference"
+    assert st["waitReason"] == (
+        f"ModelDeployment stuck waits for Secret api-key (spec.auth.apiKeySecretRef) does not exist in namespace "
+        f"{ns}; did you mean api-keys?; create it or fix spec.auth.apiKeySecretRef")
+    assert deployment(api_client, ns, "stuck") is None  # nothing starts before its references exist
+    eventually(lambda: "MissingReference" in event_reasons(cluster, ns, "stuck"), timeout=10,
+               what="a MissingReference event")
+
+    apply_mdep(cluster, ns, "stuck", {**spec, "auth": {"apiKeySecretRef": {"name": "api-keys", "key": "keys"}}})
+    st = wait_status(api_client, ns, "stuck", "the unschedulable server pod",
+                     lambda s: condition(s, "Available").get("reason") == "Unschedulable")
+    assert st["waitReason"].startswith("0/1 replica(s) of version 1 ready: Pod stuck-")
+    assert "cannot be scheduled: 0/" in st["waitReason"] and "spec.pod.nodeSelector" in st["waitReason"]
+    assert "cannot be scheduled" in cluster.kubectl("get", "mdep", "stuck", "-n", ns).stdout  # the WAITING column
+    assert condition(st, "Degraded")["status"] == "False"  # Degraded, with a Warning, after STALL_AFTER
+
+    apply_mdep(cluster, ns, "stuck", {k: v for k, v in spec.items() if k not in ("pod", "auth")})
+    st = wait_status(api_client, ns, "stuck", "served", served_version_is(1))
+    assert "waitReason" not in st
 
 
 def test_invalid_spec_fails_with_the_field_named_and_no_children(

@@ -30,10 +30,10 @@ def test_classify_returns_labels_and_scores(tiny_classifier: Path, tmp_path: Pat
     with ServeProcess(["--model", str(version)], tmp_path / "server.log") as server:
         server.wait_ready()
         response = httpx.post(server.openai_base + "/classify", timeout=60,
-                              json={"model": "sentiment-v2", "input": ["I loved it", "awful", "meh"]})
+                              json={"model": "sentiment", "input": ["I loved it", "awful", "meh"]})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["model"] == "sentiment-v2"
+        assert body["model"] == "sentiment"
         assert [d["index"] for d in body["data"]] == [0, 1, 2]
         for item in body["data"]:
             assert {s["label"] for s in item["scores"]} == {"negative", "positive"}
@@ -45,10 +45,10 @@ def test_classify_returns_labels_and_scores(tiny_classifier: Path, tmp_path: Pat
         top1 = httpx.post(server.openai_base + "/classify", json={"input": "fine", "top_k": 1}, timeout=60).json()
         assert len(top1["data"][0]["scores"]) == 1
         chat = httpx.post(server.openai_base + "/chat/completions", timeout=60,
-                          json={"model": "sentiment-v2", "messages": [{"role": "user", "content": "hi"}]})
+                          json={"model": "sentiment", "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 400 and chat.json()["error"]["code"] == "unsupported_task"
         models = openai_client(server, api_key="auth-is-off").models.list()
-        assert models.data[0].id == "sentiment-v2"
+        assert models.data[0].id == "sentiment"
 
 
 def test_base_plus_lora_adapter_changes_the_answers(tiny_model: Path, tiny_lora_adapter: Path,
@@ -76,8 +76,9 @@ def test_adapter_version_finds_its_base_model_from_the_manifest(tiny_model: Path
     with ServeProcess(["--model", str(version)], tmp_path / "server.log") as server:
         server.wait_ready()
         card = openai_client(server, api_key="auth-is-off").models.list().data[0]
-        assert card.id == "support-bot-v4"
-        assert greedy(server, "support-bot-v4")
+        assert card.id == "support-bot"  # the name to use; the version is said beside it
+        assert (card.version, card.version_name, card.job) == (4, "support-bot-v4", "support-bot")  # type: ignore[attr-defined]
+        assert greedy(server, "support-bot")
 
 
 @pytest.mark.parametrize(

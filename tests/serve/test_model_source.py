@@ -39,10 +39,10 @@ def test_plain_classifier_takes_labels_from_its_config(tmp_path: Path) -> None:
     assert (source.task, source.labels) == ("classification", ("no", "yes"))
 
 
-def test_merged_version_is_named_job_dash_v_number(tmp_path: Path) -> None:
+def test_a_version_is_served_under_its_job_name_not_its_version(tmp_path: Path) -> None:
     version = write_manifest(hf_dir(tmp_path / "v3"), jobName="support-bot", version=3)
     source = resolve_model_source(version)
-    assert source.served_name == "support-bot-v3"
+    assert source.served_name == "support-bot"  # as a ModelDeployment named after the job is on a cluster
     assert source.manifest["passedGate"] is True
 
 

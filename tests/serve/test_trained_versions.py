@@ -102,7 +102,7 @@ def test_default_lora_classification_version_is_published_merged_and_served(
     with ServeProcess(["--model", str(classification_version)], tmp_path / "server.log") as server:
         server.wait_ready()
         response = httpx.post(server.openai_base + "/classify", timeout=60,
-                              json={"model": "router-v1", "input": ["ticket beta 3", "ticket gamma 1"]})
+                              json={"model": "router", "input": ["ticket beta 3", "ticket gamma 1"]})
         assert response.status_code == 200, response.text
         for item, probs in zip(response.json()["data"], merged.tolist(), strict=True):
             scores = {s["label"]: s["score"] for s in item["scores"]}
@@ -157,6 +157,6 @@ def test_an_adapter_on_a_copy_of_its_base_is_served_with_a_warning(adapter_versi
     shutil.copytree(tiny_model, copy)
     with ServeProcess(["--model", str(copy), "--adapter", str(adapter_version)], tmp_path / "server.log") as server:
         server.wait_ready()
-        assert openai_client(server, api_key="auth-is-off").models.list().data[0].id == "bot-v1"
+        assert openai_client(server, api_key="auth-is-off").models.list().data[0].id == "bot"
         warnings = [line for line in log_lines(server.log_text()) if line["level"] == "warning"]
     assert any("another path, but the shape and weights digest agree" in str(w["msg"]) for w in warnings), warnings

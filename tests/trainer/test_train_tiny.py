@@ -14,7 +14,7 @@ from kubetune_trainer.synthetic_data import (
     write_jsonl,
 )
 
-from tests.trainer.conftest import make_config, read_manifest, run_cli, write_config
+from tests.trainer.conftest import child_env, make_config, read_manifest, run_cli, write_config
 
 pytestmark = pytest.mark.training
 
@@ -30,8 +30,18 @@ def test_full_instruction_sft_learns_and_publishes_a_servable_version(tmp_path: 
                       hyperparameters={"maxSteps": 12, "learningRate": 3e-3, "batchSizePerDevice": 4,
                                        "maxSeqLength": 128, "precision": "fp32", "loggingSteps": 1, "seed": 7},
                       evaluation={"gate": {"metric": "loss", "threshold": 100.0, "direction": "max"}})
-    proc = run_cli("train", "--config", str(write_config(tmp_path / "c.json", cfg)))
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "c.json", cfg)),
+                   env=child_env(KUBETUNE_PROGRESS="lines"))
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    # Outside a cluster: the stages as they start, progress lines with an ETA, the gate in words.
+    said = [json.loads(line)["msg"] for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert said[0].startswith("kubetune-train train --config ") and "importing torch" in said[0]
+    stages = [m for m in said if m.startswith("stage ")]
+    assert stages == ["stage 1/6: loading data", "stage 2/6: checking the data gate", "stage 3/6: loading the model",
+                      "stage 4/6: training", "stage 5/6: evaluating", "stage 6/6: publishing"]
+    progress = [m for m in said if m.startswith("progress: step ")]
+    assert len(progress) == 12 and progress[-1].startswith("progress: step 12/12 (100%), loss ")
+    assert any(m.startswith("evaluation gate loss at most 100: passed (loss = ") for m in said)
 
     version = tmp_path / "out" / "tiny" / "versions" / "1"
     losses = _losses(version)
@@ -43,7 +53,7 @@ def test_full_instruction_sft_learns_and_publishes_a_servable_version(tmp_path: 
     m = read_manifest(version)
     assert m["jobName"] == "tiny" and m["run"] == 1 and m["version"] == 1 and m["versionName"] == "tiny-v1"
     assert m["task"] == "instruction" and m["method"] == "full" and m["format"] == "merged" and m["adapter"] is False
-    assert m["gate"] == {"metric": "loss", "threshold": 100.0, "direction": "max", "passed": True}
+    assert m["gate"] == {"metric": "loss", "atLeast": None, "atMost": 100.0, "passed": True}  # written threshold+max
     assert m["passedGate"] is True and m["metrics"]["loss"] > 0 and m["metrics"]["perplexity"] > 1
     assert len(m["dataDigest"]) == 64
     assert m["strategy"]["chosen"] == "ddp" and "no GPUs" in m["strategy"]["reason"]
@@ -52,6 +62,7 @@ def test_full_instruction_sft_learns_and_publishes_a_servable_version(tmp_path: 
     card = (version / "README.md").read_text()
     assert "![training and evaluation loss](loss.png)" in card and "Answer in Zorblish." in card
     assert m["dataDigest"] in card
+    assert "Evaluation gate loss at most 100: passed (loss = " in card
 
     checkpoints = tmp_path / "out" / "tiny" / "runs" / "1" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-12", "checkpoint-8"]  # keep: 2

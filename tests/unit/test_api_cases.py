@@ -144,6 +144,18 @@ BAD_CASES: list[BadCase] = [
     BadCase(
         "gate-metric-not-computed", CLASSIFY, {"spec.evaluation.metrics": ["accuracy"]}, "evaluation.gate.metric must be one of"
     ),
+    BadCase("output-object-store", LORA, {"spec.output.uri": "s3://acme-models/support"},
+            "s3:// (object-store) output is not supported yet"),
+    BadCase("gate-without-bound", LORA, {"spec.evaluation.gate": {"metric": "perplexity"}},
+            "set exactly one of atLeast"),
+    BadCase("gate-with-both-bounds", LORA, {"spec.evaluation.gate": {"metric": "perplexity", "atLeast": 1, "atMost": 12}},
+            "set exactly one of atLeast"),
+    BadCase("gate-threshold-beside-at-most", LORA,
+            {"spec.evaluation.gate": {"metric": "perplexity", "threshold": 12, "atMost": 12}},
+            "set exactly one of atLeast"),
+    BadCase("gate-direction-without-threshold", LORA,
+            {"spec.evaluation.gate": {"metric": "perplexity", "atMost": 12, "direction": "max"}},
+            "evaluation.gate.direction belongs to threshold"),
     BadCase(
         "label-balance-on-text-task", SCHEDULED, {"spec.datasets.quality": {"minLabelFraction": 0.1}}, "minLabelFraction is only"
     ),

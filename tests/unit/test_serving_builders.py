@@ -533,3 +533,68 @@ def test_history_marks_an_abandoned_canary_rolled_back() -> None:
     back = plan_rollout(md.spec, 1, V1, track(V1, replicas=3), track(V2), NOW)
     history = record_rollouts(history, V1, V2, back, track(V1, replicas=4), NOW)
     assert [(r.version, r.result, r.reason) for r in history][-1] == (2, "RolledBack", "CanaryRolledBack")
+
+
+# --------------------------------------------------------------------------- what was not reported
+
+
+def test_versions_without_a_gate_result_are_not_said_to_have_failed_it() -> None:
+    unreported = {**version(1), "passedGate": None}
+    got = resolve_model(mdep(REF), ftj([unreported, version(2, passed=False)], latestVersion=2))
+    assert isinstance(got, Waiting) and got.reason == "NoPassingVersion"
+    assert "of its 2 version(s), 1 failed it and 1 did not report a gate result" in got.message
+    got = resolve_model(mdep(REF), ftj([unreported], latestVersion=1))
+    assert isinstance(got, Waiting) and "failed" not in got.message and "did not report" in got.message
+
+
+def test_a_version_whose_format_was_not_reported_is_not_called_merged() -> None:
+    spec = {"model": {"fineTuneJobRef": {"name": "faq-bot", "version": "1"}, "weights": "adapter"}}
+    unreported = {k: v for k, v in version(1).items() if k != "adapter"}
+    got = resolve_model(mdep(spec), ftj([unreported], latestVersion=1))
+    assert isinstance(got, Waiting) and got.reason == "FormatNotReported" and got.stuck
+    assert "merged weights" not in got.message.replace("or merged weights", "")
+
+
+# --------------------------------------------------------------------------- stuck server pods
+
+
+def test_a_stuck_server_pod_is_named_in_available_wait_reason_and_degraded_after_the_bound() -> None:
+    from kubetune_operator.child_state import STALL_AFTER, ChildProblem
+
+    md = mdep(REF)
+    problem = ChildProblem("Unschedulable", "Pod faq-5d9f-x cannot be scheduled: 0/3 nodes are available: "
+                           "3 Insufficient nvidia.com/gpu; make a node fit the pod", NOW)
+    obs = replace(observed(md, V1, track(V1, ready=0, rolled_out=False)), problem=problem)
+    fresh = derive_status(md.status, obs, NOW + timedelta(seconds=30))
+    available = find_condition(fresh.conditions, "Available")
+    assert available is not None and available.reason == "Unschedulable"
+    assert available.message == f"0/1 replica(s) of version 1 ready: {problem.message}"
+    assert fresh.wait_reason == available.message
+    assert conditions(fresh)["Degraded"] == ("False", "AsExpected")
+
+    stalled = derive_status(fresh, obs, NOW + STALL_AFTER)
+    degraded = find_condition(stalled.conditions, "Degraded")
+    assert degraded is not None and (degraded.status, degraded.reason) == ("True", "Unschedulable")
+    assert degraded.message == f"stuck for more than 5 minutes: {problem.message}"
+    warnings = [e for e in transition_events(fresh, stalled, rollout_announced=False) if e.type == "Warning"]
+    assert [e.reason for e in warnings] == ["Unschedulable"]  # the Warning event, once, at the bound
+
+    served = derive_status(stalled, observed(md, V1, track(V1), before=track(V1)), NOW + STALL_AFTER)
+    assert served.wait_reason is None and conditions(served)["Degraded"] == ("False", "AsExpected")
+
+
+def test_wait_reason_while_nothing_can_be_served_yet() -> None:
+    md = mdep(REF)
+    wait = Waiting("NoVersionYet", "FineTuneJob faq-bot has produced no model version yet")
+    assert derive_status(md.status, observed(md, wait, None), NOW).wait_reason == wait.message
+
+
+def test_a_deployment_that_cannot_create_pods_is_named_in_available() -> None:
+    md = mdep(REF)
+    failing = replace(track(V1, ready=0, rolled_out=False),
+                      failure='ReplicaFailure: pods "faq-5d9f-x" is forbidden: exceeded quota: no-pods')
+    status = derive_status(md.status, observed(md, V1, failing), NOW)
+    assert conditions(status)["Available"] == ("False", "DeploymentFailing")
+    assert status.wait_reason is not None and status.wait_reason.startswith(
+        '0/1 replica(s) of version 1 ready: Deployment faq: ReplicaFailure: pods "faq-5d9f-x" is forbidden')
+    assert conditions(status)["Degraded"] == ("True", "DeploymentFailing")

@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         signal.signal(signal.SIGTERM, _sigterm_before_training)
     if args.command in ("train", "validate-data"):
+        # The first line at once: importing torch, transformers and datasets takes seconds to minutes.
+        log.info(f"kubetune-train {args.command} --config {args.config}: importing torch and transformers")
         route_library_logs()  # they load transformers and datasets, which would print plain text
     try:
         code = int(args.func(args))

@@ -144,8 +144,8 @@ def build_manifest(config: TrainerConfig, *, adapter: bool, metrics: dict[str, f
         "metrics": metrics,
         "gate": {
             "metric": str(gate.metric) if gate else None,
-            "threshold": gate.threshold if gate else None,
-            "direction": gate.direction if gate else None,
+            "atLeast": gate.at_least if gate else None,
+            "atMost": gate.at_most if gate else None,
             "passed": passed,
         },
         "passedGate": passed,

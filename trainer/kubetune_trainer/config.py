@@ -16,7 +16,7 @@ JSON keys are camelCase (the same spelling as the CRD); Python attributes are sn
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -201,21 +201,72 @@ class QualityGate(SpecModel):
     )
 
 
+GATE_BOUND_MESSAGE = (
+    "evaluation.gate: set exactly one of atLeast (the metric must be >= it, e.g. f1) or atMost (<= it, e.g. "
+    "perplexity); threshold with direction is the older spelling of the same"
+)
+GATE_DIRECTION_MESSAGE = "evaluation.gate.direction belongs to threshold; with atLeast or atMost, remove it"
+
+
 class EvaluationGate(SpecModel):
-    """Whether a model version passes: metric compared with threshold."""
+    """Whether a model version passes: `metric` at least `atLeast`, or at most `atMost`.
+
+    The older spelling `threshold` + `direction` (min: the metric must be >= threshold; max: <=) is
+    still accepted and converted on parse, so every reader sees atLeast/atMost only.
+    """
 
     metric: MetricName = Field(description="Metric the gate looks at.")
-    threshold: float = Field(description="Value to compare the metric with.")
-    direction: Literal["min", "max"] = Field(
-        "min", description="min: metric must be >= threshold (accuracy); max: metric must be <= threshold (loss)."
+    at_least: float | None = Field(
+        None, description="The version passes when the metric is >= this (for metrics where higher is better: f1, accuracy)."
     )
+    at_most: float | None = Field(
+        None, description="The version passes when the metric is <= this (for metrics where lower is better: loss, perplexity)."
+    )
+    # Accepted, converted on parse, never written back (exclude): readers see atLeast/atMost only.
+    threshold: float | None = Field(
+        None, exclude=True, description="Deprecated: use atLeast or atMost. Value compared with the metric, as direction says."
+    )
+    direction: Literal["min", "max"] | None = Field(
+        None,
+        exclude=True,
+        description=(
+            "Deprecated, with threshold: min means the metric must be >= threshold (atLeast), max that it must be "
+            "<= threshold (atMost); min when unset."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _convert_threshold(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        threshold, direction = data.pop("threshold", None), data.pop("direction", None)
+        if threshold is None:
+            if direction is not None:
+                raise ValueError(GATE_DIRECTION_MESSAGE)
+            return data
+        if any(data.get(k) is not None for k in ("atLeast", "at_least", "atMost", "at_most")):
+            raise ValueError(GATE_BOUND_MESSAGE)
+        data["atMost" if direction == "max" else "atLeast"] = threshold
+        return data
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> EvaluationGate:
+        if (self.at_least is None) == (self.at_most is None):
+            raise ValueError(GATE_BOUND_MESSAGE)
+        return self
+
+    @property
+    def bound(self) -> float:
+        return self.at_least if self.at_least is not None else float(self.at_most)  # type: ignore[arg-type]
 
     def passes(self, metrics: dict[str, float]) -> bool | None:
         """True/False when the metric is present, None when it was not measured."""
         value = metrics.get(str(self.metric))
         if value is None:
             return None
-        return value >= self.threshold if self.direction == "min" else value <= self.threshold
+        return value >= self.at_least if self.at_least is not None else value <= self.bound
 
 
 class EvaluationSpec(SpecModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubetune_trainer.gate_text import gate_from_manifest, gate_verdict
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -14,14 +16,9 @@ def _fmt(value: Any) -> str:
 
 def render_model_card(manifest: dict[str, Any], objective: str) -> str:
     m = manifest
-    gate = m["gate"]
-    if gate["metric"] is None:
-        gate_line = "No evaluation gate was set: the version passes."
-    else:
-        verdict = "**passed**" if gate["passed"] else "**failed**"
-        op = ">=" if gate["direction"] == "min" else "<="
-        measured = m["metrics"].get(gate["metric"])
-        gate_line = (f"{verdict}: {gate['metric']} = {_fmt(measured)}, required {op} {_fmt(gate['threshold'])}")
+    gate = gate_from_manifest(m["gate"])
+    gate_line = gate_verdict(gate, m["metrics"], m["gate"].get("passed") if gate is not None else True)
+    gate_line = gate_line[0].upper() + gate_line[1:] + "."
     metrics = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(m["metrics"].items())) or "| (none) | |"
     hyper = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in m["hyperparameters"].items())
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())

@@ -22,6 +22,7 @@ from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.logs import get_logger
 from kubetune_trainer.preparation import Cuts, ensure_chat_template, split_validation, tokenize_records
 from kubetune_trainer.records import Record
+from kubetune_trainer.stages import announce
 from kubetune_trainer.strategy import StrategyChoice, choose_strategy, deepspeed_config, fsdp_arguments
 
 log = get_logger(__name__)
@@ -51,6 +52,7 @@ def quality_report(config: TrainerConfig, tokenizer: Any) -> tuple[dict[str, Any
 
 def prepare_data(config: TrainerConfig, tokenizer: Any) -> PreparedData:
     report, records = quality_report(config, tokenizer)
+    announce("checking the data gate", rows=report["rows"])
     check_gate(report)
     if config.data.validation is not None:
         val_mapped = map_rows(load_source(config.data.validation), config)
@@ -170,7 +172,9 @@ def run_training(config: TrainerConfig) -> int:
         plan_resume,
     )
     from kubetune_trainer.classification_metrics import metrics_for
+    from kubetune_trainer.gate_text import gate_verdict
     from kubetune_trainer.hf_trainer import KubetuneTrainer
+    from kubetune_trainer.local_progress import LocalProgress, choose_mode
     from kubetune_trainer.model_loading import (
         apply_method,
         check_method_supported,
@@ -192,6 +196,7 @@ def run_training(config: TrainerConfig) -> int:
     preemption.install()  # before the slow parts: a SIGTERM while loading must not kill us mid-write
     set_seed(config.hyperparameters.seed)
 
+    announce("loading data", source=config.data.train.uri or "sql")
     tokenizer = load_tokenizer(config.base_model)
     if config.task == Task.INSTRUCTION and ensure_chat_template(tokenizer):
         log.warning("the base model's tokenizer has no chat template: chats are trained as plain "
@@ -216,6 +221,7 @@ def run_training(config: TrainerConfig) -> int:
         # ZeRO-3 partitions weights while from_pretrained loads them, through deepspeed.comm:
         # without this it sees a world of 1 and rejects the batch arithmetic.
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    announce("loading the model", model=config.base_model.uri, method=str(config.method.type))
     teacher = load_teacher(config, tokenizer)
     model = apply_method(load_model(config), config)
 
@@ -223,6 +229,7 @@ def run_training(config: TrainerConfig) -> int:
     collator: Any = (CausalCollator(tokenizer.pad_token_id) if causal
                      else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None))
     progress = ProgressCallback.from_config(config)
+    local = choose_mode(reported_to_cluster=progress.reporter is not None)
     metrics_cb = TrainingMetricsCallback(run_dir(config) / "metrics.prom" if rank == 0 else None,
                                          config.job_name, config.run)
     kwargs: dict[str, Any] = {
@@ -231,7 +238,8 @@ def run_training(config: TrainerConfig) -> int:
         "eval_dataset": Dataset.from_list(data.validation) if has_eval else None,
         "processing_class": tokenizer,
         "compute_metrics": None if causal else metrics_for(config.labels),
-        "callbacks": [CheckpointCompletionCallback(), preemption, metrics_cb, progress, guard := ResumeGuard()],
+        "callbacks": [CheckpointCompletionCallback(), preemption, metrics_cb, progress, guard := ResumeGuard(),
+                      *([LocalProgress(local)] if local != "off" else [])],
     }
     if teacher is not None:
         from kubetune_trainer.distillation import DistillationTrainer
@@ -244,6 +252,7 @@ def run_training(config: TrainerConfig) -> int:
 
     plan = plan_resume(checkpoints_dir(config), resume_from=config.resume_from, attempt=config.attempt)
     resume = plan.checkpoint
+    announce("training", resume_from=resume.name if resume else None)
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except Exception as e:
@@ -261,7 +270,11 @@ def run_training(config: TrainerConfig) -> int:
                                                                   "exit_code": EXIT_PREEMPTED})
         return EXIT_PREEMPTED
 
+    announce("evaluating", validation_examples=len(data.validation))
     metrics = final_metrics(trainer, config, has_eval)
+    gate = config.evaluation.gate
+    passed = True if gate is None else bool(gate.passes(metrics))  # the manifest's rule (artifacts.py)
+    log.info(gate_verdict(gate, metrics, passed), extra={"metrics": metrics, "passed_gate": passed})
     training = {
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -274,6 +287,7 @@ def run_training(config: TrainerConfig) -> int:
     }
     if teacher is not None and getattr(trainer, "last_kl", None) is not None:
         training["lastDistillationKl"] = trainer.last_kl
+    announce("publishing", version=f"{config.job_name}-v{config.version}")
     path = publish_version(trainer, tokenizer, config, metrics=metrics, data_digest=data.digest,
                            strategy=choice.to_manifest(), data_counts=data.counts, training=training)
     if path is not None:

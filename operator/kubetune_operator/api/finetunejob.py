@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from kubetune_trainer.config import (
+    GATE_BOUND_MESSAGE,
+    GATE_DIRECTION_MESSAGE,
     AugmentationStep,
     CheckpointPolicy,
     DataFormat,
@@ -55,6 +57,10 @@ MAX_NAME_LENGTH = 45
 
 DATA_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|s3://\S+|https://\S+)$"
 OUTPUT_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|s3://\S+)$"
+OBJECT_STORE_OUTPUT_MESSAGE = (
+    "output.uri: s3:// (object-store) output is not supported yet, the trainer writes checkpoints and versions "
+    "to a mounted volume; set output.uri to pvc://<claim>/<path>, a PersistentVolumeClaim in the job's namespace"
+)
 # Five fields (minute hour day-of-month month day-of-week) or a macro, each value in its range so
 # the API server refuses "61 * * * *" at apply; RE2 (CEL) and Python agree on this pattern.
 _STEP = r"(/[1-9][0-9]?)?"
@@ -185,10 +191,25 @@ class Resources(ApiModel):
 class OutputSpec(ApiModel):
     """Where model versions and checkpoints go: <uri>/<job>/runs/<n>/… and <uri>/<job>/versions/<v>/."""
 
+    cel_rules = (
+        # The schema's pattern keeps s3:// so that this rule, not a bare pattern error, answers it:
+        # the trainer writes to mounted volumes only, and finding out when the first run starts (for a
+        # schedule, days later) is too late.
+        CelRule(
+            rule="!self.uri.startsWith('s3://')",
+            message=OBJECT_STORE_OUTPUT_MESSAGE,
+            field_path=".uri",
+            check=lambda m: not m.uri.startswith("s3://"),
+        ),
+    )
+
     uri: str = Field(
         max_length=1024,
         pattern=OUTPUT_URI_PATTERN,
-        description="pvc://claim/path (a PersistentVolumeClaim in the job's namespace) or s3://bucket/prefix.",
+        description=(
+            "pvc://claim/path: a PersistentVolumeClaim in the job's namespace. (s3:// output is refused until the "
+            "trainer writes to object stores.)"
+        ),
     )
     access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"] = Field(
         "ReadWriteOnce",
@@ -334,8 +355,8 @@ class FineTuneJobSpec(ApiModel):
                 "(has(self.output.accessMode) && self.output.accessMode == 'ReadWriteMany')"
             ),
             message=(
-                "a multi-node run (resources.nodes > 1) writes checkpoints from every node: output must be s3:// "
-                "or a ReadWriteMany claim (set output.accessMode: ReadWriteMany if it is one)"
+                "a multi-node run (resources.nodes > 1) writes checkpoints from every node: output must be "
+                "a ReadWriteMany claim (set output.accessMode: ReadWriteMany if it is one)"
             ),
             field_path=".output.accessMode",
             check=lambda m: m.resources.nodes <= 1
@@ -361,6 +382,25 @@ class FineTuneJobSpec(ApiModel):
             field_path=".evaluation.gate.metric",
             check=lambda m: m.evaluation.gate is None
             or str(m.evaluation.gate.metric) in [str(x) for x in m.evaluation.metrics],
+        ),
+        # The trainer's EvaluationGate refuses the same gates on parse, with the same messages.
+        CelRule(
+            rule=(
+                "!has(self.evaluation) || !has(self.evaluation.gate) || [has(self.evaluation.gate.atLeast), "
+                "has(self.evaluation.gate.atMost), has(self.evaluation.gate.threshold)].filter(x, x).size() == 1"
+            ),
+            message=GATE_BOUND_MESSAGE,
+            field_path=".evaluation.gate",
+            check=lambda m: m.evaluation.gate is None
+            or (m.evaluation.gate.at_least is None) != (m.evaluation.gate.at_most is None),
+        ),
+        CelRule(
+            rule=(
+                "!has(self.evaluation) || !has(self.evaluation.gate) || !has(self.evaluation.gate.direction) || "
+                "has(self.evaluation.gate.threshold)"
+            ),
+            message=GATE_DIRECTION_MESSAGE,
+            field_path=".evaluation.gate.direction",
         ),
         CelRule(
             # The trainer's rule (kubetune_trainer.version_format): which tasks are served merged only.
@@ -456,6 +496,9 @@ class Progress(StatusModel):
     eval_loss: float | None = Field(None, description="Latest validation loss.")
     tokens_per_second: float | None = Field(None, ge=0, description="Training throughput over all ranks.")
     eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of training.")
+    resumed_from_step: int | None = Field(
+        None, ge=1, description="Checkpoint step this attempt resumed from (absent when it started fresh)."
+    )
     updated_at: datetime | None = Field(None, description="When the trainer last reported.")
 
 
@@ -508,6 +551,11 @@ class CurrentRun(StatusModel):
     base_model: str | None = Field(
         None, description="spec.baseModel.uri when the run started: the base its version is trained on."
     )
+    generation: int | None = Field(None, ge=0, description="metadata.generation of the spec the run started from.")
+    spec_digest: str | None = Field(
+        None, max_length=64,
+        description="Digest of the spec that shapes the run (all but runPolicy and schedule) when it started.",
+    )
 
 
 class RunRecord(StatusModel):
@@ -523,6 +571,10 @@ class RunRecord(StatusModel):
     version: int | None = Field(None, ge=1, description="Model version the run produced.")
     trigger: Literal["Create", "Schedule", "SpecChange", "Manual"] | None = Field(
         None, description="What started the run."
+    )
+    generation: int | None = Field(None, ge=0, description="metadata.generation of the spec the run started from.")
+    spec_digest: str | None = Field(
+        None, max_length=64, description="Digest of the spec that shaped the run (all but runPolicy and schedule)."
     )
 
 
@@ -550,7 +602,7 @@ class FineTuneJobStatus(StatusModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="DataValidated, Admitted, Running, Succeeded, Failed, Suspended.",
+        description="DataValidated, Admitted, Running, Succeeded, Failed, Suspended, SpecApplied, Stalled.",
     )
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation the status reflects.")
     progress: Progress | None = Field(None, description="Live progress of the current run (from trainer rank 0).")
@@ -563,6 +615,10 @@ class FineTuneJobStatus(StatusModel):
     latest_passing_version: int | None = Field(None, ge=1, description="Newest version that passed the evaluation gate.")
     last_schedule_time: datetime | None = Field(None, description="When the schedule last started a run.")
     next_schedule_time: datetime | None = Field(None, description="When the schedule starts the next run.")
+    last_retrain_request: str | None = Field(
+        None, max_length=256,
+        description="The kubetune.io/retrain annotation value a run last answered; a new value starts another run.",
+    )
 
 
 # --------------------------------------------------------------------------- the kind

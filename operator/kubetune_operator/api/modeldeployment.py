@@ -233,6 +233,9 @@ class ModelDeploymentStatus(StatusModel):
     endpoint: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API.")
     replicas: int | None = Field(None, ge=0, description="Replicas wanted.")
     ready_replicas: int | None = Field(None, ge=0, description="Replicas ready to serve.")
+    wait_reason: str | None = Field(
+        None, description="Why nothing is served yet, or why the servers do not become ready (a pod's state, named)."
+    )
     rollout_history: list[Rollout] = Field(default_factory=list, description="Recent rollouts, newest last.")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import events, kube, metrics, settings
+from kubetune_operator import events, kube, metrics, references, settings
 from kubetune_operator.api import (
     API_VERSION,
     FINETUNEJOB_PLURAL,
@@ -45,6 +45,7 @@ from kubetune_operator.builders.serving import (
     hpa_name,
     server_image,
 )
+from kubetune_operator.child_state import ChildProblem, first_problem
 from kubetune_operator.model_resolution import (
     InvalidSpec,
     Resolution,
@@ -152,6 +153,11 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
     stable_before, canary_before = observe_track(stable_body), observe_track(canary_body)
 
     target = _resolve(md)
+    missing = references.find_missing(references.modeldeployment_references(md), ns, _reader(ns), _lister(ns))
+    if missing and not isinstance(target, InvalidSpec):
+        target = Waiting("MissingReference", f"ModelDeployment {name} waits for "
+                         + "; ".join(m.message() for m in missing))
+        _announce_missing(body, md, missing)
     plan: RolloutPlan | None = None
     stable_after, canary_after = stable_before, canary_before
     if not isinstance(target, InvalidSpec):
@@ -170,11 +176,44 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
         endpoint=endpoint(md) if stable_after is not None else None,
         before_stable=stable_before.model if stable_before is not None else None,
         before_canary=canary_before.model if canary_before is not None else None,
+        problem=_server_pod_problem(ns, name, stable_after, canary_after),
     )
     old = md.status
     new = derive_status(old, obs, now)
     _publish(body, old, new, rollout_announced=bool(plan and plan.events))
     return target if isinstance(target, InvalidSpec) else None
+
+
+def _reader(namespace: str) -> Any:
+    def read(ref: references.Reference) -> Any:
+        api_version, namespaced = references.KINDS[ref.kind]
+        return kube.read(api_version, ref.kind, ref.name, namespace if namespaced else None)
+
+    return read
+
+
+def _lister(namespace: str) -> Any:
+    def names(kind: str) -> list[str]:
+        api_version, namespaced = references.KINDS[kind]
+        return kube.names(api_version, kind, namespace if namespaced else None)
+
+    return names
+
+
+def _announce_missing(body: dict[str, Any], md: ModelDeployment, missing: list[references.Missing]) -> None:
+    """One Warning event per missing reference that no condition named before."""
+    said = " ".join(c.message for c in md.status.conditions if c.reason == "MissingReference")
+    for m in missing:  # `said` may be cut short: the event's name keeps it to one per reference
+        if m.what not in said:
+            events.post(body, "MissingReference", f"{KIND} {md.metadata.name}: {m.message()}", warning=True,
+                        once=m.what)
+
+
+def _server_pod_problem(namespace: str, name: str, *tracks: Track | None) -> ChildProblem | None:
+    """What a server pod is stuck on, read only while a Deployment has fewer ready replicas than wanted."""
+    if not any(t is not None and t.ready < t.replicas for t in tracks):
+        return None
+    return first_problem(kube.list_objects("v1", "Pod", namespace, f"{MODELDEPLOYMENT_LABEL}={name}"))
 
 
 def _resolve(md: ModelDeployment) -> Resolution:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kubetune_trainer.serve.errors import APIError
+from kubetune_trainer.serve.model_source import version_name
 from kubetune_trainer.serve.runtime_state import ServerState, server_state
 
 router = APIRouter()
@@ -25,7 +26,9 @@ def _model_card(state: ServerState) -> dict[str, Any]:
         "ready": state.loaded is not None,
     }
     if source.manifest:
+        # `id` is the name to put in `model`; the version it answers with is said beside it.
         card["version"] = source.manifest.get("version")
+        card["version_name"] = version_name(source.manifest)
         card["job"] = source.manifest.get("jobName")
         card["passed_gate"] = source.manifest.get("passedGate")
     if source.labels:

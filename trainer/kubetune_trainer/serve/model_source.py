@@ -250,7 +250,9 @@ def resolve_model_source(model: Path, adapter: Path | None = None, served_model_
     if manifest:
         task: Task = manifest["task"]
         labels = tuple(manifest.get("labels", []))
-        default_name = version_name(manifest)
+        # The name of what is deployed, never the version (docs/serving.md, Model names): the job's name
+        # here, as a ModelDeployment's name on a cluster; the version is a field of /v1/models.
+        default_name = str(manifest["jobName"])
     else:
         task = _task_of_plain_model(weights_dir)
         labels = _labels_of_plain_model(weights_dir) if task == "classification" else ()

@@ -38,7 +38,7 @@ class DemoSpec:
     max_steps: int | None = None
     batch_size: int = 8
     checkpoint_every: int = 8
-    # A perplexity gate: a version passes when validation perplexity <= this (direction "max").
+    # A perplexity gate: a version passes when validation perplexity is at most this.
     max_perplexity: float = 10.0
     base_model_dir: str = MODEL_DIR
     api_key: str = "demo-key"
@@ -108,7 +108,7 @@ def fine_tune_job(spec: DemoSpec) -> Body:
             },
             "hyperparameters": hyper,
             "evaluation": {"metrics": ["loss", "perplexity"],
-                           "gate": {"metric": "perplexity", "threshold": spec.max_perplexity, "direction": "max"}},
+                           "gate": {"metric": "perplexity", "atMost": spec.max_perplexity}},
             # Two pods of one process each: a real torchrun rendezvous between two "nodes".
             "resources": {"nodes": 2, "gpusPerNode": 0, "cpu": "500m", "memory": "3Gi"},
             "output": {"uri": f"pvc://{ARTIFACTS_CLAIM}", "accessMode": "ReadWriteMany",

@@ -294,8 +294,14 @@ def run_demo(name: str, state_dir: Path | None, say: Say, spec: manifests.DemoSp
             raise RuntimeError(f"the FineTuneJob ended {status.get('phase')}: {failed}; "
                                f"see `kubectl describe ftj {manifests.JOB} -n {spec.namespace}`")
         version = status["versions"][-1]
-        say(f"    version {manifests.JOB}-v{version['version']}: metrics {version.get('metrics')}, "
-            f"gate {'passed' if version.get('passedGate') else 'FAILED'}; stored at {version.get('uri')}")
+        from kubetune_trainer.config import EvaluationGate
+        from kubetune_trainer.gate_text import gate_verdict
+
+        gate_spec = (ftj["spec"].get("evaluation") or {}).get("gate")
+        gate = EvaluationGate.model_validate(gate_spec) if gate_spec else None
+        metrics = {k: round(v, 4) for k, v in (version.get("metrics") or {}).items()}
+        say(f"    version {manifests.JOB}-v{version['version']}: metrics {metrics}; "
+            f"{gate_verdict(gate, metrics, version.get('passedGate'))}; stored at {version.get('uri')}")
     with timeline.stage("serving: both ModelDeployments Available (real readiness probes)"):
         served = wait_available(kubectl, spec.namespace, manifests.JOB, version.get("version"), timeout=600)
         wait_available(kubectl, spec.namespace, manifests.BASE_DEPLOYMENT, None, timeout=600)

@@ -1,0 +1,125 @@
+"""What a child (Pod, Job) of a kubetune object is stuck on, read from the child itself.
+
+The causes of a wait live on the children: a Pod's `PodScheduled=False` condition, its containers'
+waiting states (image pulls, crash loops, a missing Secret key), a Job's `FailedCreate` events (a
+missing PriorityClass, a ResourceQuota). The controllers copy the first one they find into the
+FineTuneJob's or ModelDeployment's conditions and `waitReason`, naming the child and the fix, and
+mark the object Stalled (FineTuneJob) or Degraded (ModelDeployment), with a Warning event, once the
+child has been stuck for `STALL_AFTER`.
+
+Pure: the controllers read the objects and pass them in. Only states that do not end by waiting
+count (a pod being created or an image being pulled is progress, not a problem).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+Body = dict[str, Any]
+# How long a child may be stuck before the object is marked Stalled/Degraded with a Warning event.
+# Long enough for a cluster autoscaler to add a node; short enough to beat a user's patience.
+STALL_AFTER = timedelta(minutes=5)
+# Container waiting reasons that do not resolve by themselves (kubelet's names).
+IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
+CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+SCHEDULING_FIX = ("make a node fit the pod (spec.resources, spec.pod.nodeSelector, spec.pod.tolerations, "
+                  "spec.pod.affinity) or free capacity on one")
+
+
+@dataclass(frozen=True)
+class ChildProblem:
+    """Why a child does not progress: a CamelCase `reason`, a `message` naming the child and the fix,
+    and `since`, when the child got into that state (from its own timestamps)."""
+
+    reason: str
+    message: str
+    since: datetime | None = None
+
+    def stalled(self, now: datetime, after: timedelta = STALL_AFTER) -> bool:
+        return self.since is not None and now - self.since >= after
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
+
+
+def _text(value: Any, limit: int = 400) -> str:
+    text = " ".join(str(value or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pod_problem(pod: Body) -> ChildProblem | None:
+    """The reason `pod` cannot run, or None while it is scheduled and its containers start or run."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    name = meta.get("name", "?")
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    created = _time(meta.get("creationTimestamp"))
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            why = _text(c.get("message")) or "the scheduler gave no reason"
+            return ChildProblem(str(c.get("reason") or "Unschedulable"),
+                                f"Pod {name} cannot be scheduled: {why}; {SCHEDULING_FIX}",
+                                _time(c.get("lastTransitionTime")) or created)
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason, container = waiting.get("reason"), cs.get("name", "?")
+        detail = _text(waiting.get("message"))
+        if reason in IMAGE_PULL:
+            return ChildProblem(
+                "ImagePullFailed",
+                f"Pod {name} cannot pull image {cs.get('image', '?')} of container {container} ({reason}"
+                + (f": {detail}" if detail else "") + "); fix spec.pod.image (or the operator's image setting) "
+                "or give the registry's credentials in spec.pod.imagePullSecrets",
+                created)
+        if reason in CONFIG_ERRORS:
+            return ChildProblem(
+                reason,
+                f"Pod {name} cannot start container {container}" + (f": {detail}" if detail else "")
+                + "; create the Secret, ConfigMap or key it names, or fix spec.pod.env, envFrom or volumes",
+                created)
+        if reason == "CrashLoopBackOff":
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            said = _text(last.get("message")) or _text(last.get("reason"))
+            exit_code = last.get("exitCode")
+            how = ", ".join(x for x in (f"exit code {exit_code}" if exit_code is not None else "", said) if x)
+            return ChildProblem(
+                "CrashLoopBackOff",
+                f"container {container} of Pod {name} keeps crashing ({cs.get('restartCount', 0)} restarts"
+                + (f"; last: {how}" if how else "") + f"); see `kubectl logs {name} -c {container} --previous`",
+                created)
+    return None
+
+
+def job_creation_problem(job: Body, events: Iterable[Body]) -> ChildProblem | None:
+    """A Job that cannot create its pods (FailedCreate events: a missing PriorityClass or
+    ServiceAccount, a ResourceQuota, an admission webhook), or None."""
+    name = (job.get("metadata") or {}).get("name", "?")
+    failed = [e for e in events if e.get("reason") == "FailedCreate"
+              and ((e.get("involvedObject") or {}).get("name") == name)]
+    if not failed:
+        return None
+    times = [t for e in failed if (t := _time(e.get("firstTimestamp")) or _time(e.get("eventTime"))) is not None]
+    first = min(times, default=None)
+    newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return ChildProblem(
+        "FailedCreate",
+        f"Job {name} cannot create its pods: {_text(newest.get('message'))}; fix what it names (spec.pod, "
+        "spec.runPolicy.priorityClassName, or a ResourceQuota of the namespace)",
+        first)
+
+
+def first_problem(pods: Iterable[Body]) -> ChildProblem | None:
+    """The problem of the first stuck pod, by name (so the message is stable from pass to pass)."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        if (problem := pod_problem(pod)) is not None:
+            return problem
+    return None
