@@ -31,7 +31,8 @@ class OperatorSettings(BaseSettings):
         "ghcr.io/kubetune/kubetune-trainer:0.1.0", description="Image of training and data-validation pods."
     )
     serve_image: str = Field(
-        "ghcr.io/kubetune/kubetune-trainer:0.1.0", description="Image of the transformers serving runtime."
+        "ghcr.io/kubetune/kubetune-serve:0.1.0",
+        description="Image of the transformers serving runtime (Dockerfile `--target serve`, as the chart's default).",
     )
     vllm_image: str = Field("vllm/vllm-openai:v0.11.0", description="Image of the vLLM serving runtime.")
     bind_address: str = Field(

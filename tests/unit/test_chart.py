@@ -261,3 +261,11 @@ def test_schema_covers_every_value() -> None:
                 walk(value, child, f"{path}{key}.")
 
     walk(defaults, schema, "")
+
+
+def test_chart_images_default_to_the_operator_settings_defaults() -> None:
+    """An operator run outside the chart (`kubetune run`) renders the same images as the chart."""
+    images = yaml.safe_load((REPO / "charts" / "kubetune" / "values.yaml").read_text())["images"]
+    defaults = OperatorSettings.model_fields
+    assert images == {"trainer": defaults["trainer_image"].default, "serve": defaults["serve_image"].default,
+                      "vllm": defaults["vllm_image"].default}
