@@ -63,12 +63,18 @@ def task_loss_sum(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
     Causal LMs: position i predicts token i+1 (labels shifted, as transformers' ForCausalLMLoss);
     classification: one item per example.
     """
-    if causal:
-        logits, labels = logits[:, :-1, :], labels[:, 1:]
-    flat_logits = logits.reshape(-1, logits.size(-1)).float()
-    flat_labels = labels.reshape(-1).to(flat_logits.device)
-    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (flat_labels != IGNORE_INDEX).sum()
+    labels = labels.to(logits.device)
+    if causal:  # shift the labels left instead of slicing the logits (a strided view reshape would copy them)
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    flat_logits = logits.reshape(-1, logits.size(-1))
+    flat_labels = labels.reshape(-1)
+    # Only the labelled rows go through log-softmax: with completion-only labels (prompts, padding and
+    # the first token of packed examples are -100) that skips most of the vocabulary-wide work and its
+    # gradient; the sum is the same as cross_entropy(..., ignore_index=-100, reduction="sum").
+    keep = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    total = F.cross_entropy(flat_logits.index_select(0, keep).float(), flat_labels.index_select(0, keep),
+                            reduction="sum")
+    return total, keep.new_tensor(keep.numel())
 
 
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
