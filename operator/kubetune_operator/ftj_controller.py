@@ -72,6 +72,7 @@ from kubetune_operator.child_state import STALL_AFTER, ChildProblem, first_probl
 from kubetune_operator.status import (
     condition_is,
     get_condition,
+    merge_patch,
     now,
     parse_time,
     set_condition,
@@ -948,11 +949,7 @@ class Reconcile:
         new = {k: v for k, v in self.status.items() if v not in (None, [], {}) or k in ("runs", "versions")}
         old = {k: v for k, v in self.old.items() if k != "progress"}
         if new != old:
-            patch = {k: v for k, v in new.items()}
-            for k in old:
-                if k not in new:
-                    patch[k] = None
-            kube.patch_status(KIND, self.name, self.namespace, patch)
+            kube.patch_status(KIND, self.name, self.namespace, merge_patch(old, new))
         if self.old.get("phase") != self.status.get("phase"):
             log.info("%s/%s: phase %s -> %s", self.namespace, self.name, self.old.get("phase"),
                      self.status.get("phase"))

@@ -22,6 +22,7 @@ from kubetune_operator.api import Condition, ModelDeploymentStatus, find_conditi
 from kubetune_operator.child_state import STALL_AFTER, ChildProblem
 from kubetune_operator.model_resolution import InvalidSpec, ServedModel, Waiting
 from kubetune_operator.serving_rollout import RolloutPlan, Track, record_rollouts
+from kubetune_operator.status import merge_patch
 
 CONDITION_MESSAGE_LIMIT = 2000
 WAIT_REASON_LIMIT = 950
@@ -245,7 +246,8 @@ def status_patch(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> dict
     (kopf pitfall 4: patch only on change)."""
     if old.model_dump(mode="json") == new.model_dump(mode="json"):
         return None
-    body = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    body = merge_patch(old.model_dump(mode="json", by_alias=True, exclude_none=True),
+                       new.model_dump(mode="json", by_alias=True, exclude_none=True))
     for name, info in ModelDeploymentStatus.model_fields.items():
         key = info.alias or name
         body.setdefault(key, None)  # a field that became empty is removed

@@ -59,3 +59,14 @@ def set_condition(conditions: list[Body], type_: str, status: bool | str, reason
     out = [c for c in conditions if c.get("type") != type_]
     out.append(new)
     return out
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """`new` as a JSON merge patch (RFC 7386) to send over `old`: every key of `old` that `new` lacks,
+    at any depth, is set to null, so a nested field that went away (`currentRun.waitReason`) is
+    removed by the API server instead of kept. Lists and scalars replace what was there."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    patch = {key: merge_patch(old.get(key), value) for key, value in new.items()}
+    patch.update({key: None for key in old if key not in new})
+    return patch

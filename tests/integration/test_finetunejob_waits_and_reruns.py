@@ -140,6 +140,9 @@ def test_every_missing_reference_gets_a_condition_an_event_and_a_hint(cluster: D
         patch_spec(cluster, namespace, "refs", {"pod": {"envFrom": [{"secretRef": {"name": "s3-credentials"}}]}})
         st = wait_phase(cluster, namespace, "refs", "Validating")
         assert st["currentRun"]["number"] == 1  # the change came before anything was built: the same run
+        # The wait is over: its reason is gone from the object (a nested field, removed by the patch).
+        assert "waitReason" not in st["currentRun"], st["currentRun"]
+        assert "waiting for" not in cluster.kubectl("get", "ftj", "refs", "-n", namespace).stdout
         assert len(missing_events()) == 4  # no event twice
     finally:
         cluster.kubectl("delete", "priorityclass", priority_class, check=False)

@@ -598,3 +598,12 @@ def test_a_deployment_that_cannot_create_pods_is_named_in_available() -> None:
     assert status.wait_reason is not None and status.wait_reason.startswith(
         '0/1 replica(s) of version 1 ready: Deployment faq: ReplicaFailure: pods "faq-5d9f-x" is forbidden')
     assert conditions(status)["Degraded"] == ("True", "DeploymentFailing")
+
+
+def test_merge_patch_removes_a_nested_field_that_went_away() -> None:
+    from kubetune_operator.status import merge_patch
+
+    old = {"phase": "Pending", "currentRun": {"number": 1, "waitReason": "waiting for ConfigMap x"}, "gone": 1}
+    new = {"phase": "Running", "currentRun": {"number": 1}}
+    assert merge_patch(old, new) == {"phase": "Running", "currentRun": {"number": 1, "waitReason": None}, "gone": None}
+    assert merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}  # lists are replaced whole (RFC 7386)
