@@ -605,7 +605,7 @@ class Reconcile:
         for m in missing:  # `said` may be cut short: the event's name keeps it to one per reference
             if m.what not in said:
                 self.event("MissingReference", f"{KIND} {self.name}: {m.message()}", warning=True, once=m.what)
-        text = "waiting for " + "; ".join(m.message() for m in missing)
+        text = "waiting: " + "; ".join(m.message() for m in missing)
         self.condition("DataValidated", "Unknown", "MissingDependency", text)
         self.wait(text)
 

@@ -121,8 +121,8 @@ def test_every_missing_reference_gets_a_condition_an_event_and_a_hint(cluster: D
                  "Secret s3-credential (spec.pod.envFrom[0].secretRef) does not exist in namespace "
                  f"{namespace}; did you mean s3-credentials?; create it or fix spec.pod.envFrom[0].secretRef"):
         assert text in dv["message"], dv["message"]
-    assert st["currentRun"]["waitReason"].startswith(f"waiting for PriorityClass {priority_class}")
-    assert "waiting for PriorityClass" in cluster.kubectl("get", "ftj", "refs", "-n", namespace).stdout  # WAITING
+    assert st["currentRun"]["waitReason"].startswith(f"waiting: PriorityClass {priority_class}")
+    assert "waiting: PriorityClass" in cluster.kubectl("get", "ftj", "refs", "-n", namespace).stdout  # WAITING
 
     def missing_events() -> list[str]:
         return [e["message"] for e in events(cluster, namespace, "refs") if e["reason"] == "MissingReference"]
@@ -142,7 +142,7 @@ def test_every_missing_reference_gets_a_condition_an_event_and_a_hint(cluster: D
         assert st["currentRun"]["number"] == 1  # the change came before anything was built: the same run
         # The wait is over: its reason is gone from the object (a nested field, removed by the patch).
         assert "waitReason" not in st["currentRun"], st["currentRun"]
-        assert "waiting for" not in cluster.kubectl("get", "ftj", "refs", "-n", namespace).stdout
+        assert "waiting:" not in cluster.kubectl("get", "ftj", "refs", "-n", namespace).stdout
         assert len(missing_events()) == 4  # no event twice
     finally:
         cluster.kubectl("delete", "priorityclass", priority_class, check=False)

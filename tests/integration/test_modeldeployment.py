@@ -414,7 +414,7 @@ def test_missing_references_and_a_stuck_server_pod_are_named_in_waiting(
     st = wait_status(api_client, ns, "stuck", "a missing Secret", lambda s: bool(s.get("waitReason")))
     assert condition(st, "Available")["reason"] == "MissingReference"
     assert st["waitReason"] == (
-        f"ModelDeployment stuck waits for Secret api-key (spec.auth.apiKeySecretRef) does not exist in namespace "
+        f"ModelDeployment stuck is waiting: Secret api-key (spec.auth.apiKeySecretRef) does not exist in namespace "
         f"{ns}; did you mean api-keys?; create it or fix spec.auth.apiKeySecretRef")
     assert deployment(api_client, ns, "stuck") is None  # nothing starts before its references exist
     eventually(lambda: "MissingReference" in event_reasons(cluster, ns, "stuck"), timeout=10,

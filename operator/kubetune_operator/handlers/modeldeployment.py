@@ -155,7 +155,7 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
     target = _resolve(md)
     missing = references.find_missing(references.modeldeployment_references(md), ns, _reader(ns), _lister(ns))
     if missing and not isinstance(target, InvalidSpec):
-        target = Waiting("MissingReference", f"ModelDeployment {name} waits for "
+        target = Waiting("MissingReference", f"ModelDeployment {name} is waiting: "
                          + "; ".join(m.message() for m in missing))
         _announce_missing(body, md, missing)
     plan: RolloutPlan | None = None

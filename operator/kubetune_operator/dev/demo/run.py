@@ -318,12 +318,13 @@ def run_demo(name: str, state_dir: Path | None, say: Say, spec: manifests.DemoSp
                          ask(tuned_at, manifests.JOB, spec.api_key, question)))
     say("\nstage times:\n" + timeline.summary())
     say(f"""
-The cluster is still running. To explore:
+The cluster is still running. To explore (kubectl and kubetune come with the project's venv):
   export KUBECONFIG={state.kubeconfig}
+  export PATH="{Path(sys.executable).parent}:$PATH"
   kubectl get ftj,mdep -n {spec.namespace}
   kubectl describe ftj {manifests.JOB} -n {spec.namespace}
   kubectl get pods -n {spec.namespace} -o wide
   kubectl logs -n {spec.namespace} -l kubetune.io/finetunejob={manifests.JOB},kubetune.io/component=train --tail=20
   curl -s -H 'Authorization: Bearer {spec.api_key}' http://{tuned_at}/v1/models
-To remove everything: kubetune demo --down   (or: kubetune dev down --name {name})""")
+To remove everything: kubetune demo --down --name {name}   (or: make demo-down NAME={name})""")
     return timeline
