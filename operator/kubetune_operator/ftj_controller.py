@@ -729,7 +729,10 @@ class Reconcile:
         if not attempts:
             attempts = [self.create_attempt(run, 1, resume=False)]
             self.status["currentRun"]["queuedAt"] = timestamp()
-            self.event("Queued", f"run {run}: waiting for GPU admission")
+            res = self.ftj.spec.resources
+            what = (f"{res.nodes * res.gpus_per_node} GPU(s)" if res.gpus_per_node
+                    else f"{res.nodes} node(s) without GPUs")
+            self.event("Queued", f"run {run}: waiting for admission of the whole gang ({what})")
         job = attempts[-1]
         attempt = int(job["metadata"]["labels"][names.LABEL_ATTEMPT])
         current["attempts"] = attempt
