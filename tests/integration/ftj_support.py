@@ -105,7 +105,9 @@ def finish_pods(cluster: DevCluster, namespace: str, selector: str, outcome: str
                 message: str | None = None, exit_code: int | None = None,
                 rank0_message_only: bool = False) -> None:
     """End the running pods matching `selector` the way a real container would (KWOK annotations)."""
-    for pod in running_pods(cluster, namespace, selector, count):
+    # Exactly `count` pods: ending one rank ends its gang, and the Job controller may delete the
+    # other pods before they could be annotated.
+    for pod in running_pods(cluster, namespace, selector, count)[:count]:
         index = pod["metadata"].get("annotations", {}).get("batch.kubernetes.io/job-completion-index", "0")
         annotations = {"kwok.kubetune.io/outcome": outcome, "kwok.kubetune.io/delay": "100ms"}
         if message is not None and (index == "0" or not rank0_message_only):

@@ -214,9 +214,9 @@ def test_kubectl_get_shows_printer_columns_and_category(
     mdep = load_example("modeldeployment-auto-promotion.yaml")
     apply(cluster, mdep, namespace)
     header = cluster.kubectl("get", "-n", namespace, "ftj").stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "VERSION", "GPUS", "AGE"]
+    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "VERSION", "GPUS", "WAITING", "AGE"]
     header = cluster.kubectl("get", "-n", namespace, "mdep").stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "AVAILABLE", "VERSION", "READY", "ENDPOINT", "AGE"]
+    assert header == ["NAME", "PHASE", "AVAILABLE", "VERSION", "READY", "ENDPOINT", "WAITING", "AGE"]
     everything = cluster.kubectl("get", "-n", namespace, "kubetune", "-o", "name").stdout.split()
     assert f"finetunejob.kubetune.io/{body['metadata']['name']}" in everything
     assert f"modeldeployment.kubetune.io/{mdep['metadata']['name']}" in everything

@@ -161,7 +161,11 @@ def test_config_error_exit_code_fails_at_once_without_retries(cluster: DevCluste
 
 
 def test_deadline_fails_the_run(cluster: DevCluster, namespace: str, operator: Any) -> None:
-    run_to_running(cluster, namespace, "slow", runPolicy={"activeDeadlineSeconds": 3})
+    # The deadline counts from the run's start, validation included: set it once the run trains, so a
+    # slow validation on a busy machine cannot end the run before it gets there.
+    run_to_running(cluster, namespace, "slow")
+    cluster.kubectl("patch", "ftj", "slow", "-n", namespace, "--type=merge", "-p",
+                    '{"spec": {"runPolicy": {"activeDeadlineSeconds": 3}}}')
     st = wait_phase(cluster, namespace, "slow", "Failed", timeout=30)
     assert condition(st, "Failed")["reason"] == "DeadlineExceeded"
     eventually(lambda: jobs(cluster, namespace, "slow", "train") == [], timeout=30,
