@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubetune_operator.status import parse_time
+
 Body = dict[str, Any]
 # How long a child may be stuck before the object is marked Stalled/Degraded with a Warning event.
 # Long enough for a cluster autoscaler to add a node; short enough to beat a user's patience.
@@ -42,14 +44,6 @@ class ChildProblem:
         return self.since is not None and now - self.since >= after
 
 
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and value:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return None
-
-
 def _text(value: Any, limit: int = 400) -> str:
     text = " ".join(str(value or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -61,13 +55,13 @@ def pod_problem(pod: Body) -> ChildProblem | None:
     name = meta.get("name", "?")
     if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
         return None
-    created = _time(meta.get("creationTimestamp"))
+    created = parse_time(meta.get("creationTimestamp"))
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False":
             why = _text(c.get("message")) or "the scheduler gave no reason"
             return ChildProblem(str(c.get("reason") or "Unschedulable"),
                                 f"Pod {name} cannot be scheduled: {why}; {SCHEDULING_FIX}",
-                                _time(c.get("lastTransitionTime")) or created)
+                                parse_time(c.get("lastTransitionTime")) or created)
     statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
     for cs in statuses:
         waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -107,7 +101,7 @@ def job_creation_problem(job: Body, events: Iterable[Body]) -> ChildProblem | No
               and ((e.get("involvedObject") or {}).get("name") == name)]
     if not failed:
         return None
-    times = [t for e in failed if (t := _time(e.get("firstTimestamp")) or _time(e.get("eventTime"))) is not None]
+    times = [t for e in failed if (t := parse_time(e.get("firstTimestamp")) or parse_time(e.get("eventTime"))) is not None]
     first = min(times, default=None)
     newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
     return ChildProblem(

@@ -29,6 +29,7 @@ from kubetune_operator.model_resolution import (
     ServedModel,
     Waiting,
 )
+from kubetune_operator.status import parse_time
 
 HISTORY_LIMIT = 10
 
@@ -46,14 +47,6 @@ class Track:
     updated: int = 0
     failure: str | None = None
     resolved_generation: int | None = None
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and value:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return None
 
 
 def observe_track(body: dict[str, Any] | None) -> Track | None:
@@ -86,7 +79,7 @@ def observe_track(body: dict[str, Any] | None) -> Track | None:
         replicas=wanted,
         ready=int(status.get("readyReplicas") or 0),
         available=available.get("status") == "True",
-        available_since=_time(available.get("lastTransitionTime")) if available.get("status") == "True" else None,
+        available_since=parse_time(available.get("lastTransitionTime")) if available.get("status") == "True" else None,
         rolled_out=rolled_out,
         updated=updated,
         failure=failure,

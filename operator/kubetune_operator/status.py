@@ -21,10 +21,14 @@ def timestamp(at: datetime | None = None) -> str:
     return (at or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp as stored in status, or the datetime the kubernetes client already parsed;
+    None for anything else (absent, empty)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
 
 
 def shorten(message: str, limit: int = MAX_MESSAGE) -> str:

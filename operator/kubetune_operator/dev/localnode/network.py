@@ -187,12 +187,9 @@ class IpAllocator:
         if not ip:
             return
         owner = self.held.pop(ip, None)
-        path = self._lease(ip)
         with contextlib.suppress(OSError):
-            if owner is not None and Path(path.read_text().strip()) == owner:
-                path.unlink()
-                if self.assign:
-                    _ip("del", ip)
+            if owner is not None and Path(self._lease(ip).read_text().strip()) == owner:
+                self.drop(ip)
 
     def drop(self, ip: str | None) -> None:
         """Give up `ip` left by a pod that no longer exists (found at adoption), lease and address."""

@@ -376,13 +376,7 @@ class LocalNode:
         states = [s for s in (PodState.load(f) for f in self.pods_dir.iterdir()) if s is not None]
         runs = [(r.pid, r.pid_start) for s in states for c in s.containers.values() for r in c.runs
                 if not r.finished]
-        for pid, start in runs:
-            kill_group(pid, start, signal.SIGTERM)
-        deadline = time.time() + DRAIN_GRACE
-        while time.time() < deadline and any(same_process(pid, start) for pid, start in runs):
-            time.sleep(0.1)
-        for pid, start in runs:
-            kill_group(pid, start, signal.SIGKILL)
+        terminate(runs, DRAIN_GRACE)
         reap_children()
         for state in states:  # the pods are gone with their processes: so are their addresses
             self.ips.drop(state.ip)
@@ -390,7 +384,11 @@ class LocalNode:
 
 
 def kill_state(state: PodState, grace: float = 2.0) -> None:
-    runs = [(r.pid, r.pid_start) for c in state.containers.values() for r in c.runs if not r.finished]
+    terminate([(r.pid, r.pid_start) for c in state.containers.values() for r in c.runs if not r.finished], grace)
+
+
+def terminate(runs: list[tuple[int | None, int | None]], grace: float) -> None:
+    """SIGTERM each (pid, start time) process group, SIGKILL what is left after `grace` seconds."""
     for pid, start in runs:
         kill_group(pid, start, signal.SIGTERM)
     deadline = time.time() + grace
