@@ -773,7 +773,11 @@ class Reconcile:
         if not decision.admitted:
             self.phase("Queued")
             self.wait(decision.message)
-            current["queuePosition"] = 0
+            # Only what admission knows: today's policy keeps no queue, so no position is claimed.
+            if decision.queue_position is not None:
+                current["queuePosition"] = decision.queue_position
+            else:
+                current.pop("queuePosition", None)
             self.condition("Admitted", False, decision.reason, decision.message)
             self.condition("Running", False, "Queued", decision.message)
             self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
