@@ -402,7 +402,7 @@ class PodWorker:
     def _mounts(self, pod: Mapping[str, Any], spec: Mapping[str, Any]) -> list[Mount]:
         assert self.vols is not None
         folder = self.dir / "containers" / spec["name"]
-        mounts = [Mount(str(self.dir / "tmp"), "/tmp", True, False),
+        mounts = [Mount(str(self.dir / "tmp"), "/tmp", True, False), *_host_code_under_tmp(),
                   Mount(str(self.dir / "hosts"), "/etc/hosts", False, False)]
         mounts += container_mounts(spec, self.vols)
         mounts.append(Mount(str(folder / "termination-log"), spec.get("terminationMessagePath") or "/dev/termination-log",
@@ -544,3 +544,16 @@ def _namespace_pid(unshare_pid: int) -> int | None:
     except OSError:
         return None
     return int(children[0]) if children else None
+
+
+def _host_code_under_tmp() -> list[Mount]:
+    """The project and its venv, mounted back at their own paths when they live under /tmp (a clone in
+    `mktemp -d`): the pod's private /tmp would otherwise hide the commands it runs ("image" here)."""
+    import kubetune_operator
+
+    repo = Path(kubetune_operator.__file__).resolve().parents[2]
+    roots: list[Path] = []
+    for path in (repo, Path(sys.prefix).resolve()):
+        if path.is_relative_to("/tmp") and not any(path.is_relative_to(r) for r in roots):
+            roots.append(path)
+    return [Mount(str(r), str(r), True, False) for r in roots]
