@@ -43,7 +43,7 @@ def crds(out_dir: str, check: bool) -> None:
 
 
 def _described(name: str) -> str:
-    from kubetune_operator.settings import ENV_PREFIX, OperatorSettings
+    from kubetune_operator.runtime.settings import ENV_PREFIX, OperatorSettings
 
     field = OperatorSettings.model_fields[name]
     return f"{field.description} [env {ENV_PREFIX}{name.upper()}]"

@@ -12,13 +12,13 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import kube, leader_election, logs, metrics, settings
+from kubetune_operator.runtime import kube, leader_election, logs, metrics, settings
 
 log = logging.getLogger("kubetune")
 
 HANDLER_MODULES = {
-    "finetunejob": "kubetune_operator.handlers.finetunejob",
-    "modeldeployment": "kubetune_operator.handlers.modeldeployment",
+    "finetunejob": "kubetune_operator.controllers.finetunejob",
+    "modeldeployment": "kubetune_operator.controllers.modeldeployment",
 }
 
 

@@ -129,7 +129,7 @@ def transitions(op: OperatorProcess) -> int:
 def test_one_leader_acts_and_the_standby_takes_over_after_sigkill_without_duplicates(
     cluster: DevCluster, namespace: str, operator_for: Any, output_claim: str
 ) -> None:
-    from kubetune_operator.leader_election import RETRY_PERIOD, TAKEOVER_SECONDS
+    from kubetune_operator.runtime.leader_election import RETRY_PERIOD, TAKEOVER_SECONDS
 
     env = {"KUBETUNE_LEADER_ELECTION": "true", "KUBETUNE_LEADER_ELECTION_LEASE": LEASE,
            "KUBETUNE_LEADER_ELECTION_NAMESPACE": namespace, "KUBETUNE_RESYNC_SECONDS": "3"}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubetune_operator.settings import ENV_PREFIX, OperatorSettings
+from kubetune_operator.runtime.settings import ENV_PREFIX, OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"

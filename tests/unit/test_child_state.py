@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kubetune_operator.child_state import STALL_AFTER, first_problem, job_creation_problem, pod_problem
+from kubetune_operator.core.children import STALL_AFTER, first_problem, job_creation_problem, pod_problem
 
 T0 = "2026-11-25T12:00:00Z"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -69,7 +69,7 @@ def test_entrypoints_are_console_scripts() -> None:
 
 def test_operator_entrypoint_imports_no_torch() -> None:
     code = ("import sys; from kubetune_operator import cli, main; "
-            "import kubetune_operator.handlers.finetunejob, kubetune_operator.handlers.modeldeployment; "
+            "import kubetune_operator.controllers.finetunejob, kubetune_operator.controllers.modeldeployment; "
             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -84,7 +84,7 @@ def rendered_containers() -> list[dict[str, Any]]:
     from kubetune_operator.builders.serving import build_server_deployment
     from kubetune_operator.builders.trainer_config import RunInputs
     from kubetune_operator.builders.training import build_training_job, build_validation_job
-    from kubetune_operator.model_resolution import ServedModel
+    from kubetune_operator.core.serving.resolution import ServedModel
 
     containers = []
     for example in sorted((REPO / "examples").glob("finetunejob-*.yaml")):

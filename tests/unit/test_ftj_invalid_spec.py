@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubetune_operator.api import FineTuneJob
 from kubetune_operator.api.common import SpecError
-from kubetune_operator.ftj_controller import (
+from kubetune_operator.controllers.finetunejob_reconcile import (
     _sql_url_problem,
     check_spec,
     forget_rejection,

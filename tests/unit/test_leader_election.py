@@ -10,8 +10,9 @@ import urllib.request
 from typing import Any, cast
 
 import pytest
-from kubetune_operator import leader_election
-from kubetune_operator.leader_election import (
+from kubetune_operator.main import parse_args
+from kubetune_operator.runtime import leader_election
+from kubetune_operator.runtime.leader_election import (
     LEASE_DURATION,
     RENEW_DEADLINE,
     REQUEST_TIMEOUT,
@@ -20,7 +21,6 @@ from kubetune_operator.leader_election import (
     GuardedLeaseLock,
     standby_health,
 )
-from kubetune_operator.main import parse_args
 
 from tests.support import free_port
 

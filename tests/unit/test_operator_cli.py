@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from kubetune_operator.cli import main
 from kubetune_operator.main import EndpointError, endpoint_port
-from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.runtime.settings import OperatorSettings
 
 
 def test_run_help_lists_every_option_with_its_default_and_env() -> None:

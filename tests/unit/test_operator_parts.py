@@ -7,11 +7,11 @@ import logging
 from typing import Any
 
 import pytest
-from kubetune_operator.admission import CapacityAdmission, GangRequest
-from kubetune_operator.logs import JsonFormatter
+from kubetune_operator.core.conditions import set_condition
+from kubetune_operator.core.queue.admission import CapacityAdmission, GangRequest
 from kubetune_operator.main import parse_args
-from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import set_condition
+from kubetune_operator.runtime.logs import JsonFormatter
+from kubetune_operator.runtime.settings import OperatorSettings
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_operator.api import FineTuneJob, ModelDeployment
-from kubetune_operator.references import (
+from kubetune_operator.core.references import (
     Reference,
     did_you_mean,
     find_missing,

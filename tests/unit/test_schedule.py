@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from kubetune_operator.api.common import SpecError
 from kubetune_operator.api.finetunejob import Schedule
-from kubetune_operator.schedule import check, last_tick, next_tick, validate, zone_of
+from kubetune_operator.core.finetunejob.schedule import check, last_tick, next_tick, validate, zone_of
 
 
 def at(text: str) -> datetime:

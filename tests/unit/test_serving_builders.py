@@ -20,14 +20,14 @@ from kubetune_operator.builders.serving import (
     endpoint,
     server_image,
 )
-from kubetune_operator.model_resolution import (
+from kubetune_operator.core.serving.resolution import (
     InvalidSpec,
     ServedModel,
     Waiting,
     resolve_model,
     vllm_lora_rank,
 )
-from kubetune_operator.serving_rollout import (
+from kubetune_operator.core.serving.rollout import (
     Track,
     observe_track,
     plan_rollout,
@@ -35,7 +35,7 @@ from kubetune_operator.serving_rollout import (
     replica_split,
     replicas_under_hpa,
 )
-from kubetune_operator.serving_status import Observed, derive_status, status_patch, transition_events
+from kubetune_operator.core.serving.status import Observed, derive_status, status_patch, transition_events
 
 GOLDEN = Path(__file__).parent / "golden" / "serving"
 UPDATE = os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1"
@@ -559,7 +559,7 @@ def test_a_version_whose_format_was_not_reported_is_not_called_merged() -> None:
 
 
 def test_a_stuck_server_pod_is_named_in_available_wait_reason_and_degraded_after_the_bound() -> None:
-    from kubetune_operator.child_state import STALL_AFTER, ChildProblem
+    from kubetune_operator.core.children import STALL_AFTER, ChildProblem
 
     md = mdep(REF)
     problem = ChildProblem("Unschedulable", "Pod faq-5d9f-x cannot be scheduled: 0/3 nodes are available: "
@@ -601,7 +601,7 @@ def test_a_deployment_that_cannot_create_pods_is_named_in_available() -> None:
 
 
 def test_merge_patch_removes_a_nested_field_that_went_away() -> None:
-    from kubetune_operator.status import merge_patch
+    from kubetune_operator.core.conditions import merge_patch
 
     old = {"phase": "Pending", "currentRun": {"number": 1, "waitReason": "waiting for ConfigMap x"}, "gone": 1}
     new = {"phase": "Running", "currentRun": {"number": 1}}

@@ -8,17 +8,14 @@ Role and RoleBinding `j-progress`. The API caps job names at 45 characters so th
 
 from __future__ import annotations
 
-LABEL_JOB = "kubetune.io/finetunejob"
-LABEL_RUN = "kubetune.io/run"
-LABEL_ATTEMPT = "kubetune.io/attempt"
-LABEL_COMPONENT = "kubetune.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-ANNOTATION_ADMITTED_GPUS = "kubetune.io/admitted-gpus"
-ANNOTATION_GPU_TYPE = "kubetune.io/gpu-type"
-ANNOTATION_RESUME_FROM = "kubetune.io/resume-from"
-COMPONENT_TRAIN = "train"
-COMPONENT_VALIDATE = "validate-data"
-MANAGER = "kubetune"
+from kubetune_operator.api.wellknown import (
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    MANAGED_BY,
+)
 
 
 def run_name(job: str, run: int) -> str:
@@ -43,7 +40,7 @@ def progress_role_name(job: str) -> str:
 
 def child_labels(job: str, run: int | None = None, component: str | None = None,
                  attempt: int | None = None) -> dict[str, str]:
-    labels = {LABEL_MANAGED_BY: MANAGER, LABEL_JOB: job}
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: job}
     if run is not None:
         labels[LABEL_RUN] = str(run)
     if attempt is not None:

@@ -11,29 +11,30 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from kubetune_operator.api import API_VERSION, ModelDeployment
+from kubetune_operator.api.wellknown import (
+    ANNOTATION_RESOLVED_GENERATION,
+    ANNOTATION_SERVED_MODEL,
+    CONCURRENCY_METRIC,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL_VERSION,
+    LABEL_MODELDEPLOYMENT,
+    LABEL_TRACK,
+    MANAGED_BY,
+)
 from kubetune_operator.builders.serving_runtime import (
     PORT,
     TERMINATION_GRACE_SECONDS,
     build_server_container,
     uses_tls,
 )
-from kubetune_operator.model_resolution import (
-    RESOLVED_GENERATION_ANNOTATION,
-    SERVED_MODEL_ANNOTATION,
+from kubetune_operator.core.serving.resolution import (
     ServedModel,
 )
 
 TrackName = Literal["stable", "canary"]
 
-MODELDEPLOYMENT_LABEL = "kubetune.io/modeldeployment"
-TRACK_LABEL = "kubetune.io/track"
-VERSION_LABEL = "kubetune.io/model-version"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "kubetune"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_RESOURCE = "nvidia.com/gpu"
-# The metric a prometheus-adapter rule exposes per pod (docs/serving.md, Autoscaling).
-CONCURRENCY_METRIC = "kubetune_requests_in_flight"
 PROGRESS_DEADLINE_SECONDS = 1800  # the startup probe allows 30 minutes of model loading
 
 
@@ -65,8 +66,8 @@ def common_labels(md: ModelDeployment) -> dict[str, str]:
         "app.kubernetes.io/name": f"kubetune-{md.spec.runtime.type}",
         "app.kubernetes.io/instance": str(md.metadata.name),
         "app.kubernetes.io/component": "server",
-        MANAGED_BY_LABEL: MANAGED_BY,
-        MODELDEPLOYMENT_LABEL: str(md.metadata.name),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_MODELDEPLOYMENT: str(md.metadata.name),
     }
 
 
@@ -98,11 +99,11 @@ def build_server_deployment(
     `fetch_image` runs the init container that copies s3:// models (the trainer image)."""
     spec, pod = md.spec, md.spec.pod
     server = build_server_container(md, model, image, fetch_image)
-    selector = {MODELDEPLOYMENT_LABEL: str(md.metadata.name), TRACK_LABEL: track}
-    labels = {**common_labels(md), TRACK_LABEL: track}
-    version = {VERSION_LABEL: str(model.version)} if model.version is not None else {}
+    selector = {LABEL_MODELDEPLOYMENT: str(md.metadata.name), LABEL_TRACK: track}
+    labels = {**common_labels(md), LABEL_TRACK: track}
+    version = {LABEL_MODEL_VERSION: str(model.version)} if model.version is not None else {}
     pod_labels = {**pod.labels, **labels, **version}
-    pod_annotations = {**pod.annotations, SERVED_MODEL_ANNOTATION: model.to_annotation()}
+    pod_annotations = {**pod.annotations, ANNOTATION_SERVED_MODEL: model.to_annotation()}
     node_selector = dict(pod.node_selector)
     if spec.resources.gpu_type:
         node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_type
@@ -140,8 +141,8 @@ def build_server_deployment(
     if replicas is not None:
         deployment_spec["replicas"] = replicas
     annotations = {
-        SERVED_MODEL_ANNOTATION: model.to_annotation(),
-        RESOLVED_GENERATION_ANNOTATION: str(md.metadata.generation or 0),
+        ANNOTATION_SERVED_MODEL: model.to_annotation(),
+        ANNOTATION_RESOLVED_GENERATION: str(md.metadata.generation or 0),
     }
     return {
         "apiVersion": "apps/v1",
@@ -160,7 +161,7 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
         "metadata": _meta(md, service_name(md), common_labels(md)),
         "spec": {
             "type": "ClusterIP",
-            "selector": {MODELDEPLOYMENT_LABEL: str(md.metadata.name), "app.kubernetes.io/component": "server"},
+            "selector": {LABEL_MODELDEPLOYMENT: str(md.metadata.name), "app.kubernetes.io/component": "server"},
             "ports": [{"name": port_name, "port": PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -10,15 +10,15 @@ from typing import Any
 
 from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
 
+from kubetune_operator.api import wellknown
 from kubetune_operator.api.common import API_VERSION
 from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from kubetune_operator.builders import names
 from kubetune_operator.builders.trainer_config import RenderedConfig, RunInputs, build_trainer_config
 
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TERMINATION_GRACE_SECONDS = 300  # time to save a checkpoint on SIGTERM (suspend, preemption)
 Body = dict[str, Any]
 
@@ -58,7 +58,7 @@ def build_config_map(ftj: FineTuneJob, inputs: RunInputs, rendered: RenderedConf
 def build_headless_service(ftj: FineTuneJob, run: int) -> Body:
     """Stable DNS for every rank (<job>-<index>.<service>); rank 0 is torchrun's MASTER_ADDR."""
     name = ftj.metadata.name or ""
-    selector = {names.LABEL_JOB: name, names.LABEL_RUN: str(run), names.LABEL_COMPONENT: names.COMPONENT_TRAIN}
+    selector = {wellknown.LABEL_JOB: name, wellknown.LABEL_RUN: str(run), wellknown.LABEL_COMPONENT: wellknown.COMPONENT_TRAIN}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -117,7 +117,7 @@ def build_progress_role_binding(ftj: FineTuneJob) -> Body:
 def _downward_env() -> list[Body]:
     return [
         {"name": "KUBETUNE_JOB_NAME",
-         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{names.LABEL_JOB}']"}}},
+         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{wellknown.LABEL_JOB}']"}}},
         {"name": "KUBETUNE_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
@@ -217,7 +217,7 @@ def build_training_job(ftj: FineTuneJob, inputs: RunInputs, image: str, rendezvo
     res = ftj.spec.resources
     job_name = names.attempt_name(name, inputs.run, inputs.attempt)
     service = names.run_name(name, inputs.run)
-    labels = names.child_labels(name, inputs.run, names.COMPONENT_TRAIN, inputs.attempt)
+    labels = names.child_labels(name, inputs.run, wellknown.COMPONENT_TRAIN, inputs.attempt)
     env = [
         *_downward_env(),
         {"name": "NCCL_DEBUG", "value": "WARN"},
@@ -236,7 +236,7 @@ def build_training_job(ftj: FineTuneJob, inputs: RunInputs, image: str, rendezvo
     }
     pod_spec = _pod_spec(ftj, image, container, rendered, job_name, res.gpus_per_node, gpu_type or res.gpu_type)
     pod_spec["subdomain"] = service
-    annotations = {**ftj.spec.pod.annotations, names.LABEL_ATTEMPT: str(inputs.attempt)}
+    annotations = {**ftj.spec.pod.annotations, wellknown.LABEL_ATTEMPT: str(inputs.attempt)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -281,7 +281,7 @@ def build_validation_job(ftj: FineTuneJob, inputs: RunInputs, image: str,
     rendered = rendered or build_trainer_config(ftj, inputs)
     name = ftj.metadata.name or ""
     job_name = names.validate_name(name, inputs.run)
-    labels = names.child_labels(name, inputs.run, names.COMPONENT_VALIDATE)
+    labels = names.child_labels(name, inputs.run, wellknown.COMPONENT_VALIDATE)
     container = {
         "name": "validate-data",
         "command": ["kubetune-train", "validate-data", "--config", CONFIG_FILE, "--termination-message"],

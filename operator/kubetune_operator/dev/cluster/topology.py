@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
+
 POOL_LABEL = "kubetune.io/pool"
 
 

@@ -51,15 +51,14 @@ from kubetune_trainer.gate_text import gate_verdict
 from kubetune_trainer.version_format import published_format
 from pydantic import ValidationError
 
-from kubetune_operator import events, kube, metrics, references, schedule, settings
-from kubetune_operator.admission import ADMISSION_LOCK, Admission, CapacityAdmission, Decision, GangRequest
+from kubetune_operator.api import wellknown
 from kubetune_operator.api.common import API_VERSION, SpecError
 from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.api.wellknown import ANNOTATION_RETRAIN, GPU_PRODUCT_LABEL
 from kubetune_operator.builders import names
 from kubetune_operator.builders.storage import parse_pvc_uri
 from kubetune_operator.builders.trainer_config import RunInputs, build_trainer_config, version_uri
 from kubetune_operator.builders.training import (
-    GPU_PRODUCT_LABEL,
     build_config_map,
     build_headless_service,
     build_progress_role,
@@ -68,8 +67,9 @@ from kubetune_operator.builders.training import (
     build_training_job,
     build_validation_job,
 )
-from kubetune_operator.child_state import STALL_AFTER, ChildProblem, first_problem, job_creation_problem
-from kubetune_operator.status import (
+from kubetune_operator.core import references
+from kubetune_operator.core.children import STALL_AFTER, ChildProblem, first_problem, job_creation_problem
+from kubetune_operator.core.conditions import (
     condition_is,
     get_condition,
     merge_patch,
@@ -79,13 +79,20 @@ from kubetune_operator.status import (
     shorten,
     timestamp,
 )
+from kubetune_operator.core.finetunejob import schedule
+from kubetune_operator.core.queue.admission import (
+    ADMISSION_LOCK,
+    Admission,
+    CapacityAdmission,
+    Decision,
+    GangRequest,
+)
+from kubetune_operator.runtime import events, kube, metrics, settings
 
 log = logging.getLogger("kubetune.finetunejob")
 Body = dict[str, Any]
 KIND = "FineTuneJob"
 RUN_HISTORY_LIMIT = 20
-# `kubectl annotate ftj <job> kubetune.io/retrain=<value>`: one run per new value.
-ANNOTATION_RETRAIN = "kubetune.io/retrain"
 
 admission: Admission = CapacityAdmission()
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -213,7 +220,7 @@ class Reconcile:
         self.status.setdefault("runs", [])
         self.status.setdefault("versions", [])
         self.cfg = settings.current()
-        selector = f"{names.LABEL_JOB}={self.name}"
+        selector = f"{wellknown.LABEL_JOB}={self.name}"
         self.jobs = kube.list_objects("batch/v1", "Job", self.namespace, selector)
         self.pods = kube.list_objects("v1", "Pod", self.namespace, selector)
         self.pending_events: list[tuple[str, str, bool, str | None]] = []
@@ -237,13 +244,13 @@ class Reconcile:
 
     def run_jobs(self, run: int, component: str) -> list[Body]:
         out = [j for j in self.jobs
-               if (j["metadata"].get("labels") or {}).get(names.LABEL_RUN) == str(run)
-               and (j["metadata"].get("labels") or {}).get(names.LABEL_COMPONENT) == component]
-        return sorted(out, key=lambda j: int(j["metadata"]["labels"].get(names.LABEL_ATTEMPT, 0)))
+               if (j["metadata"].get("labels") or {}).get(wellknown.LABEL_RUN) == str(run)
+               and (j["metadata"].get("labels") or {}).get(wellknown.LABEL_COMPONENT) == component]
+        return sorted(out, key=lambda j: int(j["metadata"]["labels"].get(wellknown.LABEL_ATTEMPT, 0)))
 
     def current_run_number(self) -> int:
         """The newest run in status or among the children; 0 when no run has started yet."""
-        labelled = [int((j["metadata"].get("labels") or {}).get(names.LABEL_RUN, 0)) for j in self.jobs]
+        labelled = [int((j["metadata"].get("labels") or {}).get(wellknown.LABEL_RUN, 0)) for j in self.jobs]
         recorded = (self.status.get("currentRun") or {}).get("number", 0)
         return max([recorded, *labelled, 0])
 
@@ -291,10 +298,10 @@ class Reconcile:
             return
         if self.deadline_passed(current):
             return
-        if self.ftj.spec.run_policy.suspend and not self.run_jobs(n, names.COMPONENT_TRAIN):
+        if self.ftj.spec.run_policy.suspend and not self.run_jobs(n, wellknown.COMPONENT_TRAIN):
             self.suspend_before_training(n)  # suspend holds in every stage, not only on GPUs
             return
-        if condition_is(self.status["conditions"], "Suspended") and not self.run_jobs(n, names.COMPONENT_TRAIN):
+        if condition_is(self.status["conditions"], "Suspended") and not self.run_jobs(n, wellknown.COMPONENT_TRAIN):
             self.condition("Suspended", False, "Resumed", "the run is not suspended")
             self.event("Resumed", f"run {n}: spec.runPolicy.suspend is false; the run continues")
         if not self.prechecks():
@@ -366,7 +373,7 @@ class Reconcile:
         if digest == self.digest:
             self.condition("SpecApplied", True, "Applied", f"run {run} uses the current spec")
             return False
-        if not self.run_jobs(run, names.COMPONENT_VALIDATE) and not self.run_jobs(run, names.COMPONENT_TRAIN):
+        if not self.run_jobs(run, wellknown.COMPONENT_VALIDATE) and not self.run_jobs(run, wellknown.COMPONENT_TRAIN):
             current["generation"], current["specDigest"] = self.generation, self.digest  # nothing built yet
             self.condition("SpecApplied", True, "Applied", f"run {run} uses the current spec")
             return False
@@ -439,7 +446,7 @@ class Reconcile:
             self.event(reason, message, warning=True)
             for job in self.jobs:
                 labels = job["metadata"].get("labels") or {}
-                if labels.get(names.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
+                if labels.get(wellknown.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
                     kube.delete("batch/v1", "Job", job["metadata"]["name"], self.namespace)
             return
         self.trim_history()
@@ -459,7 +466,7 @@ class Reconcile:
             self.event(reason, message + again, warning=True)
             for job in self.jobs:  # a failed run holds no GPUs: stop whatever still runs
                 labels = job["metadata"].get("labels") or {}
-                if labels.get(names.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
+                if labels.get(wellknown.LABEL_RUN) == str(run) and _job_state(job) in ("Active", "Suspended"):
                     kube.delete("batch/v1", "Job", job["metadata"]["name"], self.namespace)
 
     # ---- retraining schedule
@@ -523,8 +530,8 @@ class Reconcile:
         """Delete the Jobs, ConfigMaps and Services of the runs `doomed` picks; returns how many went."""
         removed = 0
         for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap"), ("v1", "Service")):
-            for obj in kube.list_objects(api_version, kind, self.namespace, f"{names.LABEL_JOB}={self.name}"):
-                run = (obj["metadata"].get("labels") or {}).get(names.LABEL_RUN)
+            for obj in kube.list_objects(api_version, kind, self.namespace, f"{wellknown.LABEL_JOB}={self.name}"):
+                run = (obj["metadata"].get("labels") or {}).get(wellknown.LABEL_RUN)
                 if doomed(int(run) if run is not None else None):
                     removed += kube.delete(api_version, kind, obj["metadata"]["name"], self.namespace)
         return removed
@@ -536,7 +543,7 @@ class Reconcile:
         started = parse_time(current.get("startTime"))
         if started is not None:
             return started
-        validations = self.run_jobs(int(current["number"]), names.COMPONENT_VALIDATE)
+        validations = self.run_jobs(int(current["number"]), wellknown.COMPONENT_VALIDATE)
         times = [parse_time((j.get("status") or {}).get("startTime")) for j in validations]
         return min((t for t in times if t is not None), default=None)
 
@@ -581,7 +588,7 @@ class Reconcile:
                             f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
                             "ReadWriteMany claim, or set spec.resources.nodes: 1")
                 return False
-        if not self.run_jobs(self.status["currentRun"]["number"], names.COMPONENT_TRAIN):
+        if not self.run_jobs(self.status["currentRun"]["number"], wellknown.COMPONENT_TRAIN):
             decision = self.decide(dry_run=True)
             if decision.never:
                 self.finish(self.status["currentRun"]["number"], "Failed", "Unschedulable", decision.message)
@@ -616,9 +623,9 @@ class Reconcile:
 
     def validation(self, run: int) -> bool:
         """True once the data of run `run` passed its gate."""
-        jobs = self.run_jobs(run, names.COMPONENT_VALIDATE)
+        jobs = self.run_jobs(run, wellknown.COMPONENT_VALIDATE)
         if not jobs:
-            if self.run_jobs(run, names.COMPONENT_TRAIN):
+            if self.run_jobs(run, wellknown.COMPONENT_TRAIN):
                 return True  # validated earlier; its Job was cleaned up
             self.ensure_job_rbac()
             inputs = self.inputs(run)
@@ -699,7 +706,7 @@ class Reconcile:
 
     def decide(self, dry_run: bool = False) -> Decision:
         nodes = kube.list_objects("v1", "Node")
-        held = kube.list_objects("batch/v1", "Job", None, f"{names.LABEL_COMPONENT}={names.COMPONENT_TRAIN}")
+        held = kube.list_objects("batch/v1", "Job", None, f"{wellknown.LABEL_COMPONENT}={wellknown.COMPONENT_TRAIN}")
         return admission.decide(self.request(), nodes, held)
 
     def create_attempt(self, run: int, attempt: int, resume: bool) -> Body:
@@ -725,7 +732,7 @@ class Reconcile:
         return job
 
     def training(self, run: int, current: Body) -> None:
-        attempts = self.run_jobs(run, names.COMPONENT_TRAIN)
+        attempts = self.run_jobs(run, wellknown.COMPONENT_TRAIN)
         if not attempts:
             attempts = [self.create_attempt(run, 1, resume=False)]
             self.status["currentRun"]["queuedAt"] = timestamp()
@@ -734,7 +741,7 @@ class Reconcile:
                     else f"{res.nodes} node(s) without GPUs")
             self.event("Queued", f"run {run}: waiting for admission of the whole gang ({what})")
         job = attempts[-1]
-        attempt = int(job["metadata"]["labels"][names.LABEL_ATTEMPT])
+        attempt = int(job["metadata"]["labels"][wellknown.LABEL_ATTEMPT])
         current["attempts"] = attempt
         current["jobName"] = job["metadata"]["name"]
         state = _job_state(job)
@@ -756,9 +763,9 @@ class Reconcile:
             if decision.admitted:
                 patch: Body = {
                     "metadata": {"annotations": {
-                        names.ANNOTATION_ADMITTED_GPUS: str(self.ftj.spec.resources.nodes
+                        wellknown.ANNOTATION_ADMITTED_GPUS: str(self.ftj.spec.resources.nodes
                                                             * self.ftj.spec.resources.gpus_per_node),
-                        names.ANNOTATION_GPU_TYPE: decision.gpu_type or "",
+                        wellknown.ANNOTATION_GPU_TYPE: decision.gpu_type or "",
                     }},
                     "spec": {"suspend": False},
                 }
@@ -801,7 +808,7 @@ class Reconcile:
 
     def suspend_before_training(self, run: int) -> None:
         """Suspended before any GPU was asked for: stop (suspend) a running data validation, start nothing."""
-        for job in self.run_jobs(run, names.COMPONENT_VALIDATE):
+        for job in self.run_jobs(run, wellknown.COMPONENT_VALIDATE):
             if _job_state(job) == "Active":
                 kube.patch_merge("batch/v1", "Job", job["metadata"]["name"], self.namespace, {"spec": {"suspend": True}})
         self.mark_suspended(run, "no pod of the run runs (data validation included)")
@@ -831,7 +838,7 @@ class Reconcile:
             # The Job controller deletes the pods; each trainer gets SIGTERM, saves a checkpoint and
             # exits 42. Un-suspending later resumes from that checkpoint (same run, same attempt).
             kube.patch_merge("batch/v1", "Job", job["metadata"]["name"], self.namespace, {
-                "metadata": {"annotations": {names.ANNOTATION_ADMITTED_GPUS: None, names.ANNOTATION_GPU_TYPE: None}},
+                "metadata": {"annotations": {wellknown.ANNOTATION_ADMITTED_GPUS: None, wellknown.ANNOTATION_GPU_TYPE: None}},
                 "spec": {"suspend": True},
             })
             self.mark_suspended(run)

@@ -19,10 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.api import Condition, ModelDeploymentStatus, find_condition
-from kubetune_operator.child_state import STALL_AFTER, ChildProblem
-from kubetune_operator.model_resolution import InvalidSpec, ServedModel, Waiting
-from kubetune_operator.serving_rollout import RolloutPlan, Track, record_rollouts
-from kubetune_operator.status import merge_patch
+from kubetune_operator.core.children import STALL_AFTER, ChildProblem
+from kubetune_operator.core.conditions import merge_patch
+from kubetune_operator.core.serving.resolution import InvalidSpec, ServedModel, Waiting
+from kubetune_operator.core.serving.rollout import RolloutPlan, Track, record_rollouts
 
 CONDITION_MESSAGE_LIMIT = 2000
 WAIT_REASON_LIMIT = 950

@@ -18,10 +18,6 @@ from kubetune_trainer.version_format import servable, unservable_reason
 
 from kubetune_operator.api import FineTuneJob, ModelDeployment, ModelVersion
 
-# Annotations of a server Deployment: the model it serves (with what was pinned at its rollout) and
-# the ModelDeployment generation it was resolved for (promotion policy manual).
-SERVED_MODEL_ANNOTATION = "kubetune.io/served-model"
-RESOLVED_GENERATION_ANNOTATION = "kubetune.io/resolved-generation"
 # Ranks vLLM accepts for --max-lora-rank (vllm.config.LoRAConfig); an adapter's rank is rounded up.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune_operator.status import parse_time
+from kubetune_operator.core.conditions import parse_time
 
 Body = dict[str, Any]
 # How long a child may be stuck before the object is marked Stalled/Degraded with a Warning event.

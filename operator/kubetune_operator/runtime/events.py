@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator.status import shorten, timestamp
+from kubetune_operator.core.conditions import shorten, timestamp
 
 log = logging.getLogger("kubetune.events")
 COMPONENT = "kubetune-operator"

@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubetune_operator.builders import names
-from kubetune_operator.builders.training import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from kubetune_operator.api import wellknown
+from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
 
 Body = dict[str, Any]
 ADMISSION_LOCK = threading.Lock()
@@ -90,12 +90,12 @@ def admitted_usage(jobs: list[Body]) -> Counter[str | None]:
     for job in jobs:
         meta = job.get("metadata") or {}
         ann = meta.get("annotations") or {}
-        if names.ANNOTATION_ADMITTED_GPUS not in ann:
+        if wellknown.ANNOTATION_ADMITTED_GPUS not in ann:
             continue
         conditions = (job.get("status") or {}).get("conditions") or []
         if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
             continue
-        used[ann.get(names.ANNOTATION_GPU_TYPE) or None] += _quantity(ann[names.ANNOTATION_ADMITTED_GPUS])
+        used[ann.get(wellknown.ANNOTATION_GPU_TYPE) or None] += _quantity(ann[wellknown.ANNOTATION_ADMITTED_GPUS])
     return used
 
 

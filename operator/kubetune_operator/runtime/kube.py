@@ -15,8 +15,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
 from kubetune_operator.api.common import GROUP, VERSION
+from kubetune_operator.api.wellknown import FIELD_MANAGER
 
-FIELD_MANAGER = "kubetune-operator"
 Body = dict[str, Any]
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import events, kube, metrics, references, settings
 from kubetune_operator.api import (
     API_VERSION,
     FINETUNEJOB_PLURAL,
@@ -32,11 +31,10 @@ from kubetune_operator.api import (
     VERSION,
     ModelDeployment,
     ModelDeploymentStatus,
+    wellknown,
 )
+from kubetune_operator.api.wellknown import LABEL_MANAGED_BY, LABEL_MODELDEPLOYMENT, MANAGED_BY
 from kubetune_operator.builders.serving import (
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    MODELDEPLOYMENT_LABEL,
     build_hpa,
     build_server_deployment,
     build_service,
@@ -45,8 +43,9 @@ from kubetune_operator.builders.serving import (
     hpa_name,
     server_image,
 )
-from kubetune_operator.child_state import ChildProblem, first_problem
-from kubetune_operator.model_resolution import (
+from kubetune_operator.core import references
+from kubetune_operator.core.children import ChildProblem, first_problem
+from kubetune_operator.core.serving.resolution import (
     InvalidSpec,
     Resolution,
     Waiting,
@@ -54,21 +53,22 @@ from kubetune_operator.model_resolution import (
     parse_finetunejob,
     resolve_model,
 )
-from kubetune_operator.resync import Resync
-from kubetune_operator.serving_rollout import (
+from kubetune_operator.core.serving.rollout import (
     RolloutPlan,
     Track,
     observe_track,
     plan_rollout,
     replicas_under_hpa,
 )
-from kubetune_operator.serving_status import (
+from kubetune_operator.core.serving.status import (
     Observed,
     derive_status,
     event_message,
     status_patch,
     transition_events,
 )
+from kubetune_operator.runtime import events, kube, metrics, settings
+from kubetune_operator.runtime.wakeups import Resync
 
 log = logging.getLogger("kubetune.modeldeployment")
 
@@ -164,7 +164,7 @@ def _reconcile(body: dict[str, Any], md: ModelDeployment) -> InvalidSpec | None:
         plan = plan_rollout(md.spec, generation, target, stable_before, canary_before, now)
         auto = md.spec.autoscaling
         if auto is not None and plan.stable_replicas is None:
-            count = replicas_under_hpa(stable_body, auto.min_replicas, auto.max_replicas, kube.FIELD_MANAGER)
+            count = replicas_under_hpa(stable_body, auto.min_replicas, auto.max_replicas, wellknown.FIELD_MANAGER)
             plan = replace(plan, stable_replicas=count)
         stable_after, canary_after = _apply_children(md, plan, canary_before)
         for ev in plan.events:
@@ -213,7 +213,7 @@ def _server_pod_problem(namespace: str, name: str, *tracks: Track | None) -> Chi
     """What a server pod is stuck on, read only while a Deployment has fewer ready replicas than wanted."""
     if not any(t is not None and t.ready < t.replicas for t in tracks):
         return None
-    return first_problem(kube.list_objects("v1", "Pod", namespace, f"{MODELDEPLOYMENT_LABEL}={name}"))
+    return first_problem(kube.list_objects("v1", "Pod", namespace, f"{LABEL_MODELDEPLOYMENT}={name}"))
 
 
 def _resolve(md: ModelDeployment) -> Resolution:
@@ -340,9 +340,9 @@ def finetunejob_versions_changed(
         reconcile(str(namespace), md_name)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, MODELDEPLOYMENT_LABEL: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODELDEPLOYMENT: kopf.PRESENT})
 def server_deployment_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    reconcile(str(namespace), labels[MODELDEPLOYMENT_LABEL])
+    reconcile(str(namespace), labels[LABEL_MODELDEPLOYMENT])
 
 
 # A resync loop (not kopf.timer: timers put a finalizer on every object) keeps status current.

@@ -14,11 +14,12 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import ftj_controller, settings
+from kubetune_operator.api import wellknown
 from kubetune_operator.api.common import GROUP, VERSION
 from kubetune_operator.api.finetunejob import PLURAL
-from kubetune_operator.builders import names
-from kubetune_operator.resync import Resync
+from kubetune_operator.controllers import finetunejob_reconcile as ftj_controller
+from kubetune_operator.runtime import settings
+from kubetune_operator.runtime.wakeups import Resync
 
 log = logging.getLogger("kubetune.finetunejob")
 
@@ -35,18 +36,18 @@ def finetunejob_event(type: str, name: str, namespace: str | None, **_: Any) -> 
     ftj_controller.reconcile(namespace, name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={wellknown.LABEL_JOB: kopf.PRESENT})
 def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     if namespace is None:
         return
-    ftj_controller.reconcile(namespace, labels[names.LABEL_JOB])
+    ftj_controller.reconcile(namespace, labels[wellknown.LABEL_JOB])
 
 
-@kopf.on.event("", "v1", "pods", labels={names.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={wellknown.LABEL_JOB: kopf.PRESENT})
 def child_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     if namespace is None:
         return
-    ftj_controller.reconcile(namespace, labels[names.LABEL_JOB])
+    ftj_controller.reconcile(namespace, labels[wellknown.LABEL_JOB])
 
 
 resync = Resync("finetunejob", ftj_controller.reconcile, settings.current().resync_seconds)

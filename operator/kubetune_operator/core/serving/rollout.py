@@ -23,13 +23,12 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.api import ModelDeploymentSpec, Rollout
-from kubetune_operator.model_resolution import (
-    RESOLVED_GENERATION_ANNOTATION,
-    SERVED_MODEL_ANNOTATION,
+from kubetune_operator.api.wellknown import ANNOTATION_RESOLVED_GENERATION, ANNOTATION_SERVED_MODEL
+from kubetune_operator.core.conditions import parse_time
+from kubetune_operator.core.serving.resolution import (
     ServedModel,
     Waiting,
 )
-from kubetune_operator.status import parse_time
 
 HISTORY_LIMIT = 10
 
@@ -73,9 +72,9 @@ def observe_track(body: dict[str, Any] | None) -> Track | None:
         and int(status.get("replicas") or 0) == wanted
         and int(status.get("availableReplicas") or 0) == wanted
     )
-    generation = annotations.get(RESOLVED_GENERATION_ANNOTATION)
+    generation = annotations.get(ANNOTATION_RESOLVED_GENERATION)
     return Track(
-        model=ServedModel.from_annotation(annotations.get(SERVED_MODEL_ANNOTATION)),
+        model=ServedModel.from_annotation(annotations.get(ANNOTATION_SERVED_MODEL)),
         replicas=wanted,
         ready=int(status.get("readyReplicas") or 0),
         available=available.get("status") == "True",

@@ -1,0 +1,41 @@
+"""Every label, annotation, resource and field-manager key kubetune reads or writes, in one place.
+
+Labels and annotations follow the Kubernetes conventions (`kubetune.io/…` prefixes, the
+recommended `app.kubernetes.io/managed-by` label); GPU keys are those of the NVIDIA device plugin
+and GPU feature discovery, which every major GPU cluster uses.
+"""
+
+from __future__ import annotations
+
+# Children of a FineTuneJob (builders.names gives their names).
+LABEL_JOB = "kubetune.io/finetunejob"
+LABEL_RUN = "kubetune.io/run"
+LABEL_ATTEMPT = "kubetune.io/attempt"
+LABEL_COMPONENT = "kubetune.io/component"
+COMPONENT_TRAIN = "train"
+COMPONENT_VALIDATE = "validate-data"
+# On a training Job: what admission granted, read back to rebuild the GPU usage after a restart.
+ANNOTATION_ADMITTED_GPUS = "kubetune.io/admitted-gpus"
+ANNOTATION_GPU_TYPE = "kubetune.io/gpu-type"
+ANNOTATION_RESUME_FROM = "kubetune.io/resume-from"
+# On a FineTuneJob: `kubectl annotate ftj <job> kubetune.io/retrain=<value>` starts one run per value.
+ANNOTATION_RETRAIN = "kubetune.io/retrain"
+
+# Children of a ModelDeployment.
+LABEL_MODELDEPLOYMENT = "kubetune.io/modeldeployment"
+LABEL_TRACK = "kubetune.io/track"
+LABEL_MODEL_VERSION = "kubetune.io/model-version"
+# On a server Deployment: the model it serves (with what was pinned at its rollout) and the
+# ModelDeployment generation it was resolved for (promotion policy manual).
+ANNOTATION_SERVED_MODEL = "kubetune.io/served-model"
+ANNOTATION_RESOLVED_GENERATION = "kubetune.io/resolved-generation"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubetune"
+# Server-side apply field manager of every object the operator writes.
+FIELD_MANAGER = "kubetune-operator"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# The metric a prometheus-adapter rule exposes per server pod (docs/serving.md, Autoscaling).
+CONCURRENCY_METRIC = "kubetune_requests_in_flight"
