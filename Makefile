@@ -31,8 +31,10 @@ dev-down: install
 test: install lint typecheck crds-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## Lint: ruff, and the import contracts of .importlinter (the layering of docs/design.md §1).
 lint: install
 	$(BIN)/ruff check operator trainer tests
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy

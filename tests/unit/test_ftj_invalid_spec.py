@@ -9,12 +9,9 @@ from typing import Any
 import pytest
 from kubetune_operator.api import FineTuneJob
 from kubetune_operator.api.common import SpecError
-from kubetune_operator.controllers.finetunejob_reconcile import (
-    _sql_url_problem,
-    check_spec,
-    forget_rejection,
-    rejected_at_this_generation,
-)
+from kubetune_operator.builders.checks import check_spec
+from kubetune_operator.core.finetunejob.lifecycle import sql_url_problem as _sql_url_problem
+from kubetune_operator.core.finetunejob.validity import forget_rejection, rejected_at_this_generation
 
 from tests.unit.test_api_cases import LORA, SCHEDULED, load_example, patched
 

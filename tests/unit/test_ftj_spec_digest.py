@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from kubetune_operator.api import FineTuneJob
-from kubetune_operator.controllers.finetunejob_reconcile import spec_digest
+from kubetune_operator.core.finetunejob.triggers import spec_digest
 
 SPEC: dict[str, Any] = {
     "task": "instruction", "baseModel": {"uri": "pvc://models/smollm2"},

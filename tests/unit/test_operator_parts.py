@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kubetune_operator.core.conditions import set_condition
-from kubetune_operator.core.queue.admission import CapacityAdmission, GangRequest
+from kubetune_operator.core.conditions import MESSAGE_LIMIT, set_condition
+from kubetune_operator.core.gang import GangRequest
+from kubetune_operator.core.queue.admission import CapacityAdmission
 from kubetune_operator.main import parse_args
 from kubetune_operator.runtime.logs import JsonFormatter
 from kubetune_operator.runtime.settings import OperatorSettings
@@ -55,11 +57,15 @@ def test_unready_and_cordoned_nodes_hold_no_capacity() -> None:
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:
-    c1 = set_condition([], "Running", True, "Started", "a", 1)
-    c2 = set_condition([{**c1[0], "lastTransitionTime": "2020-01-01T00:00:00Z"}], "Running", True, "Running", "b", 2)
-    assert c2[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and c2[0]["reason"] == "Running"
-    c3 = set_condition(c2, "Running", False, "Suspended", "c", 3)
-    assert c3[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z" and c3[0]["status"] == "False"
+    t0, t1, t2 = (datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(3))
+    c1 = set_condition([], "Running", True, "Started", "a", 1, t0)
+    c2 = set_condition(c1, "Running", True, "Running", "b", 2, t1)
+    assert c2[0].last_transition_time == t0 and c2[0].reason == "Running"
+    c3 = set_condition(c2, "Running", False, "Suspended", "c", 3, t2)
+    assert c3[0].last_transition_time == t2 and c3[0].status == "False"
+    c4 = set_condition(set_condition(c3, "Admitted", True, "Admitted", "d", 3, t2), "Running", True, "R", "e", 3, t2)
+    assert [c.type for c in c4] == ["Running", "Admitted"]  # the order is kept
+    assert len(set_condition([], "X", True, "R", "m" * 5000, 1, t0)[0].message) == MESSAGE_LIMIT
 
 
 def test_settings_from_env_and_flags() -> None:

@@ -13,16 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune_operator.api.uris import parse_pvc_uri
+
 PVC_ROOT = "/mnt/pvc"
 CONFIGMAP_ROOT = "/mnt/configmap"
-
-
-def parse_pvc_uri(uri: str) -> tuple[str, str] | None:
-    """pvc://claim/some/path -> ("claim", "some/path"); None for other URIs."""
-    if not uri.startswith("pvc://"):
-        return None
-    claim, _, path = uri.removeprefix("pvc://").partition("/")
-    return claim, path.strip("/")
 
 
 def _volume_name(prefix: str, name: str) -> str:

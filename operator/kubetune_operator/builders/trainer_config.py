@@ -53,10 +53,6 @@ def checkpoints_dir(root: str, job: str, run: int) -> str:
     return posixpath.join(root, job, "runs", str(run), "checkpoints")
 
 
-def version_uri(output_uri: str, job: str, version: int) -> str:
-    return posixpath.join(output_uri.rstrip("/"), job, "versions", str(version))
-
-
 def _model_source(ref: ModelRef, storage: PodStorage) -> ModelSource:
     return ModelSource(
         uri=storage.path(ref.uri),

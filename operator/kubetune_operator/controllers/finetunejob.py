@@ -1,54 +1,177 @@
-"""kopf wiring of the FineTuneJob controller: every trigger calls the one converging reconcile.
+"""The FineTuneJob controller: lock → observe → decide (core, pure) → act → patch status when it changed.
 
-Triggers: any watch event of a FineTuneJob, of a Job or Pod labelled with a FineTuneJob's name, and
-a resync loop (settings.resync_seconds) for time-based rules. `on.event` handlers keep no state on
-the object (no progress annotations, no finalizer), so a job deleted while the operator is down
-goes away at once; its children follow by owner references.
+Triggers: any watch event of a FineTuneJob, of a Job or Pod labelled with a FineTuneJob's name, the
+wakeup each decision asks for (a back-off's end, a deadline, a TTL, a schedule tick) and a slow
+safety resync (settings.resync_seconds). `on.event` handlers keep no state on the object (no progress
+annotations, no finalizer), so a job deleted while the operator is down goes away at once; its
+children follow by owner references. Everything a pass needs is in the cluster: killing the operator
+at any point and starting it again leaves the same children and the same runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from kubetune_operator.api import wellknown
-from kubetune_operator.api.common import GROUP, VERSION
-from kubetune_operator.api.finetunejob import PLURAL
-from kubetune_operator.controllers import finetunejob_reconcile as ftj_controller
-from kubetune_operator.runtime import settings
-from kubetune_operator.runtime.wakeups import Resync
+from kubetune_operator.api.common import API_VERSION, GROUP, VERSION, SpecError
+from kubetune_operator.api.finetunejob import PLURAL, FineTuneJob
+from kubetune_operator.api.wellknown import LABEL_JOB
+from kubetune_operator.builders.checks import check_spec, validation_problems
+from kubetune_operator.controllers import finetunejob_children as children
+from kubetune_operator.core.conditions import merge_patch
+from kubetune_operator.core.finetunejob import lifecycle, validity
+from kubetune_operator.core.queue.admission import Admission, CapacityAdmission
+from kubetune_operator.runtime import clock, events, kube, locks, metrics
+from kubetune_operator.runtime.settings import OperatorSettings
+from kubetune_operator.runtime.wakeups import Wakeups
 
 log = logging.getLogger("kubetune.finetunejob")
+KIND = "FineTuneJob"
+Body = dict[str, Any]
+
+
+class FineTuneJobController:
+    """Converges FineTuneJobs; `reconcile` is safe to call any number of times, from any trigger."""
+
+    def __init__(self, cfg: OperatorSettings, admission: Admission | None = None) -> None:
+        self.cfg = cfg
+        self.admission = admission or CapacityAdmission()
+        self.policy = lifecycle.Policy(retry_base_seconds=cfg.retry_base_seconds,
+                                       retry_max_seconds=cfg.retry_max_seconds)
+        self.locks = locks.ObjectLocks()
+        self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.wakeups.forget(namespace, name)
+        self.locks.forget(namespace, name)
+        metrics.record_phase(namespace, name, None)
+
+    def reconcile(self, namespace: str, name: str) -> datetime | None:
+        """One pass over one FineTuneJob; returns when it wants to run again (None: on events only)."""
+        started = time.monotonic()
+        try:
+            with self.locks.hold(namespace, name):
+                return self._reconcile(namespace, name)
+        finally:
+            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+
+    def _reconcile(self, namespace: str, name: str) -> datetime | None:
+        body = kube.get(API_VERSION, KIND, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            metrics.record_phase(namespace, name, None)  # children go by owner references
+            return None
+        if validity.rejected_at_this_generation(body):
+            return None  # no retry loop: the verdict stands until metadata.generation changes
+        raw_status = body.get("status") or {}
+        try:
+            ftj = FineTuneJob.model_validate(body)
+            check_spec(ftj)
+        except ValidationError as e:
+            self.reject(body, validation_problems(e))
+            return None
+        except SpecError as e:
+            self.reject(body, str(e))
+            return None
+        status = dict(raw_status)
+        validity.forget_rejection(status)
+        ftj = ftj.model_copy(update={"status": type(ftj.status).model_validate(status)})
+        with contextlib.ExitStack() as held:  # the admission lock, once taken, is held until the Admit write
+            observed = children.observe(ftj, body, self.admission,
+                                        lock=lambda: held.enter_context(locks.ADMISSION))
+            now = clock.now()
+            plan = lifecycle.decide(ftj, observed, now, self.policy)
+            try:
+                children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
+            except ApiException as e:
+                if e.status == 409:  # a concurrent write; the next pass sees it
+                    log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
+                    return now
+                if e.status != 422:
+                    raise
+                # The API server refused a child built from this spec (e.g. an invalid spec.pod.env):
+                # retrying cannot help, so the run fails with the server's own words.
+                plan = lifecycle.fail_run(
+                    ftj, plan.status, "InvalidChild",
+                    f"the API server rejected a child of this job: {kube.api_error_message(e)}; fix spec.pod "
+                    "(or the field it names) and apply it: the spec change starts a new run", now, observed)
+                children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
+        self.write(body, raw_status, plan)
+        return plan.next_wakeup
+
+    def image(self, ftj: FineTuneJob) -> str:
+        return ftj.spec.pod.image or self.cfg.trainer_image
+
+    def write(self, body: Body, old: Body, plan: lifecycle.RunPlan) -> None:
+        """Patch status if it changed, then post the plan's events and count its counters."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        plan.status.observed_generation = meta.get("generation")
+        new = plan.status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"progress"})
+        new = {k: v for k, v in new.items() if v not in ([], {}) or k in ("runs", "versions")}
+        before = {k: v for k, v in old.items() if k != "progress"}
+        if new != before:
+            kube.patch_status(KIND, name, ns, merge_patch(before, new))
+        if old.get("phase") != new.get("phase"):
+            log.info("%s/%s: phase %s -> %s", ns, name, old.get("phase"), new.get("phase"))
+        metrics.record_phase(ns, name, new.get("phase"))
+        for ev in plan.events:
+            events.post(body, ev.reason, ev.message, ev.warning, ev.once)
+        for counter in plan.counters:
+            metrics.count(counter, ns)
+
+    def reject(self, body: Body, problem: str) -> None:
+        """A spec kubetune can never act on: phase Failed, Failed=True/InvalidSpec and one Warning event."""
+        meta = body["metadata"]
+        kube.patch_status(KIND, meta["name"], meta["namespace"], validity.rejection_patch(body, problem, clock.now()))
+        events.post(body, "InvalidSpec", f"{KIND} {meta['name']}: {problem}", warning=True)
+
+
+# --------------------------------------------------------------------------- kopf wiring
+
+_controller: FineTuneJobController | None = None
+
+
+def setup(cfg: OperatorSettings) -> FineTuneJobController:
+    """Create the controller with the operator's settings and start its wakeups (called by main)."""
+    global _controller
+    _controller = FineTuneJobController(cfg)
+    _controller.wakeups.register()
+    return _controller
+
+
+def _active() -> FineTuneJobController:
+    if _controller is None:
+        raise kopf.PermanentError("the FineTuneJob controller was not set up (kubetune run calls setup)")
+    return _controller
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def finetunejob_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
     if namespace is None:
         return
+    c = _active()
     if type == "DELETED":
-        resync.forget(namespace, name)
-        ftj_controller.forget(namespace, name)
+        c.forget(namespace, name)
         return
-    resync.track(namespace, name)
-    ftj_controller.reconcile(namespace, name)
+    c.wakeups.track(namespace, name)
+    c.wakeups.reconcile_now(namespace, name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={wellknown.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT})
 def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    if namespace is None:
-        return
-    ftj_controller.reconcile(namespace, labels[wellknown.LABEL_JOB])
+    if namespace is not None:
+        _active().wakeups.reconcile_now(namespace, labels[LABEL_JOB])
 
 
-@kopf.on.event("", "v1", "pods", labels={wellknown.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
 def child_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    if namespace is None:
-        return
-    ftj_controller.reconcile(namespace, labels[wellknown.LABEL_JOB])
-
-
-resync = Resync("finetunejob", ftj_controller.reconcile, settings.current().resync_seconds)
-resync.register()
+    if namespace is not None:
+        _active().wakeups.reconcile_now(namespace, labels[LABEL_JOB])

@@ -117,3 +117,74 @@ def first_problem(pods: Iterable[Body]) -> ChildProblem | None:
         if (problem := pod_problem(pod)) is not None:
             return problem
     return None
+
+
+# ------------------------------------------------------------------ typed readings of batch/v1 Jobs
+
+
+def job_state(job: Body) -> str:
+    """Complete | Failed | Suspended | Active for a batch/v1 Job (its terminal conditions first)."""
+    status = job.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+            return str(c["type"])
+    if (job.get("spec") or {}).get("suspend"):
+        return "Suspended"
+    return "Active"
+
+
+def job_condition_time(job: Body, type_: str) -> datetime | None:
+    """lastTransitionTime of the Job's condition `type_` while it is True; None otherwise."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return parse_time(c.get("lastTransitionTime"))
+    return None
+
+
+def terminated(pod: Body) -> Body | None:
+    """The `terminated` state of the pod's first container that has one (exit code, message)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return dict(term)
+    return None
+
+
+def pods_of(pods: list[Body], job_name: str) -> list[Body]:
+    """The pods of Job `job_name` (by the Job controller's labels, old and new)."""
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+            or (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job_name]
+
+
+def completion_index(pod: Body) -> int:
+    return int((pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
+
+
+def failure_of(job: Body, pods: list[Body]) -> tuple[int | None, str]:
+    """Exit code and termination message of the pod that failed the Job (the lowest index first),
+    else the Job's Failed condition; (None, "the Job failed") when neither says more."""
+    failed = [p for p in pods_of(pods, job["metadata"]["name"]) if (p.get("status") or {}).get("phase") == "Failed"]
+    for pod in sorted(failed, key=completion_index):
+        term = terminated(pod)
+        if term:
+            message = (term.get("message") or term.get("reason") or "").strip()
+            return term.get("exitCode"), message
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed":
+            return None, f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+    return None, "the Job failed"
+
+
+def rank0_message(job: Body, pods: list[Body]) -> str:
+    """The termination message of the Job's index-0 pod (where the trainer writes its report), or ""."""
+    for pod in pods_of(pods, job["metadata"]["name"]):
+        index = (pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+        if index in (None, "0"):
+            term = terminated(pod)
+            if term and term.get("message"):
+                return str(term["message"])
+    return ""
+
+
+def live_pods(pods: list[Body], job_name: str) -> list[Body]:
+    return [p for p in pods_of(pods, job_name) if not p["metadata"].get("deletionTimestamp")]

@@ -1,24 +1,27 @@
-"""Condition math in the metav1.Condition shape, shared by every controller.
+"""Conditions (metav1.Condition) and the small status math every controller shares. Pure: the time
+is always passed in (runtime.clock.now() in controllers, a fixed instant in tests).
 
-`set_condition` keeps lastTransitionTime when the status does not flip (Kubernetes convention), so
-a status written again with the same facts is byte-identical and the handler can skip the patch.
+`set_condition` keeps lastTransitionTime when the status does not flip and keeps the list's order
+(Kubernetes API conventions, "Typical status properties"), so a status written again with the same
+facts is byte-identical and the controller can skip the patch.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from kubetune_operator.api.conditions import Condition, find_condition
+
 Body = dict[str, Any]
-MAX_MESSAGE = 950  # events and conditions are read in `kubectl describe`; keep them a screen wide
+# One limit for condition messages, wait reasons and events: the events API caps a message at 1 KiB,
+# and `kubectl describe` is read a screen wide.
+MESSAGE_LIMIT = 950
 
 
-def now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def timestamp(at: datetime | None = None) -> str:
-    return (at or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+def timestamp(at: datetime) -> str:
+    """RFC 3339 in UTC with a Z, to the second, as the API server writes times."""
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -31,38 +34,32 @@ def parse_time(value: Any) -> datetime | None:
     return None
 
 
-def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
+def shorten(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`message` on one line (unless it is a multi-line report) and at most `limit` characters."""
     message = " ".join(message.split()) if "\n" not in message.strip() else message.strip()
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
-def get_condition(conditions: list[Body], type_: str) -> Body | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
+def is_status(conditions: list[Condition], type_: str, status: str = "True") -> bool:
+    """Whether condition `type_` exists with `status`."""
+    c = find_condition(conditions, type_)
+    return c is not None and c.status == status
 
 
-def condition_is(conditions: list[Body], type_: str, status: str = "True") -> bool:
-    c = get_condition(conditions, type_)
-    return c is not None and c.get("status") == status
-
-
-def set_condition(conditions: list[Body], type_: str, status: bool | str, reason: str, message: str,
-                  generation: int | None) -> list[Body]:
-    """A new list with condition `type_` set; lastTransitionTime moves only when status changes."""
+def set_condition(conditions: list[Condition], type_: str, status: bool | str, reason: str, message: str,
+                  generation: int | None, now: datetime) -> list[Condition]:
+    """A new list with condition `type_` set in its old place (appended when new); lastTransitionTime
+    moves to `now` only when the status flips. `status` is True/False or "True"/"False"/"Unknown"."""
     value = status if isinstance(status, str) else ("True" if status else "False")
-    old = get_condition(conditions, type_)
-    transition = old["lastTransitionTime"] if old and old.get("status") == value else timestamp()
-    new: Body = {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": shorten(message),
-        "lastTransitionTime": transition,
-    }
-    if generation is not None:
-        new["observedGeneration"] = generation
-    out = [c for c in conditions if c.get("type") != type_]
-    out.append(new)
-    return out
+    old = find_condition(conditions, type_)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    new = Condition.model_validate({
+        "type": type_, "status": value, "reason": reason, "message": shorten(message),
+        "observedGeneration": generation, "lastTransitionTime": since,
+    })
+    if old is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
 
 
 def merge_patch(old: Any, new: Any) -> Any:

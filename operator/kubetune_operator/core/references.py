@@ -18,7 +18,7 @@ from typing import Any
 from kubetune_operator.api.common import PodSettings
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.modeldeployment import ModelDeployment
-from kubetune_operator.builders.storage import parse_pvc_uri
+from kubetune_operator.api.uris import parse_pvc_uri
 
 # kind -> (apiVersion, namespaced)
 KINDS: dict[str, tuple[str, bool]] = {

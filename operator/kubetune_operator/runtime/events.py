@@ -15,6 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator.core.conditions import shorten, timestamp
+from kubetune_operator.runtime import clock
 
 log = logging.getLogger("kubetune.events")
 COMPONENT = "kubetune-operator"
@@ -24,7 +25,7 @@ def post(obj: dict[str, Any], reason: str, message: str, warning: bool = False, 
     """Post an Event on `obj`. With `once`, the event's name is derived from the object's uid and `once`,
     so the API server keeps one event per key (a second post is a 409, ignored) for the events' TTL."""
     meta = obj["metadata"]
-    now = timestamp()
+    now = timestamp(clock.now())
     suffix = (hashlib.sha256(f"{meta.get('uid')}/{reason}/{once}".encode()).hexdigest()[:16] if once is not None
               else uuid.uuid4().hex[:12])
     body = {

@@ -52,3 +52,21 @@ def record_phase(namespace: str, name: str, phase: str | None) -> None:
 def serve(port: int, address: str = "127.0.0.1") -> None:
     """Serve /metrics on address:port (a port known to be free: main.endpoint_port checked it)."""
     start_http_server(port, addr=address)
+
+
+def count(counter: tuple[object, ...], namespace: str) -> None:
+    """Count one of a decision's counters: ("runs_started",), ("runs_succeeded",), ("runs_failed", reason),
+    ("retries",) or ("queue_wait", seconds)."""
+    kind = counter[0]
+    if kind == "runs_started":
+        RUNS_STARTED.labels(namespace).inc()
+    elif kind == "runs_succeeded":
+        RUNS_SUCCEEDED.labels(namespace).inc()
+    elif kind == "runs_failed":
+        RUNS_FAILED.labels(namespace, str(counter[1])).inc()
+    elif kind == "retries":
+        RETRIES.labels(namespace).inc()
+    elif kind == "queue_wait":
+        QUEUE_WAIT_SECONDS.observe(float(counter[1]))  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"unknown counter {counter!r}")

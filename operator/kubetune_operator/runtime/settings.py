@@ -45,7 +45,9 @@ class OperatorSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as JSON objects.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     resync_seconds: float = Field(
-        5.0, gt=0, le=3600, description="How often every object is reconciled even without an event."
+        300.0, gt=0, le=3600,
+        description="Safety net: how often every object is reconciled even without an event or a wakeup it "
+                    "asked for (time-based rules wake their object at their own time: runtime.wakeups).",
     )
     retry_base_seconds: float = Field(
         10.0, ge=0, le=3600, description="First delay before retrying a failed run; doubles per attempt."

@@ -1,29 +1,49 @@
-"""A resync loop per kind: every object seen by a watch event is reconciled again every few seconds.
+"""Requeue-after for every controller: each object is reconciled again at the time its last decision
+asked for (`next_wakeup`: a back-off's end, a deadline, a TTL, a cron tick, a canary's end), and
+every object once per safety period (minutes) in case a watch event was lost.
 
 Used instead of kopf timers, which put a finalizer on every object (to stop the timer before
 deletion); a finalizer blocks deleting an object while the operator is down (STYLE.md pitfall 6).
-Time-based rules (retry back-off, deadlines, TTL, canary timing) fire from here without events.
+Controller-runtime's `Result{RequeueAfter: d}` is the model: the reconcile returns when it wants to
+run again, and nothing polls objects that wait for an event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import kopf
 
-log = logging.getLogger("kubetune.resync")
+log = logging.getLogger("kubetune.wakeups")
+Key = tuple[str, str]
+# A reconcile that fails is tried again after this long (kopf's own error delays cover watch events).
+ERROR_RETRY_SECONDS = 10.0
 
 
-class Resync:
-    def __init__(self, kind: str, reconcile: Callable[[str, str], Any], interval: float) -> None:
+class Wakeups:
+    """Reconcile objects of one kind at the times they asked for, and all of them every `safety_seconds`.
+
+    `reconcile(namespace, name)` returns the datetime of its next wakeup, or None. `wake_at` may also
+    be called from watch handlers. Runs as one asyncio task started with the operator; reconciles run
+    in the default executor, one object at a time per Wakeups (controllers lock per object anyway).
+    """
+
+    def __init__(self, kind: str, reconcile: Callable[[str, str], datetime | None], safety_seconds: float) -> None:
         self.kind = kind
         self.reconcile = reconcile
-        self.interval = interval
-        self.known: set[tuple[str, str]] = set()
+        self.safety_seconds = safety_seconds
+        self.known: set[Key] = set()
+        self._due: dict[Key, float] = {}  # monotonic time of each object's next wakeup
+        self._heap: list[tuple[float, Key]] = []
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -32,30 +52,83 @@ class Resync:
 
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
+        self._due.pop((namespace, name), None)
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    def wake_at(self, namespace: str, name: str, when: datetime | None) -> None:
+        """Reconcile the object at `when` (wall clock; None: no wakeup but the safety period). Thread-safe."""
+        if when is None:
+            return
+        delay = max(0.0, when.timestamp() - time.time())
+        self._schedule((namespace, name), time.monotonic() + delay)
+
+    def _schedule(self, key: Key, at: float) -> None:
+        old = self._due.get(key)
+        if old is not None and old <= at:
+            return  # an earlier wakeup will reconcile it; that reconcile asks again for what it needs
+        self._due[key] = at
+        heapq.heappush(self._heap, (at, key))
+        if self._loop is not None and self._changed is not None:
+            self._loop.call_soon_threadsafe(self._changed.set)
+
+    def reconcile_now(self, namespace: str, name: str) -> datetime | None:
+        """Reconcile one object (any thread) and schedule the wakeup it asks for."""
+        try:
+            wakeup = self.reconcile(namespace, name)
+        except Exception:  # never stop the loop nor crash the operator for one object
+            log.exception("reconcile of %s %s/%s failed; retrying in %ss", self.kind, namespace, name,
+                          ERROR_RETRY_SECONDS)
+            self._schedule((namespace, name), time.monotonic() + ERROR_RETRY_SECONDS)
+            return None
+        self.wake_at(namespace, name, wakeup)
+        return wakeup
+
+    def _pop_due(self, now: float) -> list[Key]:
+        keys = []
+        while self._heap and self._heap[0][0] <= now:
+            at, key = heapq.heappop(self._heap)
+            if self._due.get(key) == at:
+                del self._due[key]
+                if key in self.known:
+                    keys.append(key)
+        return keys
+
+    async def _run(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        next_sweep = time.monotonic() + self.safety_seconds
         while not stop.is_set():
-            for namespace, name in sorted(self.known):
-                try:
-                    await loop.run_in_executor(None, self.reconcile, namespace, name)
-                except Exception:  # one bad object must never stop the loop, nor crash the operator
-                    log.exception("resync of %s %s/%s failed; retrying in %ss", self.kind, namespace, name,
-                                  self.interval)
+            now = time.monotonic()
+            keys = self._pop_due(now)
+            if now >= next_sweep:
+                keys = sorted(set(keys) | self.known)
+                next_sweep = now + self.safety_seconds
+            for namespace, name in keys:
+                await loop.run_in_executor(None, self.reconcile_now, namespace, name)
+                if stop.is_set():
+                    return
+            until = min([next_sweep, *(at for at, _ in self._heap[:1])])
+            changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                waiter = asyncio.ensure_future(changed.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, timeout=max(0.0, until - time.monotonic()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
 
     def register(self) -> None:
         """Start the loop with the operator and stop it on shutdown (kopf startup/cleanup handlers)."""
 
         async def start(**_: Any) -> None:
-            self._stop = asyncio.Event()
-            self._task = asyncio.create_task(self._loop(self._stop))
+            self._loop = asyncio.get_running_loop()
+            self._stop, self._changed = asyncio.Event(), asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._stop, self._changed))
 
         async def stop(**_: Any) -> None:
             if self._stop is not None and self._task is not None:
                 self._stop.set()
                 await self._task
 
-        kopf.on.startup(id=f"start-{self.kind}-resync")(start)
-        kopf.on.cleanup(id=f"stop-{self.kind}-resync")(stop)
+        kopf.on.startup(id=f"start-{self.kind}-wakeups")(start)
+        kopf.on.cleanup(id=f"stop-{self.kind}-wakeups")(stop)

@@ -7,47 +7,21 @@ already admitted) can hold every one of its pods; a run that no node could ever 
 rejected as unschedulable, so it fails fast instead of waiting forever.
 
 Admission is recorded durably on the run's Job (annotation `kubetune.io/admitted-gpus`) before
-it is un-suspended, and decisions are serialised by a process-wide lock, so many runs arriving
+it is un-suspended, and decisions are serialised by a process-wide lock (runtime.locks), so many runs arriving
 at once, or an operator restart, never over-admit.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubetune_operator.api import wellknown
 from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from kubetune_operator.core.gang import Decision, GangRequest
 
 Body = dict[str, Any]
-ADMISSION_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class GangRequest:
-    namespace: str
-    job: str
-    run: int
-    nodes: int
-    gpus_per_node: int
-    gpu_type: str | None
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class Decision:
-    admitted: bool
-    reason: str  # CamelCase: Admitted, InsufficientGPUs, Unschedulable
-    message: str
-    gpu_type: str | None = None
-    queue_position: int | None = None
-
-    @property
-    def never(self) -> bool:
-        """The request can never be admitted as specified (fail fast)."""
-        return self.reason == "Unschedulable"
 
 
 @dataclass(frozen=True)

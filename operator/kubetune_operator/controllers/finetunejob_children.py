@@ -1,0 +1,175 @@
+"""The FineTuneJob controller's I/O: read what `core.finetunejob.lifecycle.decide` needs, and carry out
+the actions it returns with the builders' manifests. Every write is idempotent (server-side apply of
+deterministic names, merge patches, deletes that tolerate 404), so a pass killed half-way is finished
+by the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kubetune_trainer.config import TrainerConfig
+
+from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.api.uris import parse_pvc_uri
+from kubetune_operator.api.wellknown import (
+    ANNOTATION_ADMITTED_GPUS,
+    ANNOTATION_GPU_TYPE,
+    COMPONENT_TRAIN,
+    GPU_PRODUCT_LABEL,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    LABEL_RUN,
+)
+from kubetune_operator.builders.trainer_config import RunInputs, build_trainer_config
+from kubetune_operator.builders.training import (
+    build_config_map,
+    build_headless_service,
+    build_progress_role,
+    build_progress_role_binding,
+    build_service_account,
+    build_training_job,
+    build_validation_job,
+)
+from kubetune_operator.core import names, references
+from kubetune_operator.core.children import job_state, live_pods
+from kubetune_operator.core.conditions import parse_time
+from kubetune_operator.core.finetunejob.lifecycle import (
+    Action,
+    Admit,
+    CreateAttempt,
+    CreateValidation,
+    Delete,
+    EnsureRBAC,
+    Observed,
+    SetSuspended,
+    current_run_number,
+)
+from kubetune_operator.core.gang import Decision, GangRequest
+from kubetune_operator.core.queue.admission import Admission
+from kubetune_operator.runtime import kube
+
+Body = dict[str, Any]
+
+
+def needs_admission(ftj: FineTuneJob, jobs: list[Body]) -> bool:
+    """Whether this pass may admit the current run's gang: its newest training Job is suspended (or
+    not created yet) and the spec does not suspend it. The controller then holds the admission lock
+    from this read to the Admit write."""
+    if ftj.spec.run_policy.suspend:
+        return False
+    run = current_run_number(ftj.status, jobs)
+    train = [j for j in jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_TRAIN
+             and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)]
+    if not train:
+        return True
+    newest = max(train, key=lambda j: int(j["metadata"]["labels"].get(LABEL_ATTEMPT, 0)))
+    return job_state(newest) == "Suspended"
+
+
+def observe(ftj: FineTuneJob, body: Body, admission: Admission, lock: Callable[[], Any]) -> Observed:
+    """Read the job's children, the objects its spec names and, when it may be admitted, the admission
+    decision for its gang (`needs_admission`), after calling `lock()` (the admission lock, which the
+    caller holds until it has carried out the plan)."""
+    ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
+    selector = f"{LABEL_JOB}={name}"
+    jobs = kube.list_objects("batch/v1", "Job", ns, selector)
+    pods = kube.list_objects("v1", "Pod", ns, selector)
+    events = {j["metadata"]["name"]: kube.events_of(ns, "Job", j["metadata"]["name"]) for j in jobs
+              if job_state(j) == "Active" and not live_pods(pods, j["metadata"]["name"])}
+
+    def read(ref: references.Reference) -> Any:
+        api_version, namespaced = references.KINDS[ref.kind]
+        return kube.read(api_version, ref.kind, ref.name, ns if namespaced else None)
+
+    def listing(kind: str) -> list[str]:
+        api_version, namespaced = references.KINDS[kind]
+        return kube.names(api_version, kind, ns if namespaced else None)
+
+    missing = references.find_missing(references.finetunejob_references(ftj), ns, read, listing)
+    secrets = {}
+    for src in (ftj.spec.datasets.train, ftj.spec.datasets.validation):
+        if src is not None and src.sql is not None:
+            ref = src.sql.secret_key_ref
+            secrets[ref.name] = kube.read("v1", "Secret", ref.name, ns)
+    claim = parse_pvc_uri(ftj.spec.output.uri)
+    output_claim = None
+    if claim and ftj.spec.resources.nodes > 1:
+        output_claim = kube.get("v1", "PersistentVolumeClaim", claim[0], ns)
+    decision = None
+    if needs_admission(ftj, jobs):
+        lock()
+        jobs = kube.list_objects("batch/v1", "Job", ns, selector)  # as of the lock: another pass may have admitted
+        decision = decide_admission(ftj, current_run_number(ftj.status, jobs), admission)
+    return Observed(
+        created=parse_time(body["metadata"].get("creationTimestamp")), jobs=jobs, pods=pods,
+        config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
+        services=kube.list_objects("v1", "Service", ns, selector),
+        job_events=events, missing=missing, secrets=secrets, output_claim=output_claim, admission=decision)
+
+
+def decide_admission(ftj: FineTuneJob, run: int, admission: Admission) -> Decision:
+    """The admission policy's decision for run `run`'s whole gang against the nodes and admitted Jobs now."""
+    res = ftj.spec.resources
+    request = GangRequest(str(ftj.metadata.namespace), str(ftj.metadata.name), max(run, 1), res.nodes,
+                          res.gpus_per_node, res.gpu_type, ftj.spec.run_policy.priority or 0)
+    nodes = kube.list_objects("v1", "Node")
+    held = kube.list_objects("batch/v1", "Job", None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
+    return admission.decide(request, nodes, held)
+
+
+def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:
+    """Do `actions` in order. ApiException propagates (422: the server refused a child built from the spec)."""
+    ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
+    rbac_done = False
+    for action in actions:
+        if isinstance(action, EnsureRBAC):
+            if not rbac_done:
+                if not ftj.spec.pod.service_account_name:
+                    kube.apply(build_service_account(ftj))
+                kube.apply(build_progress_role(ftj))
+                kube.apply(build_progress_role_binding(ftj))
+                rbac_done = True
+        elif isinstance(action, CreateValidation):
+            inputs = RunInputs(run=action.run, version=action.version, attempt=1, resume=False)
+            rendered = build_trainer_config(ftj, inputs)
+            kube.apply(build_config_map(ftj, inputs, rendered))
+            kube.apply(build_validation_job(ftj, inputs, image, rendered))
+        elif isinstance(action, CreateAttempt):
+            create_attempt(ftj, action, image, rendezvous_port)
+        elif isinstance(action, Admit):
+            patch: Body = {"metadata": {"annotations": {ANNOTATION_ADMITTED_GPUS: str(action.gpus),
+                                                        ANNOTATION_GPU_TYPE: action.gpu_type or ""}},
+                           "spec": {"suspend": False}}
+            if action.pin_gpu_type:
+                # Pin the gang to the type it was admitted on (allowed while the Job never ran).
+                patch["spec"]["template"] = {"spec": {"nodeSelector": {GPU_PRODUCT_LABEL: action.gpu_type}}}
+            kube.patch_merge("batch/v1", "Job", action.job, ns, patch)
+        elif isinstance(action, SetSuspended):
+            patch = {"spec": {"suspend": action.suspend}}
+            if action.release:
+                patch["metadata"] = {"annotations": {ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None}}
+            kube.patch_merge("batch/v1", "Job", action.job, ns, patch)
+        elif isinstance(action, Delete):
+            kube.delete(action.api_version, action.kind, action.name, ns)
+        else:  # pragma: no cover - a new action type without its I/O is a programming error
+            raise TypeError(f"{name}: no I/O for action {action!r}")
+
+
+def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvous_port: int) -> None:
+    """ConfigMap, headless Service and the suspended Indexed Job of one attempt."""
+    ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
+    inputs = RunInputs(run=action.run, version=action.version, attempt=action.attempt, resume=action.resume)
+    rendered = build_trainer_config(ftj, inputs)
+    first = kube.get("v1", "ConfigMap", names.attempt_name(name, action.run, 1), ns)
+    if action.attempt > 1 and first is not None:
+        # A retry continues the run it resumes: same hyperparameters, data and version as the
+        # first attempt, even if the spec changed meanwhile (changes apply from the next run).
+        original = TrainerConfig.from_json(first["data"]["config.json"])
+        rendered.config = original.model_copy(update={"attempt": action.attempt,
+                                                      "resume_from": rendered.config.resume_from})
+    kube.apply(build_config_map(ftj, inputs, rendered))
+    kube.apply(build_headless_service(ftj, action.run))
+    kube.apply(build_training_job(ftj, inputs, image, rendezvous_port, rendered=rendered))

@@ -1,0 +1,884 @@
+"""The FineTuneJob state machine as a pure function: `decide(ftj, observed, now, policy) -> RunPlan`.
+
+The controller reads the job and its children (`Observed`), calls `decide`, carries out the plan's
+actions (create, admit, suspend, delete children: idempotent, deterministic names), posts its events
+and patches the status it returns when it changed. Nothing here reads the cluster, the clock or the
+environment, so every transition is unit-tested without a control plane
+(tests/unit/test_ftj_lifecycle.py), and a kill at any point leaves a state the next pass converges.
+
+Run lifecycle (run n, attempt k):
+  Validating  ConfigMap <job>-r<n>-a1 + Job <job>-r<n>-validate (CPU, checks the data gate)
+  Queued      Service <job>-r<n> + Indexed Job <job>-r<n>-a<k>, created suspended
+  Running     admission granted the whole gang: Job annotated and un-suspended in one patch
+  Succeeded   Job Complete: the version from rank 0's termination message is recorded
+  Failed      data gate, config error (exit 43), backoff limit, deadline or unschedulable
+
+Every wait names its cause in currentRun.waitReason and a condition: a missing reference (with a
+"did you mean"), the GPU queue, a child pod that cannot be scheduled, pull its image or start, a Job
+that cannot create pods (core.children); a child stuck for children.STALL_AFTER makes the job
+Stalled with a Warning event. Facts the pods did not report are said to be "not reported".
+`next_wakeup` is the earliest time a rule fires without an event: a back-off's end, the deadline,
+the TTL, the next schedule tick, the moment a stuck child counts as stalled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune_trainer.config import TrainerConfig
+from kubetune_trainer.gate_text import gate_verdict
+
+from kubetune_operator.api.common import SpecError
+from kubetune_operator.api.conditions import Condition, find_condition
+from kubetune_operator.api.finetunejob import (
+    CurrentRun,
+    DataQualityReport,
+    FineTuneJob,
+    FineTuneJobStatus,
+    RunRecord,
+)
+from kubetune_operator.api.uris import parse_pvc_uri
+from kubetune_operator.api.wellknown import (
+    ANNOTATION_GPU_TYPE,
+    ANNOTATION_RETRAIN,
+    COMPONENT_TRAIN,
+    COMPONENT_VALIDATE,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_RUN,
+)
+from kubetune_operator.core import names
+from kubetune_operator.core.children import (
+    STALL_AFTER,
+    ChildProblem,
+    failure_of,
+    first_problem,
+    job_condition_time,
+    job_creation_problem,
+    job_state,
+    live_pods,
+    pods_of,
+    rank0_message,
+)
+from kubetune_operator.core.conditions import is_status, set_condition, shorten
+from kubetune_operator.core.finetunejob import history, retry, schedule, triggers, versions
+from kubetune_operator.core.gang import Decision
+from kubetune_operator.core.references import Missing
+
+Body = dict[str, Any]
+KIND = "FineTuneJob"
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator settings the decisions use (runtime.settings.OperatorSettings)."""
+
+    retry_base_seconds: float = 10.0
+    retry_max_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the controller read for one pass. Lists hold raw API objects (dicts)."""
+
+    created: datetime | None = None  # the FineTuneJob's creationTimestamp
+    jobs: list[Body] = field(default_factory=list)  # batch/v1 Jobs labelled with the job's name
+    pods: list[Body] = field(default_factory=list)
+    config_maps: list[Body] = field(default_factory=list)
+    services: list[Body] = field(default_factory=list)
+    job_events: dict[str, list[Body]] = field(default_factory=dict)  # Job name -> its Events (FailedCreate)
+    missing: list[Missing] = field(default_factory=list)  # referenced objects that do not exist
+    secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
+    output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
+    admission: Decision | None = None  # for the current run's gang, while it has no running Job
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+@dataclass(frozen=True)
+class EnsureRBAC:
+    """The ServiceAccount (unless spec.pod names one), Role and RoleBinding the pods use."""
+
+
+@dataclass(frozen=True)
+class CreateValidation:
+    run: int
+    version: int
+
+
+@dataclass(frozen=True)
+class CreateAttempt:
+    """ConfigMap, headless Service and the suspended Indexed Job of attempt `attempt` of run `run`."""
+
+    run: int
+    attempt: int
+    version: int
+    resume: bool
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Annotate the Job with what was granted and un-suspend it in one patch (pinning the GPU type)."""
+
+    job: str
+    gpus: int
+    gpu_type: str | None
+    pin_gpu_type: bool
+
+
+@dataclass(frozen=True)
+class SetSuspended:
+    """Suspend or resume a Job; `release` drops its admission annotations (the GPUs go back)."""
+
+    job: str
+    suspend: bool
+    release: bool = False
+
+
+@dataclass(frozen=True)
+class Delete:
+    api_version: str
+    kind: str
+    name: str
+
+
+Action = EnsureRBAC | CreateValidation | CreateAttempt | Admit | SetSuspended | Delete
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+    once: str | None = None  # a key that keeps the event to one per object and key
+
+
+@dataclass
+class RunPlan:
+    """What to do: `actions` in order, then patch `status`, post `events`, count `counters`
+    (("runs_started",), ("runs_failed", reason), ("retries",), ("runs_succeeded",), ("queue_wait", seconds)),
+    and reconcile again at `next_wakeup` (None: only on events and the safety resync)."""
+
+    status: FineTuneJobStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    counters: list[tuple[Any, ...]] = field(default_factory=list)
+    next_wakeup: datetime | None = None
+
+
+def decide(ftj: FineTuneJob, observed: Observed, now: datetime, policy: Policy = Policy()) -> RunPlan:
+    """One pass of the state machine over `ftj` (parsed and checked) and what was observed.
+
+    `ftj.status` is not modified; the plan carries the new status. Raises nothing for a valid spec.
+    """
+    p = _Pass(ftj, observed, now, policy)
+    p.run()
+    return p.plan
+
+
+def fail_run(ftj: FineTuneJob, status: FineTuneJobStatus, reason: str, message: str, now: datetime,
+             observed: Observed | None = None) -> RunPlan:
+    """End the current run as Failed with `reason` (e.g. the API server refused a child: InvalidChild)."""
+    job = ftj.model_copy(update={"status": status})
+    p = _Pass(job, observed or Observed(), now, Policy())
+    run = p.current.number if p.st.current_run is not None else 1
+    if p.st.current_run is None:
+        p.st.current_run = CurrentRun(number=run)
+    p.finish(run, "Failed", reason, message)
+    return p.plan
+
+
+# ------------------------------------------------------------------------------------ one pass
+
+
+def current_run_number(status: FineTuneJobStatus, jobs: list[Body]) -> int:
+    """The newest run in status or among the children; 0 when no run has started yet."""
+    labelled = [int((j["metadata"].get("labels") or {}).get(LABEL_RUN, 0)) for j in jobs]
+    recorded = status.current_run.number if status.current_run is not None else 0
+    return max([recorded, *labelled, 0])
+
+
+_SQL_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
+
+
+def sql_url_problem(encoded: str) -> str | None:
+    """Why a Secret value (base64) is not a SQLAlchemy URL, in words that never quote the value; None when it is one."""
+    try:
+        text = base64.b64decode(encoded, validate=True).decode("utf-8").strip()
+    except (binascii.Error, ValueError):
+        return "is not UTF-8 text"
+    if not _SQL_URL.match(text):
+        return "does not hold a URL of the form dialect[+driver]://user:password@host/db"
+    return None
+
+
+def _json_object(text: str) -> Body | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class _Pass:
+    def __init__(self, ftj: FineTuneJob, observed: Observed, now: datetime, policy: Policy) -> None:
+        self.ftj, self.obs, self.now, self.policy = ftj, observed, now, policy
+        self.name = str(ftj.metadata.name)
+        self.generation = ftj.metadata.generation
+        self.st = ftj.status.model_copy(deep=True)
+        self.plan = RunPlan(status=self.st)
+        self.digest = triggers.spec_digest(ftj)
+        self.problem: ChildProblem | None = None
+        self.created_jobs = 0
+
+    # ---- small helpers
+
+    @property
+    def current(self) -> CurrentRun:
+        assert self.st.current_run is not None
+        return self.st.current_run
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
+        self.st.conditions = set_condition(self.st.conditions, type_, status, reason, message, self.generation,
+                                           self.now)
+
+    def cond(self, type_: str) -> Condition | None:
+        return find_condition(self.st.conditions, type_)
+
+    def event(self, reason: str, message: str, warning: bool = False, once: str | None = None) -> None:
+        self.plan.events.append(Event(reason, message, warning, once))
+
+    def act(self, action: Action) -> None:
+        self.plan.actions.append(action)
+
+    def wake(self, at: datetime | None) -> None:
+        if at is not None and (self.plan.next_wakeup is None or at < self.plan.next_wakeup):
+            self.plan.next_wakeup = at
+
+    def wait(self, text: str, problem: ChildProblem | None = None) -> None:
+        self.current.wait_reason = shorten(text)
+        if problem is not None:
+            self.problem = problem
+
+    def run_jobs(self, run: int, component: str) -> list[Body]:
+        out = [j for j in self.obs.jobs
+               if (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)
+               and (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == component]
+        return sorted(out, key=lambda j: int(j["metadata"]["labels"].get(LABEL_ATTEMPT, 0)))
+
+    def record(self, run: int) -> RunRecord | None:
+        return next((r for r in self.st.runs if r.number == run), None)
+
+    def next_version(self) -> int:
+        return int(self.st.latest_version or 0) + 1
+
+    # ---- main
+
+    def run(self) -> None:
+        self.pass_()
+        self.mark_stalled()
+
+    def pass_(self) -> None:
+        n = current_run_number(self.st, self.obs.jobs)
+        spec = self.ftj.spec
+        if n == 0:
+            request = triggers.retrain_request(self.ftj)
+            if spec.schedule is not None and request is None:  # a scheduled job starts with its first tick
+                if not self.tick(active=False):
+                    self.st.phase = "Pending"
+                    self.condition("Running", False, "WaitingForSchedule",
+                                   f"the first run starts at the next tick of schedule {spec.schedule.cron!r}")
+                return
+            n = 1
+            self.st.current_run = self.begin_run(1, "Manual" if request is not None else "Create")
+        elif self.st.current_run is None or self.st.current_run.number != n:
+            self.st.current_run = CurrentRun(number=n)  # children exist that status never heard of
+        self.current.wait_reason = None  # every wait below sets it again, so a stale one never stays
+        record = self.record(n)
+        if record is not None:
+            if self.rerun(record):
+                return
+            if spec.schedule is None or not self.tick(active=False):
+                self.finished(record)
+            return
+        if spec.schedule is not None and self.tick(active=True):
+            return
+        if self.spec_changed_during(n):
+            return
+        if self.deadline_passed():
+            return
+        if spec.run_policy.suspend and not self.run_jobs(n, COMPONENT_TRAIN):
+            self.suspend_before_training(n)  # suspend holds in every stage, not only on GPUs
+            return
+        if is_status(self.st.conditions, "Suspended") and not self.run_jobs(n, COMPONENT_TRAIN):
+            self.condition("Suspended", False, "Resumed", "the run is not suspended")
+            self.event("Resumed", f"run {n}: spec.runPolicy.suspend is false; the run continues")
+        if not self.prechecks(n):
+            return
+        if not self.validation(n):
+            return
+        self.training(n)
+
+    # ---- starting runs again: spec changes and the retrain annotation
+
+    def begin_run(self, number: int, trigger: str) -> CurrentRun:
+        """The currentRun of a run starting now, from this generation of the spec. A pending retrain
+        request is answered by it (a new annotation value is needed for another run)."""
+        request = self.ftj.metadata.annotations.get(ANNOTATION_RETRAIN)
+        if request:
+            self.st.last_retrain_request = request
+        return CurrentRun.model_validate({"number": number, "attempts": 0, "trigger": trigger,
+                                          "generation": self.generation, "specDigest": self.digest})
+
+    def start_run(self, number: int, trigger: str, message: str) -> None:
+        self.st.current_run = self.begin_run(number, trigger)
+        self.st.data_quality = None  # the report of the run before is not this run's
+        self.st.phase = "Pending"
+        for type_ in ("Succeeded", "Failed", "Running"):
+            self.condition(type_, False, "RunStarted", message)
+        self.condition("SpecApplied", True, "Applied", f"run {number} uses the current spec "
+                       f"(generation {self.generation})")
+        self.event("RunStarted", message)
+        self.wake(self.now)
+
+    def rerun(self, record: RunRecord) -> bool:
+        """After a finished run: start another for a new retrain request, or for a spec changed after a
+        failure; True when one started. A change after a success waits for the next run (SpecApplied)."""
+        run = record.number
+        request = triggers.retrain_request(self.ftj)
+        if request is not None:
+            self.start_run(run + 1, "Manual", f"run {run + 1} started by annotation {ANNOTATION_RETRAIN}={request}")
+            return True
+        if record.spec_digest is None:  # a run recorded before kubetune kept digests: never restarted on its own
+            return False
+        if record.spec_digest == self.digest:
+            self.condition("SpecApplied", True, "Applied", f"run {run} ran with the current spec")
+            return False
+        if record.result != "Succeeded":
+            self.start_run(run + 1, "SpecChange", f"the spec changed (generation {self.generation}) after run {run} "
+                           f"ended {record.result.lower()}: run {run + 1} starts with it")
+            return True
+        self.condition("SpecApplied", False, "AppliesToNextRun", triggers.next_run_hint(
+            self.ftj, f"the spec changed (generation {self.generation}) after run {run} succeeded"))
+        return False
+
+    def spec_changed_during(self, run: int) -> bool:
+        """The spec changed during run `run`: a run that has not started training is replaced by a new
+        one (True); a training run keeps its settings and SpecApplied says when the change applies."""
+        current = self.current
+        if current.spec_digest is None:
+            return False
+        if current.spec_digest == self.digest:
+            self.condition("SpecApplied", True, "Applied", f"run {run} uses the current spec")
+            return False
+        if not self.run_jobs(run, COMPONENT_VALIDATE) and not self.run_jobs(run, COMPONENT_TRAIN):
+            current.generation, current.spec_digest = self.generation, self.digest  # nothing built yet
+            self.condition("SpecApplied", True, "Applied", f"run {run} uses the current spec")
+            return False
+        if current.start_time is None:  # no GPU time spent yet: start over with the new spec
+            self.finish(run, "Cancelled", "SpecChanged",
+                        f"run {run} had not started training when the spec changed (generation {self.generation}); "
+                        f"run {run + 1} replaces it")
+            self.start_run(run + 1, "SpecChange", f"run {run + 1} starts with the changed spec "
+                           f"(generation {self.generation}) in place of run {run}")
+            return True
+        self.condition("SpecApplied", False, "AppliesToNextRun", triggers.next_run_hint(
+            self.ftj, f"the spec changed (generation {self.generation}) while run {run} trains: run {run} keeps the "
+            "settings it started with (spec.runPolicy and spec.schedule apply at once)"))
+        return False
+
+    # ---- children stuck, and how long
+
+    def child_problem(self, job: Body) -> ChildProblem | None:
+        """What the pods of `job` are stuck on; or why the Job creates none (its FailedCreate events)."""
+        name = job["metadata"]["name"]
+        problem = first_problem(pods_of(self.obs.pods, name))
+        if problem is None and not live_pods(self.obs.pods, name):
+            problem = job_creation_problem(job, self.obs.job_events.get(name, []))
+        return problem
+
+    def mark_stalled(self) -> None:
+        """Stalled=True, with one Warning event, once a child has been stuck for STALL_AFTER."""
+        problem, was = self.problem, is_status(self.st.conditions, "Stalled")
+        minutes = int(STALL_AFTER.total_seconds() // 60)
+        if problem is not None and problem.stalled(self.now):
+            if not was:
+                self.event("Stalled", f"stuck for more than {minutes} minutes: {problem.message}", warning=True)
+            self.condition("Stalled", True, problem.reason, f"stuck for more than {minutes} minutes: {problem.message}")
+            return
+        if problem is not None and problem.since is not None:
+            self.wake(problem.since + STALL_AFTER)
+        if self.cond("Stalled") is not None:
+            self.condition("Stalled", False, "NotStalled", "no child of the job is stuck")
+
+    # ---- finished runs: keep status, clean up after the TTL
+
+    def finished(self, record: RunRecord) -> None:
+        self.st.phase = "Failed" if record.result == "Cancelled" else record.result
+        ttl = self.ftj.spec.run_policy.ttl_seconds_after_finished
+        done = record.completion_time
+        if ttl is None or done is None:
+            return
+        expires = done + timedelta(seconds=ttl)
+        if self.now < expires:
+            self.wake(expires)
+            return
+        removed = self.delete_run_children(lambda run: True)
+        if removed:
+            self.event("ChildrenCleanedUp", f"ttlSecondsAfterFinished={ttl} passed: removed {removed} "
+                       "Jobs, ConfigMaps and Services of finished runs; model versions are kept")
+
+    def finish(self, run: int, result: str, reason: str, message: str, version: int | None = None) -> None:
+        current = self.current
+        current.completion_time = self.now
+        rec = RunRecord.model_validate({
+            "number": run, "result": result, "reason": reason, "message": shorten(message),
+            "startTime": current.start_time, "completionTime": self.now, "attempts": current.attempts,
+            "trigger": current.trigger or "Create", "generation": current.generation,
+            "specDigest": current.spec_digest, "version": version,
+        })
+        self.st.runs = [*self.st.runs, rec][-history.RUN_HISTORY_LIMIT:]
+        self.condition("Running", False, reason, message)
+        if result == "Cancelled":
+            self.event(reason, message, warning=True)
+            self.stop_jobs(run)
+            return
+        self.trim_history()
+        if result == "Succeeded":
+            self.st.phase = "Succeeded"
+            self.condition("Succeeded", True, reason, message)
+            self.condition("Failed", False, reason, message)
+            self.plan.counters.append(("runs_succeeded",))
+            self.event(reason, message)
+        else:
+            self.st.phase = "Failed"
+            again = triggers.rerun_hint(self.ftj)
+            self.condition("Failed", True, reason, message + again)
+            self.condition("Succeeded", False, reason, message)
+            self.plan.counters.append(("runs_failed", reason))
+            self.event(reason, message + again, warning=True)
+            self.stop_jobs(run)  # a failed run holds no GPUs: stop whatever still runs
+        self.finished(rec)
+
+    def stop_jobs(self, run: int) -> None:
+        for job in self.obs.jobs:
+            if (job["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run) and \
+                    job_state(job) in ("Active", "Suspended"):
+                self.act(Delete("batch/v1", "Job", job["metadata"]["name"]))
+
+    # ---- retraining schedule
+
+    def tick(self, active: bool) -> bool:
+        """Act on a due tick of spec.schedule; True when a new run was started."""
+        sched = self.ftj.spec.schedule
+        assert sched is not None
+        if sched.suspend:
+            self.st.next_schedule_time = None
+            return False
+        t = schedule.check(sched, self.st.last_schedule_time, self.obs.created or self.now, self.now)
+        self.st.next_schedule_time = t.next
+        self.wake(t.next)
+        if t.due is None:
+            return False
+        due = t.due.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if t.missed:
+            self.st.last_schedule_time = t.due
+            self.event("MissedSchedule", f"the tick of {due} was missed by more than "
+                       f"schedule.startingDeadlineSeconds={sched.starting_deadline_seconds}; waiting for the next",
+                       warning=True)
+            return False
+        run = self.st.current_run.number if self.st.current_run is not None else 0
+        if active:
+            if sched.concurrency_policy == "Forbid":
+                self.st.last_schedule_time = t.due
+                self.event("ScheduleSkipped", f"tick {due}: run {run} is still active and "
+                           "schedule.concurrencyPolicy is Forbid")
+                return False
+            if sched.concurrency_policy == "Allow":
+                self.st.next_schedule_time = t.due  # queued: starts when run `run` ends
+                return False
+            self.finish(run, "Cancelled", "ReplacedBySchedule",
+                        f"run {run} stopped: the tick of {due} replaces it (schedule.concurrencyPolicy Replace)")
+        self.st.last_schedule_time = t.due
+        self.st.current_run = self.begin_run(run + 1, "Schedule")
+        self.st.phase = "Pending"
+        for type_ in ("Succeeded", "Failed", "Running"):
+            self.condition(type_, False, "RunStarted", f"run {run + 1} started by the schedule")
+        self.event("ScheduledRunStarted", f"tick {due} of {sched.cron!r} starts run {run + 1}")
+        self.wake(self.now)
+        return True
+
+    def trim_history(self) -> None:
+        """Keep the schedule's history limits of finished runs; delete the children of the others."""
+        sched = self.ftj.spec.schedule
+        if sched is None:
+            return
+        keep = history.kept_runs(self.st.runs, self.current.number, sched)
+        self.st.runs = [r for r in self.st.runs if r.number in keep]
+        self.delete_run_children(lambda run: run is not None and run not in keep)
+
+    def delete_run_children(self, doomed: Any) -> int:
+        """Delete the Jobs, ConfigMaps and Services of the runs `doomed(run)` picks; returns how many."""
+        removed = 0
+        for api_version, kind, objs in (("batch/v1", "Job", self.obs.jobs), ("v1", "ConfigMap", self.obs.config_maps),
+                                        ("v1", "Service", self.obs.services)):
+            for obj in objs:
+                if doomed(history.run_of(obj)):
+                    self.act(Delete(api_version, kind, obj["metadata"]["name"]))
+                    removed += 1
+        return removed
+
+    # ---- checks that need no GPU
+
+    def run_started_at(self) -> datetime | None:
+        """When the current run began to run anything: its admission, or else its validation pod's start."""
+        if self.current.start_time is not None:
+            return self.current.start_time
+        times = [(j.get("status") or {}).get("startTime") for j in self.run_jobs(self.current.number,
+                                                                                   COMPONENT_VALIDATE)]
+        parsed = [datetime.fromisoformat(t.replace("Z", "+00:00")) if isinstance(t, str) else t for t in times if t]
+        return min(parsed, default=None)
+
+    def deadline_passed(self) -> bool:
+        deadline = self.ftj.spec.run_policy.active_deadline_seconds
+        started = self.run_started_at()
+        if deadline is None or started is None:
+            return False
+        ends = started + timedelta(seconds=deadline)
+        if self.now < ends:
+            self.wake(ends)
+            return False
+        run = self.current.number
+        self.finish(run, "Failed", "DeadlineExceeded",
+                    f"run {run} ran longer than runPolicy.activeDeadlineSeconds={deadline}")
+        return True
+
+    def prechecks(self, run: int) -> bool:
+        """Every object the spec names exists (with its key); a SQL Secret holds a URL; the output is
+        shareable; some node fits a pod. A missing one: a condition, waitReason and one Warning event each."""
+        spec = self.ftj.spec
+        if self.obs.missing:
+            self.missing_references(self.obs.missing)
+            return False
+        for split, src in (("train", spec.datasets.train), ("validation", spec.datasets.validation)):
+            if src is None or src.sql is None:
+                continue
+            ref = src.sql.secret_key_ref
+            secret = self.obs.secrets.get(ref.name)
+            data = (secret.get("data") or {}) if isinstance(secret, dict) else {}
+            if ref.key in data and (problem := sql_url_problem(data[ref.key])) is not None:
+                self.invalid_dependency(SpecError(
+                    f"spec.datasets.{split}.sql.secretKeyRef",
+                    f"key {ref.key} of Secret {ref.name} {problem}",
+                    "store a SQLAlchemy URL there, e.g. postgresql://user:password@host:5432/db "
+                    "(kubectl create secret generic … --from-literal)"))
+                return False
+        claim = parse_pvc_uri(spec.output.uri)
+        if claim and spec.resources.nodes > 1:
+            modes = ((self.obs.output_claim or {}).get("spec") or {}).get("accessModes") or []
+            if "ReadWriteMany" not in modes:
+                self.finish(run, "Failed", "OutputNotShared",
+                            f"spec.output.uri: claim {claim[0]} has access modes {modes}, but a run on "
+                            f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
+                            "ReadWriteMany claim, or set spec.resources.nodes: 1")
+                return False
+        decision = self.obs.admission
+        if not self.run_jobs(run, COMPONENT_TRAIN) and decision is not None and decision.never:
+            self.finish(run, "Failed", "Unschedulable", decision.message)
+            return False
+        return True
+
+    def missing_references(self, missing: list[Missing]) -> None:
+        """Wait for them: Pending, DataValidated=Unknown/MissingDependency naming each, and a Warning
+        event for each one the condition did not name before."""
+        self.st.phase = "Pending"
+        old = self.cond("DataValidated")
+        said = old.message if old is not None and old.reason == "MissingDependency" else ""
+        for m in missing:  # `said` may be cut short: the event's name keeps it to one per reference
+            if m.what not in said:
+                self.event("MissingReference", f"{KIND} {self.name}: {m.message()}", warning=True, once=m.what)
+        text = "waiting: " + "; ".join(m.message() for m in missing)
+        self.condition("DataValidated", "Unknown", "MissingDependency", text)
+        self.wait(text)
+
+    def invalid_dependency(self, error: SpecError) -> None:
+        """A referenced object (a Secret) holds something unusable: say so once; re-checked on resync."""
+        self.st.phase = "Pending"
+        message = str(error)
+        old = self.cond("DataValidated")
+        if old is None or old.reason != "InvalidSpec" or old.message != shorten(message):
+            self.event("InvalidSpec", message, warning=True)
+        self.condition("DataValidated", False, "InvalidSpec", message)
+        self.wait(message)
+
+    # ---- data validation
+
+    def validation(self, run: int) -> bool:
+        """True once the data of run `run` passed its gate."""
+        jobs = self.run_jobs(run, COMPONENT_VALIDATE)
+        if not jobs:
+            if self.run_jobs(run, COMPONENT_TRAIN):
+                return True  # validated earlier; its Job was cleaned up
+            self.act(EnsureRBAC())
+            self.act(CreateValidation(run, self.next_version()))
+            self.st.phase = "Validating"
+            self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
+            self.event("ValidatingData", f"run {run}: checking the training data against the quality gate")
+            return False
+        job = jobs[0]
+        state = job_state(job)
+        if state == "Suspended":  # suspended while validating; resumed now
+            self.act(SetSuspended(job["metadata"]["name"], suspend=False))
+        if state == "Complete":
+            report = _json_object(rank0_message(job, self.obs.pods))
+            self.record_report(report, True, job_condition_time(job, "Complete"))
+            if report is None:  # exit 0 without a report: say what is known, and what is not
+                reason, text = "NotReported", (
+                    f"run {run}: data validation Job {job['metadata']['name']} succeeded without a report: the "
+                    "rows and the quality gate result are not reported")
+            else:
+                reason, text = "QualityGatePassed", str(report.get("message") or
+                                                        f"run {run}: the data passed the quality gate")
+            if not is_status(self.st.conditions, "DataValidated"):
+                self.event("DataValidated", text)
+            self.condition("DataValidated", True, reason, text)
+            return True
+        if state == "Failed":
+            code, message = failure_of(job, self.obs.pods)
+            report = _json_object(message)
+            self.record_report(report, False, job_condition_time(job, "Failed"))
+            if report is not None:
+                text = str(report.get("message") or "; ".join(report.get("errors") or []) or message)
+                self.condition("DataValidated", False, "QualityGateFailed", text)
+                self.finish(run, "Failed", "DataValidationFailed",
+                            f"run {run}: the data failed its quality gate (spec.datasets.quality): {text}")
+                return False
+            # No report: the pod failed, but whether the data passed the gate is not known.
+            text = (f"run {run}: data validation Job {job['metadata']['name']} failed"
+                    + (f" with exit code {code}" if code is not None else "") + (f": {message}" if message else "")
+                    + "; it wrote no data report, so the quality gate result is not reported")
+            self.condition("DataValidated", False, "ValidationFailed", text)
+            self.finish(run, "Failed", "DataValidationFailed", text)
+            return False
+        self.st.phase = "Validating"
+        problem = self.child_problem(job)
+        if problem is not None:
+            self.condition("DataValidated", "Unknown", problem.reason, f"run {run}: {problem.message}")
+            self.wait(problem.message, problem)
+        else:
+            self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
+        return False
+
+    def record_report(self, report: Body | None, passed: bool, ended: datetime | None) -> None:
+        """status.dataQuality from the validation's report; checkedAt defaults to when its Job ended, so
+        every later pass writes the same status (no patch)."""
+        if report is None:  # nothing reported: no report at all, rather than the previous run's
+            self.st.data_quality = None
+            return
+        clean = DataQualityReport.model_validate(report)
+        if clean.passed is None:
+            clean.passed = passed
+        if clean.checked_at is None:
+            clean.checked_at = ended or self.now
+        self.st.data_quality = clean
+
+    # ---- admission and training
+
+    def training(self, run: int) -> None:
+        attempts = self.run_jobs(run, COMPONENT_TRAIN)
+        current = self.current
+        if not attempts:
+            self.create_attempt(run, 1, resume=False)
+            current.queued_at = self.now
+            res = self.ftj.spec.resources
+            what = (f"{res.nodes * res.gpus_per_node} GPU(s)" if res.gpus_per_node
+                    else f"{res.nodes} node(s) without GPUs")
+            self.event("Queued", f"run {run}: waiting for admission of the whole gang ({what})")
+            self.queued_or_suspended(run, names.attempt_name(self.name, run, 1))
+            return
+        job = attempts[-1]
+        attempt = int(job["metadata"]["labels"][LABEL_ATTEMPT])
+        current.attempts = attempt
+        current.job_name = job["metadata"]["name"]
+        state = job_state(job)
+        if state == "Complete":
+            self.succeeded(run, job)
+        elif state == "Failed":
+            self.attempt_failed(run, attempt, attempts)
+        elif state == "Suspended":
+            self.queued_or_suspended(run, job["metadata"]["name"])
+        else:
+            self.active(run, job)
+
+    def create_attempt(self, run: int, attempt: int, resume: bool) -> None:
+        self.act(EnsureRBAC())
+        self.act(CreateAttempt(run, attempt, self.next_version(), resume))
+        self.current.attempts = attempt
+        self.current.job_name = names.attempt_name(self.name, run, attempt)
+        if attempt == 1:  # retries keep the first attempt's config, so its base model is the run's
+            self.current.base_model = self.ftj.spec.base_model.uri
+
+    def queued_or_suspended(self, run: int, job_name: str) -> None:
+        if self.ftj.spec.run_policy.suspend:
+            self.mark_suspended(run)
+            return
+        decision = self.obs.admission
+        current = self.current
+        if decision is None:  # the controller did not ask (it always does for a suspended Job): next pass
+            self.st.phase = "Queued"
+            self.wait("waiting for admission")
+            self.wake(self.now)
+            return
+        if decision.never:
+            self.finish(run, "Failed", "Unschedulable", decision.message)
+            return
+        if not decision.admitted:
+            self.st.phase = "Queued"
+            self.wait(decision.message)
+            # Only what admission knows: a policy that keeps no queue claims no position.
+            current.queue_position = decision.queue_position
+            self.condition("Admitted", False, decision.reason, decision.message)
+            self.condition("Running", False, "Queued", decision.message)
+            self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
+            return
+        res = self.ftj.spec.resources
+        self.act(Admit(job_name, res.nodes * res.gpus_per_node, decision.gpu_type,
+                       pin_gpu_type=bool(decision.gpu_type) and not res.gpu_type))
+        if current.queued_at is not None:
+            self.plan.counters.append(("queue_wait", (self.now - current.queued_at).total_seconds()))
+        current.queued_at = None
+        current.wait_reason = None
+        current.queue_position = None
+        if current.start_time is None:
+            current.start_time = self.now
+        current.admitted_gpus = res.nodes * res.gpus_per_node
+        if decision.gpu_type:
+            current.gpu_type = decision.gpu_type
+        self.plan.counters.append(("runs_started",))
+        self.st.phase = "Running"
+        self.condition("Admitted", True, "Admitted", decision.message)
+        self.condition("Running", True, "Started", f"run {run}: {decision.message}")
+        self.condition("Suspended", False, "Resumed" if is_status(self.st.conditions, "Suspended")
+                       else "NotSuspended", "the run is not suspended")
+        self.event("Admitted", f"run {run} attempt {current.attempts or 1}: {decision.message}")
+
+    def suspend_before_training(self, run: int) -> None:
+        """Suspended before any GPU was asked for: stop (suspend) a running data validation, start nothing."""
+        for job in self.run_jobs(run, COMPONENT_VALIDATE):
+            if job_state(job) == "Active":
+                self.act(SetSuspended(job["metadata"]["name"], suspend=True))
+        self.mark_suspended(run, "no pod of the run runs (data validation included)")
+
+    def mark_suspended(self, run: int, what: str = "the trainer checkpointed and stopped") -> None:
+        self.st.phase = "Suspended"
+        if not is_status(self.st.conditions, "Suspended"):
+            self.event("Suspended", f"run {run}: suspended by spec.runPolicy.suspend; {what}")
+        self.condition("Suspended", True, "SuspendedBySpec",
+                       f"spec.runPolicy.suspend is true: {what}; set it to false to resume")
+        self.wait("suspended: spec.runPolicy.suspend is true; set it to false to resume")
+        self.condition("Running", False, "Suspended", "suspended by spec.runPolicy.suspend")
+        self.condition("Admitted", False, "Suspended", "GPUs released while suspended")
+
+    def active(self, run: int, job: Body) -> None:
+        if self.ftj.spec.run_policy.suspend:
+            # The Job controller deletes the pods; each trainer gets SIGTERM, saves a checkpoint and
+            # exits 42. Un-suspending later resumes from that checkpoint (same run, same attempt).
+            self.act(SetSuspended(job["metadata"]["name"], suspend=True, release=True))
+            self.mark_suspended(run)
+            return
+        self.st.phase = "Running"
+        self.note_resume()
+        old = self.cond("Admitted")
+        admitted = old.message if old is not None and old.status == "True" else "admitted"
+        self.condition("Admitted", True, "Admitted", admitted)
+        gpu_type = (job["metadata"].get("annotations") or {}).get(ANNOTATION_GPU_TYPE)
+        if gpu_type and self.current.gpu_type is None:
+            self.current.gpu_type = gpu_type
+        attempt = self.current.attempts
+        problem = self.child_problem(job)
+        if problem is not None:
+            self.condition("Running", False, problem.reason, f"run {run} attempt {attempt}: {problem.message}")
+            self.wait(problem.message, problem)
+            return
+        self.condition("Running", True, "Running", f"run {run} attempt {attempt} is training")
+
+    def note_resume(self) -> None:
+        """currentRun.resumedFromStep from the trainer's report (status.progress, written by rank 0).
+
+        Progress older than the current attempt's start belongs to an earlier attempt or run.
+        """
+        progress, started = self.st.progress, self.current.start_time
+        if progress is None or not progress.resumed_from_step or progress.updated_at is None or started is None:
+            return
+        if progress.updated_at >= started:
+            self.current.resumed_from_step = progress.resumed_from_step
+
+    def attempt_failed(self, run: int, attempt: int, attempts: list[Body]) -> None:
+        job = attempts[-1]
+        code, message = failure_of(job, self.obs.pods)
+        detail = f"attempt {attempt} failed" + (f" with exit code {code}" if code is not None else "") + (
+            f": {message}" if message else "")
+        if retry.is_config_error(code):
+            self.finish(run, "Failed", "ConfigError", f"run {run} {detail} (a data or configuration error; "
+                        "fix the spec and re-apply)")
+            return
+        failures = retry.counted_failures(attempts, self.obs.pods)
+        limit = self.ftj.spec.run_policy.backoff_limit
+        if not retry.is_preempted(code) and failures > limit:
+            self.finish(run, "Failed", "BackoffLimitExceeded",
+                        f"run {run} failed {failures} time(s), more than runPolicy.backoffLimit={limit}; "
+                        f"last: {detail}")
+            return
+        delay = retry.retry_delay(code, failures, self.policy.retry_base_seconds, self.policy.retry_max_seconds)
+        at = retry.retry_at(job_condition_time(job, "Failed") or self.now, delay)
+        if at > self.now:
+            wait = (at - self.now).total_seconds()
+            self.st.phase = "Queued"
+            self.wait(f"{detail}; retrying in {wait:.0f}s")
+            self.condition("Running", False, "BackOff", f"{detail}; retrying in {wait:.0f}s")
+            self.wake(at)
+            return
+        self.create_attempt(run, attempt + 1, resume=True)
+        self.plan.counters.append(("retries",))
+        self.current.queued_at = self.now
+        self.st.phase = "Queued"
+        self.condition("Running", False, "Retrying", f"{detail}; attempt {attempt + 1} resumes from the "
+                       "newest checkpoint")
+        self.event("Retrying", f"run {run} {detail}; starting attempt {attempt + 1} from the newest checkpoint",
+                   warning=True)
+        self.wake(self.now)
+
+    def run_config(self, run: int) -> TrainerConfig | None:
+        """The TrainerConfig run `run` was given (attempt 1's; retries keep it), or None once cleaned up."""
+        name = names.attempt_name(self.name, run, 1)
+        cm = next((c for c in self.obs.config_maps if c["metadata"]["name"] == name), None)
+        try:
+            return TrainerConfig.from_json(((cm or {}).get("data") or {})["config.json"])
+        except (KeyError, ValueError):
+            return None
+
+    def succeeded(self, run: int, job: Body) -> None:
+        """Record the version of a completed run from rank 0's manifest."""
+        self.note_resume()  # an attempt may resume and finish between two passes
+        manifest = _json_object(rank0_message(job, self.obs.pods)) or {}
+        config = self.run_config(run)
+        entry = versions.version_entry(self.ftj, run, manifest, config, self.next_version(),
+                                       self.current.base_model, self.now)
+        versions.add_version(self.st, entry)
+        gate = config.evaluation.gate if config is not None else self.ftj.spec.evaluation.gate
+        message = f"run {run} produced model version {self.name}-v{entry.version}"
+        if not manifest:
+            message += (f" (Job {job['metadata']['name']} succeeded, but rank 0 reported no manifest in its "
+                        "termination message: its metrics are not reported)")
+        message += f"; {gate_verdict(gate, entry.metrics, entry.passed_gate)}"
+        self.finish(run, "Succeeded", "Completed", message, version=entry.version)

@@ -1,0 +1,43 @@
+"""What starts a run besides its creation: a spec change, the retrain annotation, a schedule tick.
+
+The rule (docs/api.md "Re-running and changing a job"): a spec change after a failed run starts a new
+run; a change to a run that has not started training replaces it; a training run keeps the settings
+it started with (spec.runPolicy and spec.schedule apply at once and never start a run);
+`kubectl annotate ftj <job> kubetune.io/retrain=<value>` starts one run per new value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.api.wellknown import ANNOTATION_RETRAIN
+
+
+def spec_digest(ftj: FineTuneJob) -> str:
+    """A digest (16 hex characters) of what shapes a run: the spec without runPolicy and schedule, which
+    apply at once. Defaults are left out, so a new defaulted field in a later kubetune is not a change."""
+    shaping = ftj.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True,
+                                  exclude={"run_policy", "schedule"})
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def retrain_request(ftj: FineTuneJob) -> str | None:
+    """The kubetune.io/retrain annotation's value when no run has answered it yet."""
+    value = ftj.metadata.annotations.get(ANNOTATION_RETRAIN)
+    return value if value and value != ftj.status.last_retrain_request else None
+
+
+def next_run_hint(ftj: FineTuneJob, what: str) -> str:
+    """`what` happened; how to start the run it applies to."""
+    how = f"`kubectl annotate ftj {ftj.metadata.name} {ANNOTATION_RETRAIN}=<a new value>`"
+    if ftj.spec.schedule is not None:
+        how += " or the next tick of spec.schedule"
+    return f"{what}; it applies to the next run: start one with {how}"
+
+
+def rerun_hint(ftj: FineTuneJob) -> str:
+    """Appended to a failure: the two ways to run again."""
+    return (f"; to run again, fix the spec (a change starts a new run) or "
+            f"`kubectl annotate ftj {ftj.metadata.name} {ANNOTATION_RETRAIN}=<a new value>`")

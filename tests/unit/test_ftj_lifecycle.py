@@ -1,0 +1,246 @@
+"""The FineTuneJob state machine (core.finetunejob.lifecycle.decide), transition by transition, with no cluster.
+
+Each row: the job (a spec change, the status it had), what the controller observed (children in a
+given state, an admission decision), the time; then the plan: phase, the reason of a condition, the
+actions and events, and when it asks to run again. The integration tests run the same rules against
+a real control plane.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kubetune_operator.api import FineTuneJob
+from kubetune_operator.api.conditions import find_condition
+from kubetune_operator.core.finetunejob.lifecycle import (
+    Admit,
+    CreateAttempt,
+    CreateValidation,
+    Delete,
+    EnsureRBAC,
+    Observed,
+    Policy,
+    SetSuspended,
+    decide,
+    fail_run,
+)
+from kubetune_operator.core.finetunejob.triggers import spec_digest
+from kubetune_operator.core.gang import Decision
+from kubetune_operator.core.references import Missing, Reference
+
+from tests.unit.test_api_cases import LORA, SCHEDULED, load_example, patched
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+T = "%Y-%m-%dT%H:%M:%SZ"
+POLICY = Policy(retry_base_seconds=10, retry_max_seconds=600)
+ADMITTED = Decision(True, "Admitted", "admitted 1 GPUs of type NVIDIA-L4", gpu_type="NVIDIA-L4")
+FULL = Decision(False, "InsufficientGPUs", "waiting for 1 GPUs of type NVIDIA-L4: 0 free of 8", gpu_type="NVIDIA-L4")
+NEVER = Decision(False, "Unschedulable", "no schedulable node has GPU type NVIDIA-L4")
+
+
+def ts(delta_s: float = 0) -> str:
+    return (NOW + timedelta(seconds=delta_s)).strftime(T)
+
+
+def ftj(changes: dict[str, Any] | None = None, status: dict[str, Any] | None = None, example: str = LORA,
+        annotations: dict[str, str] | None = None) -> FineTuneJob:
+    body = patched(load_example(example), changes or {})
+    body["metadata"].update(namespace="team", generation=1, annotations=annotations or {})
+    body["status"] = status or {}
+    return FineTuneJob.model_validate(body)
+
+
+def job(component: str, run: int = 1, attempt: int = 1, state: str = "Active", at: str | None = None,
+        start: str | None = None) -> dict[str, Any]:
+    name = f"support-assistant-r{run}-validate" if component == "validate-data" else f"support-assistant-r{run}-a{attempt}"
+    conditions = [{"type": state, "status": "True", "lastTransitionTime": at or ts(-1)}] if state in (
+        "Complete", "Failed") else []
+    return {"metadata": {"name": name, "labels": {"kubetune.io/finetunejob": "support-assistant", "kubetune.io/run": str(run),
+                                                  "kubetune.io/attempt": str(attempt), "kubetune.io/component": component}},
+            "spec": {"suspend": state == "Suspended"}, "status": {"conditions": conditions, "startTime": start}}
+
+
+def pod(of: dict[str, Any], exit_code: int | None = None, message: str = "") -> dict[str, Any]:
+    state = {"terminated": {"exitCode": exit_code, "message": message}} if exit_code is not None else {"running": {}}
+    return {"metadata": {"name": of["metadata"]["name"] + "-0", "labels": {"job-name": of["metadata"]["name"]},
+                         "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+            "status": {"phase": "Failed" if exit_code else ("Succeeded" if exit_code == 0 else "Running"),
+                       "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+def running(run: int = 1, validated: bool = True, **extra: Any) -> dict[str, Any]:
+    """The status of a job whose run `run` started from the example's spec (its data validated)."""
+    digest = spec_digest(ftj())
+    current = {"number": run, "attempts": 1, "trigger": "Create", "generation": 1, "specDigest": digest, **extra}
+    conditions = [{"type": "DataValidated", "status": "True", "reason": "QualityGatePassed", "message": "ok",
+                   "lastTransitionTime": ts(-100)}] if validated else []
+    return {"phase": "Running", "currentRun": current, "conditions": conditions}
+
+
+def passed_validation(run: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    v = job("validate-data", run, state="Complete")
+    return v, pod(v, 0, json.dumps({"rows": 240, "passed": True, "message": "240 rows passed the quality gate"}))
+
+
+V_OK, V_OK_POD = passed_validation()
+
+
+@dataclass
+class Row:
+    name: str
+    job: FineTuneJob
+    observed: Observed
+    phase: str | None
+    condition: tuple[str, str, str] | None = None  # type, status, reason
+    actions: list[Any] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    wakeup: datetime | None = None
+    now: datetime = NOW
+    check: Any = None  # an extra assertion on the plan
+
+
+def failed_attempt(code: int, attempt: int = 1, earlier: list[int] | None = None, at: str | None = None) -> Observed:
+    jobs, pods = [V_OK], [V_OK_POD]
+    for k, c in enumerate([*(earlier or []), code], start=attempt - len(earlier or [])):
+        j = job("train", attempt=k, state="Failed", at=at)
+        jobs.append(j)
+        pods.append(pod(j, c, "boom"))
+    return Observed(jobs=jobs, pods=pods)
+
+
+ROWS = [
+    Row("created: validation starts first, no GPU asked for", ftj(), Observed(), "Validating",
+        ("DataValidated", "Unknown", "Validating"), [EnsureRBAC(), CreateValidation(1, 1)], ["ValidatingData"]),
+    Row("a missing reference waits, naming it once", ftj(),
+        Observed(missing=[Missing(Reference("PersistentVolumeClaim", "datasets", "spec.datasets.train.uri"), "datasets2")]),
+        "Pending", ("DataValidated", "Unknown", "MissingDependency"), [], ["MissingReference"]),
+    Row("validation failed its quality gate", ftj(status=running()),
+        Observed(jobs=[j := job("validate-data", state="Failed")],
+                 pods=[pod(j, 43, json.dumps({"passed": False, "errors": ["only 12 rows, need 200"]}))]),
+        "Failed", ("Failed", "True", "DataValidationFailed"), [], ["DataValidationFailed"]),
+    Row("validation passed, admitted: the gang is created and admitted in one pass", ftj(status=running(validated=False)),
+        Observed(jobs=[V_OK], pods=[V_OK_POD], admission=ADMITTED), "Running", ("Admitted", "True", "Admitted"),
+        [EnsureRBAC(), CreateAttempt(1, 1, 1, False), Admit("support-assistant-r1-a1", 1, "NVIDIA-L4", False)],
+        ["DataValidated", "Queued", "Admitted"]),
+    Row("validation passed, no GPUs free: queued with the reason", ftj(status=running(validated=False)),
+        Observed(jobs=[V_OK], pods=[V_OK_POD], admission=FULL), "Queued", ("Admitted", "False", "InsufficientGPUs"),
+        [EnsureRBAC(), CreateAttempt(1, 1, 1, False)], ["DataValidated", "Queued"],
+        check=lambda p: p.status.current_run.wait_reason == FULL.message),
+    Row("no node can ever hold a pod: fails fast", ftj(status=running()),
+        Observed(jobs=[V_OK], pods=[V_OK_POD], admission=NEVER), "Failed", ("Failed", "True", "Unschedulable"), [],
+        ["Unschedulable"]),
+    Row("queued Job admitted later", ftj(status=running(queuedAt=ts(-30))),
+        Observed(jobs=[V_OK, job("train", state="Suspended")], pods=[V_OK_POD], admission=ADMITTED), "Running",
+        ("Running", "True", "Started"), [Admit("support-assistant-r1-a1", 1, "NVIDIA-L4", False)], ["Admitted"],
+        check=lambda p: ("queue_wait", 30.0) in p.counters and ("runs_started",) in p.counters),
+    Row("training", ftj(status=running(startTime=ts(-60))),
+        Observed(jobs=[V_OK, j := job("train")], pods=[V_OK_POD, pod(j)]), "Running", ("Running", "True", "Running")),
+    Row("attempt 1 failed (exit 1): back-off, wake at its end", ftj(status=running(startTime=ts(-60))),
+        failed_attempt(1, at=ts(-4)), "Queued", ("Running", "False", "BackOff"), wakeup=NOW + timedelta(seconds=6)),
+    Row("attempt 1 failed (exit 1), back-off over: attempt 2 resumes", ftj(status=running(startTime=ts(-60))),
+        failed_attempt(1, at=ts(-11)), "Queued", ("Running", "False", "Retrying"),
+        [EnsureRBAC(), CreateAttempt(1, 2, 1, True)], ["Retrying"], wakeup=NOW,
+        check=lambda p: ("retries",) in p.counters),
+    Row("attempt preempted (exit 42): retried at once, not counted", ftj(status=running(startTime=ts(-60))),
+        failed_attempt(42, at=ts(0)), "Queued", ("Running", "False", "Retrying"),
+        [EnsureRBAC(), CreateAttempt(1, 2, 1, True)], ["Retrying"], wakeup=NOW),
+    Row("config error (exit 43): fails, no retry", ftj(status=running(startTime=ts(-60))), failed_attempt(43),
+        "Failed", ("Failed", "True", "ConfigError"), [], ["ConfigError"]),
+    Row("more failures than backoffLimit: fails", ftj({"spec.runPolicy.backoffLimit": 1}, running(startTime=ts(-60))),
+        failed_attempt(1, attempt=2, earlier=[1]), "Failed", ("Failed", "True", "BackoffLimitExceeded"), [],
+        ["BackoffLimitExceeded"]),
+    Row("preemptions never use up the backoffLimit", ftj({"spec.runPolicy.backoffLimit": 1}, running(startTime=ts(-60))),
+        failed_attempt(1, attempt=3, earlier=[42, 42], at=ts(-11)), "Queued", ("Running", "False", "Retrying"),
+        [EnsureRBAC(), CreateAttempt(1, 4, 1, True)], ["Retrying"], wakeup=NOW),
+    Row("deadline ahead: wake when it passes", ftj({"spec.runPolicy.activeDeadlineSeconds": 3600},
+                                                   running(startTime=ts(-600))),
+        Observed(jobs=[V_OK, j := job("train")], pods=[V_OK_POD, pod(j)]), "Running", ("Running", "True", "Running"),
+        wakeup=NOW + timedelta(seconds=3000)),
+    Row("deadline passed: fails and stops the Job", ftj({"spec.runPolicy.activeDeadlineSeconds": 60},
+                                                        running(startTime=ts(-600))),
+        Observed(jobs=[V_OK, job("train")], pods=[V_OK_POD]), "Failed", ("Failed", "True", "DeadlineExceeded"),
+        [Delete("batch/v1", "Job", "support-assistant-r1-a1")], ["DeadlineExceeded"]),
+    Row("suspended while validating: validation suspended, nothing else starts",
+        ftj({"spec.runPolicy.suspend": True}, running()), Observed(jobs=[job("validate-data")]), "Suspended",
+        ("Suspended", "True", "SuspendedBySpec"), [SetSuspended("support-assistant-r1-validate", True)], ["Suspended"]),
+    Row("suspended while training: Job suspended, GPUs released (the trainer checkpoints, exit 42)",
+        ftj({"spec.runPolicy.suspend": True}, running(startTime=ts(-60))),
+        Observed(jobs=[V_OK, job("train")], pods=[V_OK_POD]), "Suspended", ("Admitted", "False", "Suspended"),
+        [SetSuspended("support-assistant-r1-a1", True, release=True)], ["Suspended"]),
+    Row("resumed: the suspended Job is admitted again",
+        ftj(status={**running(startTime=ts(-60)), "conditions": [*running()["conditions"],
+            {"type": "Suspended", "status": "True", "reason": "SuspendedBySpec", "message": "m",
+             "lastTransitionTime": ts(-30)}]}),
+        Observed(jobs=[V_OK, job("train", state="Suspended")], pods=[V_OK_POD], admission=ADMITTED), "Running",
+        ("Suspended", "False", "Resumed"), [Admit("support-assistant-r1-a1", 1, "NVIDIA-L4", False)], ["Admitted"]),
+    Row("succeeded: the version from rank 0's manifest, gate verdict", ftj(status=running(startTime=ts(-600))),
+        Observed(jobs=[V_OK, j := job("train", state="Complete")],
+                 pods=[V_OK_POD, pod(j, 0, json.dumps({"version": 1, "metrics": {"perplexity": 9.5}, "passedGate": True}))]),
+        "Succeeded", ("Succeeded", "True", "Completed"), [], ["Completed"],
+        check=lambda p: p.status.latest_passing_version == 1 and p.status.versions[0].metrics == {"perplexity": 9.5}),
+    Row("finished, TTL ahead: wake when it expires",
+        ftj({"spec.runPolicy.ttlSecondsAfterFinished": 600}, {**running(completionTime=ts(-60)), "runs": [
+            {"number": 1, "result": "Succeeded", "completionTime": ts(-60), "specDigest": spec_digest(ftj())}]}),
+        Observed(jobs=[job("train", state="Complete")]), "Succeeded", None, wakeup=NOW + timedelta(seconds=540)),
+    Row("finished, TTL passed: children removed, versions kept",
+        ftj({"spec.runPolicy.ttlSecondsAfterFinished": 60}, {**running(completionTime=ts(-600)), "runs": [
+            {"number": 1, "result": "Succeeded", "completionTime": ts(-600), "specDigest": spec_digest(ftj())}]}),
+        Observed(jobs=[job("train", state="Complete")]), "Succeeded", None,
+        [Delete("batch/v1", "Job", "support-assistant-r1-a1")], ["ChildrenCleanedUp"]),
+    Row("a spec change after a failed run starts a new run",
+        ftj({"spec.hyperparameters.epochs": 1}, {**running(), "phase": "Failed", "runs": [
+            {"number": 1, "result": "Failed", "specDigest": spec_digest(ftj())}]}),
+        Observed(), "Pending", ("SpecApplied", "True", "Applied"), [], ["RunStarted"], wakeup=NOW,
+        check=lambda p: p.status.current_run.number == 2 and p.status.current_run.trigger == "SpecChange"),
+    Row("a spec change before training replaces the run", ftj({"spec.hyperparameters.epochs": 1}, running()),
+        Observed(jobs=[job("validate-data")]), "Pending", ("SpecApplied", "True", "Applied"),
+        [Delete("batch/v1", "Job", "support-assistant-r1-validate")], ["SpecChanged", "RunStarted"], wakeup=NOW),
+    Row("a spec change while training applies to the next run", ftj({"spec.hyperparameters.epochs": 1},
+                                                                    running(startTime=ts(-60))),
+        Observed(jobs=[V_OK, j := job("train")], pods=[V_OK_POD, pod(j)]), "Running",
+        ("SpecApplied", "False", "AppliesToNextRun")),
+    Row("the retrain annotation starts one run after a success",
+        ftj(status={**running(), "phase": "Succeeded", "runs": [{"number": 1, "result": "Succeeded",
+                                                                "specDigest": spec_digest(ftj())}]},
+            annotations={"kubetune.io/retrain": "r-7"}),
+        Observed(), "Pending", None, [], ["RunStarted"], wakeup=NOW,
+        check=lambda p: p.status.current_run.trigger == "Manual" and p.status.last_retrain_request == "r-7"),
+    Row("a scheduled job waits for its first tick, and wakes then",
+        ftj(example=SCHEDULED), Observed(created=NOW - timedelta(minutes=1)), "Pending",
+        ("Running", "False", "WaitingForSchedule"), check=lambda p: p.next_wakeup is not None and p.next_wakeup > NOW),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_transition(row: Row) -> None:
+    before = row.job.status.model_copy(deep=True)
+    plan = decide(row.job, row.observed, row.now, POLICY)
+    assert row.job.status == before  # the input is not modified
+    assert plan.status.phase == row.phase
+    if row.condition is not None:
+        c = find_condition(plan.status.conditions, row.condition[0])
+        assert c is not None and (c.status, c.reason) == row.condition[1:], c
+    assert plan.actions == row.actions
+    assert [e.reason for e in plan.events] == row.events
+    if row.wakeup is not None:
+        assert plan.next_wakeup == row.wakeup
+    if row.check is not None:
+        assert row.check(plan)
+
+
+def test_decide_is_idempotent_for_the_same_observation() -> None:
+    """A second pass over the same cluster state wants nothing new once status says what the first did."""
+    job_ = ftj(status=running(startTime=ts(-60)))
+    observed = Observed(jobs=[V_OK, j := job("train")], pods=[V_OK_POD, pod(j)])
+    first = decide(job_, observed, NOW, POLICY)
+    again = decide(job_.model_copy(update={"status": first.status}), observed, NOW + timedelta(seconds=5), POLICY)
+    assert again.status == first.status and again.actions == [] and again.events == []
+
+
+def test_a_refused_child_fails_the_run_with_the_servers_words() -> None:
+    plan = fail_run(ftj(), ftj(status=running()).status, "InvalidChild", "the API server rejected it", NOW)
+    assert plan.status.phase == "Failed" and plan.status.runs[-1].reason == "InvalidChild"
