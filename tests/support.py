@@ -77,7 +77,7 @@ class OperatorProcess:
                 "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         for ns in self.namespaces:
             args += ["-n", ns]
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "KUBETUNE_RESYNC_SECONDS": "1",
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "KUBETUNE_RESYNC_SECONDS": "30",
                "KUBETUNE_RETRY_BASE_SECONDS": "1", **self.env}
         self.starts += 1
         log = self.log_path.open("ab")

@@ -108,7 +108,9 @@ def run_operator(argv: list[str]) -> None:
     logs.setup(cfg.log_format, cfg.log_level)
     kube.load_config()
     for name in cfg.controllers:
-        importlib.import_module(HANDLER_MODULES[name])
+        module = importlib.import_module(HANDLER_MODULES[name])
+        if hasattr(module, "setup"):  # a controller registers its handlers with the settings it needs
+            module.setup(cfg)
     metrics_port = endpoint_port(cfg.bind_address, cfg.metrics_port, "--metrics-port", "KUBETUNE_METRICS_PORT")
     health_port = endpoint_port(cfg.bind_address, cfg.health_port, "--health-port", "KUBETUNE_HEALTH_PORT")
     if metrics_port is not None:

@@ -84,7 +84,7 @@ def rendered_containers() -> list[dict[str, Any]]:
     from kubetune_operator.builders.serving import build_server_deployment
     from kubetune_operator.builders.trainer_config import RunInputs
     from kubetune_operator.builders.training import build_training_job, build_validation_job
-    from kubetune_operator.core.serving.resolution import ServedModel
+    from kubetune_operator.core.serving.model import ServedModel
 
     containers = []
     for example in sorted((REPO / "examples").glob("finetunejob-*.yaml")):

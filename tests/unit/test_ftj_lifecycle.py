@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from kubetune_operator.api import FineTuneJob
 from kubetune_operator.api.conditions import find_condition
-from kubetune_operator.core.finetunejob.lifecycle import (
+from kubetune_operator.core.finetunejob.lifecycle import decide, fail_run
+from kubetune_operator.core.finetunejob.plan import (
     Admit,
     CreateAttempt,
     CreateValidation,
@@ -25,8 +26,6 @@ from kubetune_operator.core.finetunejob.lifecycle import (
     Observed,
     Policy,
     SetSuspended,
-    decide,
-    fail_run,
 )
 from kubetune_operator.core.finetunejob.triggers import spec_digest
 from kubetune_operator.core.gang import Decision

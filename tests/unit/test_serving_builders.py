@@ -20,13 +20,8 @@ from kubetune_operator.builders.serving import (
     endpoint,
     server_image,
 )
-from kubetune_operator.core.serving.resolution import (
-    InvalidSpec,
-    ServedModel,
-    Waiting,
-    resolve_model,
-    vllm_lora_rank,
-)
+from kubetune_operator.core.serving.model import InvalidSpec, ServedModel, Waiting
+from kubetune_operator.core.serving.resolution import resolve_model, vllm_lora_rank
 from kubetune_operator.core.serving.rollout import (
     Track,
     observe_track,

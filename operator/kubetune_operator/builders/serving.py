@@ -29,9 +29,7 @@ from kubetune_operator.builders.serving_runtime import (
     build_server_container,
     uses_tls,
 )
-from kubetune_operator.core.serving.resolution import (
-    ServedModel,
-)
+from kubetune_operator.core.serving.model import ServedModel
 
 TrackName = Literal["stable", "canary"]
 

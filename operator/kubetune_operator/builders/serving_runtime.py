@@ -18,7 +18,7 @@ from typing import Any
 
 from kubetune_operator.api import ModelDeployment
 from kubetune_operator.builders.storage import PodStorage
-from kubetune_operator.core.serving.resolution import ServedModel, hf_repo
+from kubetune_operator.core.serving.model import ServedModel, hf_repo
 
 PORT = 8000
 AUTH_DIR = "/etc/kubetune/auth"

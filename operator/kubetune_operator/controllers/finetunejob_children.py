@@ -36,7 +36,8 @@ from kubetune_operator.builders.training import (
 from kubetune_operator.core import names, references
 from kubetune_operator.core.children import job_state, live_pods
 from kubetune_operator.core.conditions import parse_time
-from kubetune_operator.core.finetunejob.lifecycle import (
+from kubetune_operator.core.finetunejob.lifecycle import current_run_number
+from kubetune_operator.core.finetunejob.plan import (
     Action,
     Admit,
     CreateAttempt,
@@ -45,7 +46,6 @@ from kubetune_operator.core.finetunejob.lifecycle import (
     EnsureRBAC,
     Observed,
     SetSuspended,
-    current_run_number,
 )
 from kubetune_operator.core.gang import Decision, GangRequest
 from kubetune_operator.core.queue.admission import Admission

@@ -27,7 +27,6 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,112 +67,23 @@ from kubetune_operator.core.children import (
 )
 from kubetune_operator.core.conditions import is_status, set_condition, shorten
 from kubetune_operator.core.finetunejob import history, retry, schedule, triggers, versions
-from kubetune_operator.core.gang import Decision
+from kubetune_operator.core.finetunejob.plan import (
+    Action,
+    Admit,
+    CreateAttempt,
+    CreateValidation,
+    Delete,
+    EnsureRBAC,
+    Event,
+    Observed,
+    Policy,
+    RunPlan,
+    SetSuspended,
+)
 from kubetune_operator.core.references import Missing
 
 Body = dict[str, Any]
 KIND = "FineTuneJob"
-
-
-# ------------------------------------------------------------------------------------ inputs
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The operator settings the decisions use (runtime.settings.OperatorSettings)."""
-
-    retry_base_seconds: float = 10.0
-    retry_max_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the controller read for one pass. Lists hold raw API objects (dicts)."""
-
-    created: datetime | None = None  # the FineTuneJob's creationTimestamp
-    jobs: list[Body] = field(default_factory=list)  # batch/v1 Jobs labelled with the job's name
-    pods: list[Body] = field(default_factory=list)
-    config_maps: list[Body] = field(default_factory=list)
-    services: list[Body] = field(default_factory=list)
-    job_events: dict[str, list[Body]] = field(default_factory=dict)  # Job name -> its Events (FailedCreate)
-    missing: list[Missing] = field(default_factory=list)  # referenced objects that do not exist
-    secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
-    output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
-    admission: Decision | None = None  # for the current run's gang, while it has no running Job
-
-
-# ------------------------------------------------------------------------------------ outputs
-
-
-@dataclass(frozen=True)
-class EnsureRBAC:
-    """The ServiceAccount (unless spec.pod names one), Role and RoleBinding the pods use."""
-
-
-@dataclass(frozen=True)
-class CreateValidation:
-    run: int
-    version: int
-
-
-@dataclass(frozen=True)
-class CreateAttempt:
-    """ConfigMap, headless Service and the suspended Indexed Job of attempt `attempt` of run `run`."""
-
-    run: int
-    attempt: int
-    version: int
-    resume: bool
-
-
-@dataclass(frozen=True)
-class Admit:
-    """Annotate the Job with what was granted and un-suspend it in one patch (pinning the GPU type)."""
-
-    job: str
-    gpus: int
-    gpu_type: str | None
-    pin_gpu_type: bool
-
-
-@dataclass(frozen=True)
-class SetSuspended:
-    """Suspend or resume a Job; `release` drops its admission annotations (the GPUs go back)."""
-
-    job: str
-    suspend: bool
-    release: bool = False
-
-
-@dataclass(frozen=True)
-class Delete:
-    api_version: str
-    kind: str
-    name: str
-
-
-Action = EnsureRBAC | CreateValidation | CreateAttempt | Admit | SetSuspended | Delete
-
-
-@dataclass(frozen=True)
-class Event:
-    reason: str
-    message: str
-    warning: bool = False
-    once: str | None = None  # a key that keeps the event to one per object and key
-
-
-@dataclass
-class RunPlan:
-    """What to do: `actions` in order, then patch `status`, post `events`, count `counters`
-    (("runs_started",), ("runs_failed", reason), ("retries",), ("runs_succeeded",), ("queue_wait", seconds)),
-    and reconcile again at `next_wakeup` (None: only on events and the safety resync)."""
-
-    status: FineTuneJobStatus
-    actions: list[Action] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    counters: list[tuple[Any, ...]] = field(default_factory=list)
-    next_wakeup: datetime | None = None
 
 
 def decide(ftj: FineTuneJob, observed: Observed, now: datetime, policy: Policy = Policy()) -> RunPlan:

@@ -1,97 +1,26 @@
 """Which model a ModelDeployment serves: a FineTuneJob version (latest, latest-passing, N) or a uri.
 
-Pure functions: the handler reads the FineTuneJob and passes it in. The answer is one of
-- `ServedModel`: what a server Deployment should load;
-- `Waiting`: nothing to serve yet (the version does not exist) or nothing servable (`stuck`:
-  someone must change a spec), with a CamelCase reason and a message naming the object, the
-  field and the fix;
-- `InvalidSpec`: the ModelDeployment's own spec can never work (a `kopf.PermanentError`).
+Pure functions: the controller reads the FineTuneJob and passes it in. The answer is a
+`Resolution` (core.serving.model): a `ServedModel` to load, a `Waiting` with the reason nothing
+(new) is served, or an `InvalidSpec` when the ModelDeployment's own spec can never work.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from kubetune_trainer.version_format import servable, unservable_reason
+from kubetune_trainer.contract.formats import servable, unservable_reason
 
 from kubetune_operator.api import FineTuneJob, ModelDeployment, ModelVersion
+from kubetune_operator.core.serving.model import InvalidSpec, Resolution, ServedModel, Waiting
 
 # Ranks vLLM accepts for --max-lora-rank (vllm.config.LoRAConfig); an adapter's rank is rounded up.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """A model a server Deployment loads, with what is pinned to it when it is first rolled out.
-
-    Options derived from the FineTuneJob's spec (LoRA rank, sequence length, base model) are
-    recorded here and stored on the Deployment, so editing the FineTuneJob later never restarts
-    the servers of a version already rolled out.
-    """
-
-    uri: str
-    version: int | None = None
-    job: str | None = None
-    adapter: bool = False
-    base_uri: str | None = None
-    passed_gate: bool | None = None
-    lora_rank: int | None = None
-    max_model_len: int | None = None
-
-    def same_model(self, other: ServedModel | None) -> bool:
-        return other is not None and (self.version, self.uri) == (other.version, other.uri)
-
-    @property
-    def label(self) -> str:
-        return f"version {self.version}" if self.version is not None else self.uri
-
-    def to_annotation(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_annotation(cls, text: str | None) -> ServedModel | None:
-        if not text:
-            return None
-        try:
-            raw = json.loads(text)
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (ValueError, TypeError):
-            return None
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """Nothing (new) to serve. `stuck`: waiting alone will not help, a spec must change (Degraded)."""
-
-    reason: str
-    message: str
-    stuck: bool = False
-
-
-@dataclass(frozen=True)
-class InvalidSpec:
-    """The ModelDeployment's spec can never work; `field` is the path of the culprit."""
-
-    field: str
-    message: str
-    reason: str = "InvalidSpec"
-
-
-Resolution = ServedModel | Waiting | InvalidSpec
-
-
 def vllm_lora_rank(rank: int) -> int:
     """The smallest rank vLLM accepts that holds an adapter of `rank`."""
     return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
-
-
-def hf_repo(uri: str) -> tuple[str, str | None]:
-    """hf://org/name@rev -> ("org/name", "rev")."""
-    repo, _, rev = uri.removeprefix("hf://").partition("@")
-    return repo, rev or None
 
 
 def location_problem(uri: str, runtime: str) -> str | None:
@@ -290,3 +219,18 @@ def parse_finetunejob(body: dict[str, Any] | None) -> FineTuneJob | Waiting | No
             f"FineTuneJob {name} does not parse ({str(exc).splitlines()[0]}); fix its spec",
             stuck=True,
         )
+
+
+def parse_modeldeployment(body: dict[str, Any]) -> ModelDeployment | InvalidSpec:
+    """The ModelDeployment from the API, or an InvalidSpec naming the first field that does not parse
+    (a spec the API server accepted but this operator's schema refuses: an older CRD, a newer field)."""
+    try:
+        return ModelDeployment.model_validate(body)
+    except ValueError as exc:
+        name = body.get("metadata", {}).get("name")
+        errors = getattr(exc, "errors", None)
+        if callable(errors) and errors():
+            first = errors()[0]
+            path = ".".join(str(p) for p in first.get("loc", ()))
+            return InvalidSpec(path, f"ModelDeployment {name}: {path}: {first.get('msg')}; fix the field and apply again")
+        return InvalidSpec("spec", f"ModelDeployment {name}: {exc}; fix the spec and apply again")

@@ -25,10 +25,7 @@ from typing import Any
 from kubetune_operator.api import ModelDeploymentSpec, Rollout
 from kubetune_operator.api.wellknown import ANNOTATION_RESOLVED_GENERATION, ANNOTATION_SERVED_MODEL
 from kubetune_operator.core.conditions import parse_time
-from kubetune_operator.core.serving.resolution import (
-    ServedModel,
-    Waiting,
-)
+from kubetune_operator.core.serving.model import ServedModel, Waiting
 
 HISTORY_LIMIT = 10
 

@@ -1,32 +1,32 @@
 """ModelDeployment status, derived from what was resolved, the rollout plan and the server Deployments.
 
-Pure. Conditions follow metav1.Condition: CamelCase reasons, `lastTransitionTime` moves only when
-the status flips, `observedGeneration` on each. Three conditions:
+Pure: the controller passes the time in. Conditions follow metav1.Condition (core.conditions:
+CamelCase reasons, `lastTransitionTime` moves only when the status flips, `observedGeneration` on
+each, messages cut to MESSAGE_LIMIT). Three conditions:
 - Available: the stable Deployment has its replicas ready (the endpoint answers).
 - Progressing: True while something is being rolled out or waited for; False with RolloutComplete
   when done, or with the reason a newer model is held back (VersionFailedGate, ManualPromotion, ...).
 - Degraded: True when a person must act (an invalid spec, an unservable version, failing pods, a
-  server pod stuck for child_state.STALL_AFTER).
+  server pod stuck for core.children.STALL_AFTER).
 `waitReason` repeats why nothing is available (Available's message): the WAITING column.
 A server pod that cannot run (unschedulable, image pull, crash loop, missing Secret key) is named in
-Available, with its fix (child_state.py), instead of "loading or failing".
+Available, with its fix (core.children), instead of "loading or failing".
+`next_wakeup` says when time alone changes the outcome (a canary's promotion, a pod turning stalled).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune_operator.api import Condition, ModelDeploymentStatus, find_condition
+from kubetune_operator.api import ModelDeploymentStatus, find_condition
 from kubetune_operator.core.children import STALL_AFTER, ChildProblem
-from kubetune_operator.core.conditions import merge_patch
-from kubetune_operator.core.serving.resolution import InvalidSpec, ServedModel, Waiting
+from kubetune_operator.core.conditions import merge_patch, set_condition, shorten
+from kubetune_operator.core.serving.model import InvalidSpec, Resolution, ServedModel, Waiting
 from kubetune_operator.core.serving.rollout import RolloutPlan, Track, record_rollouts
 
-CONDITION_MESSAGE_LIMIT = 2000
-WAIT_REASON_LIMIT = 950
-EVENT_MESSAGE_LIMIT = 950  # the events API caps messages at 1 KiB
 # Progressing reasons a rollout event of the plan already announces (no second event for the flip).
 ROLLOUT_REASONS = {"RollingOut", "CanaryRunning"}
 
@@ -37,7 +37,7 @@ class Observed:
 
     name: str
     generation: int
-    outcome: ServedModel | Waiting | InvalidSpec
+    outcome: Resolution
     plan: RolloutPlan | None  # None for an invalid spec (children are left as they are)
     stable: Track | None
     canary: Track | None
@@ -46,7 +46,7 @@ class Observed:
     endpoint: str | None
     before_stable: ServedModel | None = None
     before_canary: ServedModel | None = None
-    problem: ChildProblem | None = None  # what a server pod is stuck on (child_state.first_problem)
+    problem: ChildProblem | None = None  # what a server pod is stuck on (core.children.first_problem)
 
 
 @dataclass(frozen=True)
@@ -54,26 +54,6 @@ class StatusEvent:
     type: str
     reason: str
     message: str
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def set_condition(
-    conditions: list[Condition], type_: str, status: str, reason: str, message: str, generation: int, now: datetime
-) -> list[Condition]:
-    """`conditions` with `type_` set; lastTransitionTime kept unless the status flips."""
-    old = find_condition(conditions, type_)
-    since = old.last_transition_time if old is not None and old.status == status else now
-    new = Condition.model_validate({
-        "type": type_, "status": status, "reason": reason, "message": _cut(message, CONDITION_MESSAGE_LIMIT),
-        "observedGeneration": generation, "lastTransitionTime": since,
-    })
-    out = [c for c in conditions if c.type != type_]
-    index = next((i for i, c in enumerate(conditions) if c.type == type_), len(out))
-    out.insert(index, new)
-    return out
 
 
 def _waiting(obs: Observed) -> Waiting | None:
@@ -216,7 +196,7 @@ def wait_reason(available_: tuple[str, str, str]) -> str | None:
     status, reason, message = available_
     if status == "True" or reason in ("InvalidSpec", "ScaledToZero"):
         return None
-    return _cut(message, WAIT_REASON_LIMIT)
+    return shorten(message)
 
 
 def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus, rollout_announced: bool
@@ -237,7 +217,7 @@ def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus, ro
             or cond.reason in ("ProgressDeadlineExceeded", "VersionFailedGate")
         )
         message = cond.message or f"{cond.type} is {cond.status}"
-        events.append(StatusEvent("Warning" if warning else "Normal", cond.reason, _cut(message, EVENT_MESSAGE_LIMIT)))
+        events.append(StatusEvent("Warning" if warning else "Normal", cond.reason, shorten(message)))
     return events
 
 
@@ -254,5 +234,15 @@ def status_patch(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> dict
     return body
 
 
-def event_message(text: str) -> str:
-    return _cut(text, EVENT_MESSAGE_LIMIT)
+def next_wakeup(obs: Observed, now: datetime) -> datetime | None:
+    """When time alone, with no watch event to say so, changes what a reconcile decides: a running
+    canary's promotion (spec.promotion.canarySeconds after it became available) and a stuck server
+    pod turning Degraded (STALL_AFTER after it got stuck). None when only an event can change it."""
+    due = []
+    plan = obs.plan
+    if plan is not None and plan.promote_in_seconds is not None:
+        due.append(now + timedelta(seconds=max(0, math.ceil(plan.promote_in_seconds))))
+    problem = obs.problem
+    if problem is not None and problem.since is not None and not problem.stalled(now):
+        due.append(problem.since + STALL_AFTER)
+    return min(due, default=None)

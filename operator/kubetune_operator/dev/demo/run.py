@@ -111,7 +111,7 @@ def start_operator(state: ClusterState, say: Say) -> None:
 
     build_all(say=say, only=["helm"])  # cached after the first time
     kubeconfig = operator_kubeconfig(state.kubeconfig, Path(state.root) / "operator.kubeconfig")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBETUNE_RESYNC_SECONDS": "2"}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBETUNE_RESYNC_SECONDS": "30"}
     # Free ports: a second cluster's operator (or anything else) may hold the defaults.
     from kubetune_operator.dev.cluster.cluster import free_port
 
