@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from kubetune_operator.api.common import PodSettings
@@ -20,6 +21,9 @@ from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.modeldeployment import ModelDeployment
 from kubetune_operator.api.uris import parse_pvc_uri
 
+# kubetune does not watch the Secrets, ConfigMaps and claims a spec names (that would need a watch
+# on every Secret of the cluster): an object waiting for one re-reads it this often instead.
+RECHECK_AFTER = timedelta(seconds=5)
 # kind -> (apiVersion, namespaced)
 KINDS: dict[str, tuple[str, bool]] = {
     "ConfigMap": ("v1", True),

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 # kopf handler ids whose successful runs are not logged: watch handlers that run on every event of
 # every object (a Deployment's status, a FineTuneJob's progress) would drown the log, one line each.
-QUIET_HANDLERS = ("modeldeployment_event", "finetunejob_versions_changed", "server_deployment_changed")
+QUIET_HANDLERS = ("modeldeployment_event", "finetunejob_versions_changed", "server_deployment_changed",
+                  "finetunejob_event", "child_job_event", "child_pod_event")
 
 
 class JsonFormatter(logging.Formatter):

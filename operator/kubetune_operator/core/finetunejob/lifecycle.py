@@ -80,10 +80,12 @@ from kubetune_operator.core.finetunejob.plan import (
     RunPlan,
     SetSuspended,
 )
-from kubetune_operator.core.references import Missing
+from kubetune_operator.core.references import RECHECK_AFTER, Missing
 
 Body = dict[str, Any]
 KIND = "FineTuneJob"
+# How often a queued run asks admission again (capacity is freed by other objects' events).
+ADMISSION_RECHECK = timedelta(seconds=5)
 
 
 def decide(ftj: FineTuneJob, observed: Observed, now: datetime, policy: Policy = Policy()) -> RunPlan:
@@ -520,6 +522,7 @@ class _Pass:
         text = "waiting: " + "; ".join(m.message() for m in missing)
         self.condition("DataValidated", "Unknown", "MissingDependency", text)
         self.wait(text)
+        self.wake(self.now + RECHECK_AFTER)
 
     def invalid_dependency(self, error: SpecError) -> None:
         """A referenced object (a Secret) holds something unusable: say so once; re-checked on resync."""
@@ -530,6 +533,7 @@ class _Pass:
             self.event("InvalidSpec", message, warning=True)
         self.condition("DataValidated", False, "InvalidSpec", message)
         self.wait(message)
+        self.wake(self.now + RECHECK_AFTER)
 
     # ---- data validation
 
@@ -660,6 +664,8 @@ class _Pass:
             self.condition("Admitted", False, decision.reason, decision.message)
             self.condition("Running", False, "Queued", decision.message)
             self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
+            # GPUs are freed by other jobs' events, not this one's: ask admission again soon.
+            self.wake(self.now + ADMISSION_RECHECK)
             return
         res = self.ftj.spec.resources
         self.act(Admit(job_name, res.nodes * res.gpus_per_node, decision.gpu_type,

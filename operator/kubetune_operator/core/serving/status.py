@@ -24,6 +24,7 @@ from typing import Any
 from kubetune_operator.api import ModelDeploymentStatus, find_condition
 from kubetune_operator.core.children import STALL_AFTER, ChildProblem
 from kubetune_operator.core.conditions import merge_patch, set_condition, shorten
+from kubetune_operator.core.references import RECHECK_AFTER
 from kubetune_operator.core.serving.model import InvalidSpec, Resolution, ServedModel, Waiting
 from kubetune_operator.core.serving.rollout import RolloutPlan, Track, record_rollouts
 
@@ -236,8 +237,9 @@ def status_patch(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> dict
 
 def next_wakeup(obs: Observed, now: datetime) -> datetime | None:
     """When time alone, with no watch event to say so, changes what a reconcile decides: a running
-    canary's promotion (spec.promotion.canarySeconds after it became available) and a stuck server
-    pod turning Degraded (STALL_AFTER after it got stuck). None when only an event can change it."""
+    canary's promotion (spec.promotion.canarySeconds after it became available), a stuck server
+    pod turning Degraded (STALL_AFTER after it got stuck) and a missing Secret or claim, which nothing
+    watches (re-read after references.RECHECK_AFTER). None when only an event can change it."""
     due = []
     plan = obs.plan
     if plan is not None and plan.promote_in_seconds is not None:
@@ -245,4 +247,6 @@ def next_wakeup(obs: Observed, now: datetime) -> datetime | None:
     problem = obs.problem
     if problem is not None and problem.since is not None and not problem.stalled(now):
         due.append(problem.since + STALL_AFTER)
+    if isinstance(obs.outcome, Waiting) and obs.outcome.reason == "MissingReference":
+        due.append(now + RECHECK_AFTER)  # Secrets and claims are not watched: read them again soon
     return min(due, default=None)

@@ -1,0 +1,417 @@
+"""One admission cycle over the whole GPU queue (Kueue's model): order every waiting gang, admit what
+fits in one pass against one snapshot of capacity and usage, preempt where a higher claim needs it.
+
+Pure: the queue controller builds the snapshot from the cluster (Nodes, admitted Jobs' annotations,
+GPUQuotas, Namespaces, other pods' GPUs) and carries out the result, so a restart rebuilds the same
+state and never over-admits.
+
+Rules (docs/gpu-queue.md):
+- **Gangs.** A run asks for `nodes` pods × `gpusPerNode` GPUs of one type; it starts whole or waits.
+  Each pod must fit on one node: free GPUs are counted per node, with admitted gangs packed onto
+  nodes (first fit, largest first), so "enough GPUs in total but no node holds a pod" waits as
+  `NoNodeFits`.
+- **Quotas.** A namespace's GPUQuota gives `nominal` GPUs per type (`*`: the entry for types the
+  quota does not name). A quota may use more than nominal by borrowing other quotas' idle nominal,
+  up to its `borrowingLimit` (unset: no limit). A namespace selected by two quotas waits
+  (`QuotaConflict`) and both quotas say so. A namespace without a quota is admitted against the
+  cluster's free GPUs (`noQuota: allow`) or waits with `NoQuota` (`noQuota: deny`).
+- **Order.** Higher `priority` first; then the quota with the smaller weighted dominant share
+  (admitted GPUs / nominal GPUs / weight, as in Kueue's fair sharing); then the earliest queued.
+- **Backfill.** A later gang that fits may start while an earlier one waits for capacity, unless the
+  earlier one has waited longer than `backfill_after`: then its GPU type is reserved for it (nothing
+  later starts on that type) until it is admitted, so a large gang is never starved by small ones.
+- **Preemption.** A gang that does not fit may suspend admitted gangs of lower priority, or gangs of
+  other quotas that borrow on its type while its own quota is under nominal (reclaim). Victims are
+  chosen to free the fewest GPUs that make it fit: lowest priority first, then the most recent
+  checkpoint (least work lost), then the smallest; then every victim not needed is dropped again.
+  The preemptor waits (`WaitingForPreemption`) until the victims' pods are gone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+ANY = "*"
+Key = tuple[str, str, int]  # namespace, FineTuneJob, run
+
+
+@dataclass(frozen=True)
+class Gang:
+    """One run's gang: waiting (admitted_type None) or admitted on `admitted_type` ("" for unlabelled nodes)."""
+
+    namespace: str
+    name: str
+    run: int
+    job: str  # the Job of the current attempt
+    nodes: int
+    gpus_per_node: int
+    gpu_type: str | None  # asked for; None: any type
+    priority: int = 0
+    queued_at: datetime | None = None
+    admitted_type: str | None = None
+    checkpoint_at: datetime | None = None  # when the run last saved a checkpoint (preemption cost)
+    placement: tuple[tuple[str, int], ...] = ()  # (node, GPUs) of its bound pods, when the scheduler placed them
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name, self.run)
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name} run {self.run}"
+
+
+@dataclass(frozen=True)
+class NodeGPUs:
+    """A node's GPUs: `allocatable` minus `used_by_others` (pods kubetune did not admit) may be admitted."""
+
+    name: str
+    gpu_type: str  # "" when the node has no GPU product label
+    allocatable: int
+    used_by_others: int = 0
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A GPUQuota resolved against Namespaces: `nominal` and `borrowing_limit` per GPU type (or `*`)."""
+
+    name: str
+    namespaces: frozenset[str]
+    nominal: dict[str, int]
+    borrowing_limit: dict[str, int | None] = field(default_factory=dict)
+    weight: int = 1
+
+    def entry(self, gpu_type: str) -> str | None:
+        """The quota entry GPUs of `gpu_type` count against: the type itself, else `*`, else none."""
+        if gpu_type in self.nominal:
+            return gpu_type
+        return ANY if ANY in self.nominal else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    no_quota: Literal["allow", "deny"] = "allow"
+    backfill_after: timedelta = timedelta(minutes=10)
+    preemption: bool = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a gang waits (or that it was admitted): CamelCase `reason`, `message` with the numbers, and its
+    `position` among the waiting gangs of its queue (0 = next). `never`: it cannot fit as specified."""
+
+    admitted: bool
+    reason: str
+    message: str
+    position: int | None = None
+    gpu_type: str | None = None
+    never: bool = False
+
+
+@dataclass(frozen=True)
+class Preemption:
+    victim: Gang
+    preemptor: Gang
+    message: str
+
+
+@dataclass
+class QuotaUsage:
+    nominal: dict[str, int]
+    admitted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    borrowed: dict[str, int] = field(default_factory=dict)
+    pending: list[tuple[Gang, Verdict]] = field(default_factory=list)
+    conflict: str | None = None
+
+
+@dataclass
+class CycleResult:
+    admit: list[tuple[Gang, str]] = field(default_factory=list)  # gang, GPU type ("" unlabelled)
+    preempt: list[Preemption] = field(default_factory=list)
+    verdicts: dict[Key, Verdict] = field(default_factory=dict)
+    quotas: dict[str, QuotaUsage] = field(default_factory=dict)
+
+
+class _Snapshot:
+    """Free GPUs per node and usage per quota entry, updated as the cycle admits and preempts."""
+
+    def __init__(self, nodes: list[NodeGPUs], quotas: list[Quota]) -> None:
+        self.free = {n.name: max(n.allocatable - n.used_by_others, 0) for n in nodes}
+        self.capacity = {n.name: n.allocatable for n in nodes}
+        self.type_of = {n.name: n.gpu_type for n in nodes}
+        self.quotas = {q.name: q for q in quotas}
+        self.used: dict[tuple[str, str], int] = defaultdict(int)  # (quota, entry) -> admitted GPUs
+        self.placed: dict[Key, list[tuple[str, int]]] = {}
+
+    def types(self) -> list[str]:
+        return sorted({t for n, t in self.type_of.items() if self.capacity[n] > 0})
+
+    def nodes_of(self, gpu_type: str) -> list[str]:
+        return [n for n, t in self.type_of.items() if t == gpu_type]
+
+    def place(self, gang: Gang, gpu_type: str, commit: bool) -> bool:
+        """Whether each pod fits on a node of `gpu_type` (best fit: the fullest node that holds it)."""
+        free = {n: self.free[n] for n in self.nodes_of(gpu_type)}
+        placed = []
+        for _ in range(gang.nodes):
+            fits = [n for n, f in free.items() if f >= gang.gpus_per_node]
+            if not fits:
+                return False
+            node = min(fits, key=lambda n: (free[n], n))
+            free[node] -= gang.gpus_per_node
+            placed.append((node, gang.gpus_per_node))
+        if commit:
+            self.free.update(free)
+            self.placed[gang.key] = placed
+        return True
+
+    def release(self, gang: Gang) -> None:
+        for node, gpus in self.placed.pop(gang.key, []):
+            self.free[node] += gpus
+
+    def total_free(self, gpu_type: str) -> int:
+        return sum(self.free[n] for n in self.nodes_of(gpu_type))
+
+    def never_fits(self, gang: Gang, gpu_type: str) -> bool:
+        slots = sum(self.capacity[n] // gang.gpus_per_node for n in self.nodes_of(gpu_type))
+        return slots < gang.nodes
+
+    def charge(self, quota: Quota | None, gpu_type: str, gpus: int) -> None:
+        if quota is not None and (entry := quota.entry(gpu_type)) is not None:
+            self.used[(quota.name, entry)] += gpus
+
+    def quota_room(self, quota: Quota, gpu_type: str, gpus: int) -> tuple[bool, str]:
+        """Whether `quota` may take `gpus` more of `gpu_type`: within its nominal, or by borrowing, up to its
+        borrowingLimit, GPUs that the quotas' nominal leaves unused in total (the cohort's idle nominal)."""
+        entry = quota.entry(gpu_type)
+        if entry is None:
+            return False, f"GPUQuota {quota.name} has no entry for GPU type {gpu_type or '(unlabelled)'} nor *"
+        nominal, used = quota.nominal[entry], self.used[(quota.name, entry)]
+        if used + gpus <= nominal:
+            return True, ""
+        limit = quota.borrowing_limit.get(entry)
+        cohort = [(q, q.entry(gpu_type)) for q in self.quotas.values() if q.entry(gpu_type) is not None]
+        idle = max(sum(q.nominal[e] for q, e in cohort if e) - sum(self.used[(q.name, e)] for q, e in cohort if e), 0)
+        if (limit is None or used + gpus - nominal <= limit) and gpus <= idle:
+            return True, ""
+        free = max(nominal - used, 0)
+        more = max(idle - free, 0)
+        if limit is not None:
+            more = min(more, max(limit - max(used - nominal, 0), 0))
+        return False, (f"GPUQuota {quota.name} has {free} of {nominal} nominal {entry} GPUs free and may borrow "
+                       f"{more} more ({'no borrowingLimit' if limit is None else f'borrowingLimit {limit}'}, "
+                       f"{max(idle - free, 0)} idle in other quotas)")
+
+
+def _share(quota: Quota | None, snap: _Snapshot) -> float:
+    """Weighted dominant share: the largest admitted/nominal ratio over the quota's entries, / weight."""
+    if quota is None:
+        return 0.0
+    ratios = [snap.used[(quota.name, e)] / n for e, n in quota.nominal.items() if n > 0]
+    return max(ratios, default=0.0) / quota.weight
+
+
+def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], quotas: list[Quota],
+              now: datetime, settings: Settings = Settings()) -> CycleResult:
+    """Admit, preempt and explain, in one pass. `pending` gangs wait (suspended Jobs); `admitted` hold GPUs."""
+    result = CycleResult()
+    snap = _Snapshot(nodes, quotas)
+    owner: dict[str, list[Quota]] = defaultdict(list)
+    for q in quotas:
+        for ns in q.namespaces:
+            owner[ns].append(q)
+        result.quotas[q.name] = QuotaUsage(nominal=dict(q.nominal))
+    for ns, qs in owner.items():
+        if len(qs) > 1:
+            names = ", ".join(q.name for q in qs)
+            for q in qs:
+                result.quotas[q.name].conflict = (f"namespace {ns} is selected by GPUQuotas {names}: a namespace "
+                                                  "may belong to one quota; change spec.namespaces or "
+                                                  "spec.namespaceSelector of all but one")
+
+    def quota_of(ns: str) -> Quota | None:
+        qs = owner.get(ns) or []
+        return qs[0] if len(qs) == 1 else None
+
+    live = []
+    for g in [g for g in admitted if g.placement]:  # where the scheduler put them
+        for node, gpus in g.placement:
+            if node in snap.free:
+                snap.free[node] -= gpus
+        snap.placed[g.key] = [(n, c) for n, c in g.placement if n in snap.free]
+    for g in sorted((g for g in admitted if not g.placement), key=lambda g: -g.gpus):  # packed, largest first
+        t = g.admitted_type or ""
+        if not snap.place(g, t, commit=True):
+            left = g.gpus  # not placeable any more (a node went away): its GPUs still count
+            for node in snap.nodes_of(t):
+                take = min(snap.free[node], left)
+                snap.free[node] -= take
+                left -= take
+    for g in admitted:
+        snap.charge(quota_of(g.namespace), g.admitted_type or "", g.gpus)
+        live.append(g)
+
+    order = sorted(pending, key=lambda g: (-g.priority, _share(quota_of(g.namespace), snap),
+                                           g.queued_at or now, g.namespace, g.name, g.run))
+    reserved: dict[str, Gang] = {}  # GPU type -> the gang it is held for (backfill stops)
+    positions: dict[str, int] = defaultdict(int)
+    for gang in order:
+        quota = quota_of(gang.namespace)
+        queue = quota.name if quota is not None else ""
+        verdict = _admit_one(gang, quota, owner, snap, settings, reserved, live, result, now)
+        if not verdict.admitted:
+            verdict = Verdict(False, verdict.reason, verdict.message, positions[queue], verdict.gpu_type,
+                              verdict.never)
+            positions[queue] += 1
+            if quota is not None:
+                result.quotas[quota.name].pending.append((gang, verdict))
+        result.verdicts[gang.key] = verdict
+
+    for q in quotas:
+        usage = result.quotas[q.name]
+        for entry, nominal in q.nominal.items():
+            used = snap.used[(q.name, entry)]
+            usage.admitted[entry] = used
+            if used > nominal:
+                usage.borrowed[entry] = used - nominal
+        usage.admitted = dict(usage.admitted)
+    return result
+
+
+def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], snap: _Snapshot, settings: Settings,
+               reserved: dict[str, Gang], live: list[Gang], result: CycleResult, now: datetime) -> Verdict:
+    what = f"{gang.gpus} GPU(s) ({gang.nodes} × {gang.gpus_per_node})"
+    if gang.gpus_per_node == 0:
+        result.admit.append((gang, ""))
+        return Verdict(True, "Admitted", "CPU run: no GPUs to reserve")
+    if len(owner.get(gang.namespace) or []) > 1:
+        return Verdict(False, "QuotaConflict", f"namespace {gang.namespace} is selected by several GPUQuotas: "
+                       + ", ".join(q.name for q in owner[gang.namespace]) + "; a cluster admin must fix them")
+    if quota is None and settings.no_quota == "deny":
+        return Verdict(False, "NoQuota", f"namespace {gang.namespace} has no GPUQuota and the operator admits "
+                       "GPU runs only under one (admission.noQuota: deny): ask a cluster admin to add the "
+                       "namespace to a GPUQuota")
+    types = snap.types()
+    candidates = [t for t in types if gang.gpu_type in (None, t)
+                  and (quota is None or quota.entry(t) is not None)]
+    if not candidates:
+        have = ", ".join(t or "(unlabelled)" for t in types) or "none"
+        where = f" that GPUQuota {quota.name} covers" if quota is not None else ""
+        return Verdict(False, "Unschedulable", f"needs {what} of type {gang.gpu_type or 'any'}: no node{where} "
+                       f"has it; GPU types in the cluster: {have}. Set spec.resources.gpuType to one of them.",
+                       never=True)
+    possible = [t for t in candidates if not snap.never_fits(gang, t)]
+    if not possible:
+        biggest = max((snap.capacity[n] for t in candidates for n in snap.nodes_of(t)), default=0)
+        return Verdict(False, "Unschedulable", f"needs {gang.nodes} node(s) with {gang.gpus_per_node} GPUs each "
+                       f"of type {'/'.join(t or '(unlabelled)' for t in candidates)}, but no such set of nodes exists "
+                       f"(largest node: {biggest} GPUs). Lower spec.resources.gpusPerNode or spec.resources.nodes.",
+                       never=True)
+    waits: list[Verdict] = []
+    for t in possible:
+        held_for = reserved.get(t)
+        if held_for is not None and held_for.key != gang.key:
+            waits.append(Verdict(False, "WaitingForHigherPriority", f"needs {what} of type {t}: held for "
+                                 f"{held_for.label()}, which has waited longer than the backfill limit", gpu_type=t))
+            continue
+        if quota is not None:
+            ok, why = snap.quota_room(quota, t, gang.gpus)
+            if not ok:
+                waits.append(Verdict(False, "QuotaExhausted", f"needs {what} of type {t}: {why}", gpu_type=t))
+                continue
+        if snap.place(gang, t, commit=True):
+            snap.charge(quota, t, gang.gpus)
+            result.admit.append((gang, t))
+            live.append(gang)
+            return Verdict(True, "Admitted", f"admitted {gang.gpus} GPUs of type {t or '(unlabelled)'}",
+                           gpu_type=t or None)
+        free = snap.total_free(t)
+        if free >= gang.gpus:
+            waits.append(Verdict(False, "NoNodeFits", f"needs {what} of type {t}: {free} are free in total but "
+                                 f"no {gang.nodes} node(s) have {gang.gpus_per_node} free each", gpu_type=t))
+        else:
+            waits.append(Verdict(False, "InsufficientGPUs", f"needs {what} of type {t}: {free} free of "
+                                 f"{sum(snap.capacity[n] for n in snap.nodes_of(t))}", gpu_type=t))
+    if settings.preemption:
+        for t in possible:
+            victims = _victims(gang, quota, t, snap, live, owner)
+            if victims:
+                for v in victims:
+                    live.remove(v)
+                    snap.release(v)
+                    snap.charge(_only(owner, v.namespace), v.admitted_type or "", -v.gpus)
+                    why = (f"{gang.label()} (priority {gang.priority}) needs its {what} of type {t or '(unlabelled)'}"
+                           f"; {v.label()} has priority {v.priority}")
+                    result.preempt.append(Preemption(v, gang, why))
+                snap.place(gang, t, commit=True)  # held for it while the victims checkpoint and stop
+                snap.charge(quota, t, gang.gpus)
+                names = ", ".join(v.label() for v in victims)
+                return Verdict(False, "WaitingForPreemption", f"needs {what} of type {t}: preempting {names} "
+                               "(they checkpoint and stop first)", gpu_type=t)
+    capacity_waits = [w for w in waits if w.reason in ("InsufficientGPUs", "NoNodeFits")]
+    if capacity_waits and gang.queued_at is not None and now - gang.queued_at >= settings.backfill_after:
+        for w in capacity_waits:  # this gang waited long enough: nothing later starts on its type
+            reserved.setdefault(w.gpu_type or "", gang)
+    order = {"QuotaExhausted": 0, "NoNodeFits": 1, "InsufficientGPUs": 2, "WaitingForHigherPriority": 3}
+    return min(waits, key=lambda w: order.get(w.reason, 9))
+
+
+def _only(owner: dict[str, list[Quota]], ns: str) -> Quota | None:
+    qs = owner.get(ns) or []
+    return qs[0] if len(qs) == 1 else None
+
+
+def _victims(gang: Gang, quota: Quota | None, gpu_type: str, snap: _Snapshot, live: list[Gang],
+             owner: dict[str, list[Quota]]) -> list[Gang]:
+    """The admitted gangs to suspend so that `gang` fits on `gpu_type`: the fewest GPUs, or [] if none helps."""
+    reclaim = quota is not None and snap.used[(quota.name, quota.entry(gpu_type) or "")] + gang.gpus <= \
+        quota.nominal.get(quota.entry(gpu_type) or "", 0)
+
+    def eligible(v: Gang) -> bool:
+        if (v.admitted_type or "") != gpu_type or v.gpus_per_node == 0:
+            return False
+        if v.priority < gang.priority:
+            return True
+        vq = _only(owner, v.namespace)  # reclaim: another quota borrowing on this type
+        if reclaim and vq is not None and quota is not None and vq.name != quota.name:
+            entry = vq.entry(gpu_type) or ""
+            return snap.used[(vq.name, entry)] > vq.nominal.get(entry, 0)
+        return False
+
+    candidates = sorted((v for v in live if eligible(v)), key=lambda v: (
+        v.priority, v.checkpoint_at is None, -(v.checkpoint_at.timestamp() if v.checkpoint_at else 0), v.gpus,
+        v.label()))
+
+    def fits_without(victims: list[Gang]) -> bool:
+        saved = [(v, snap.placed.get(v.key, [])) for v in victims]
+        for v in victims:
+            snap.release(v)
+            snap.charge(_only(owner, v.namespace), gpu_type, -v.gpus)
+        try:
+            room = quota is None or snap.quota_room(quota, gpu_type, gang.gpus)[0]
+            return room and snap.place(gang, gpu_type, commit=False)
+        finally:
+            for v, placed in saved:
+                for node, gpus in placed:
+                    snap.free[node] -= gpus
+                snap.placed[v.key] = placed
+                snap.charge(_only(owner, v.namespace), gpu_type, v.gpus)
+
+    chosen: list[Gang] = []
+    for v in candidates:
+        chosen.append(v)
+        if fits_without(chosen):
+            break
+    else:
+        return []
+    for v in list(reversed(chosen)):  # drop victims the others make unnecessary
+        rest = [c for c in chosen if c is not v]
+        if rest and fits_without(rest):
+            chosen = rest
+    return chosen

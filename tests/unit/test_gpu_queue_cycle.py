@@ -1,0 +1,147 @@
+"""The GPU queue's admission cycle (core.queue.cycle.run_cycle): quotas, gangs, placement, order,
+backfill and preemption, each pinned with its numbers. No cluster: the integration tests run the same
+cycle against KWOK GPU nodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota, Settings, run_cycle
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+H100 = "NVIDIA-H100-80GB-HBM3"
+L4 = "NVIDIA-L4"
+
+
+def gang(name: str, nodes: int = 1, gpn: int = 8, ns: str = "team-a", priority: int = 0, age_s: float = 60,
+         gpu_type: str | None = H100, admitted: str | None = None, checkpoint_s: float | None = None,
+         on: tuple[tuple[str, int], ...] = ()) -> Gang:
+    return Gang(ns, name, 1, f"{name}-r1-a1", nodes, gpn, gpu_type, priority, NOW - timedelta(seconds=age_s),
+                admitted, NOW - timedelta(seconds=checkpoint_s) if checkpoint_s is not None else None, on)
+
+
+def nodes(count: int, gpus: int = 8, gpu_type: str = H100, prefix: str = "h") -> list[NodeGPUs]:
+    return [NodeGPUs(f"{prefix}{i}", gpu_type, gpus) for i in range(count)]
+
+
+def quota(name: str, ns: str, nominal: int, limit: int | None = 0, weight: int = 1, gpu_type: str = H100) -> Quota:
+    return Quota(name, frozenset({ns}), {gpu_type: nominal}, {gpu_type: limit}, weight)
+
+
+def admitted_names(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return [g.name for g, _ in result.admit]
+
+
+def test_quota_is_respected_and_the_wait_names_the_numbers() -> None:
+    r = run_cycle([gang("a"), gang("b")], [], nodes(4), [quota("team-a", "team-a", 8)], NOW)
+    assert admitted_names(r) == ["a"]
+    v = r.verdicts[("team-a", "b", 1)]
+    assert v.reason == "QuotaExhausted" and v.position == 0
+    assert "GPUQuota team-a has 0 of 8 nominal" in v.message and "borrowingLimit 0" in v.message
+    assert r.quotas["team-a"].admitted == {H100: 8} and r.quotas["team-a"].pending[0][0].name == "b"
+
+
+def test_a_gang_over_several_nodes_starts_whole_or_not_at_all() -> None:
+    r = run_cycle([gang("big", nodes=3)], [gang("x", admitted=H100, ns="other")], nodes(3), [], NOW)
+    assert r.admit == [] and r.verdicts[("team-a", "big", 1)].reason == "InsufficientGPUs"
+    r = run_cycle([gang("big", nodes=3)], [], nodes(3), [], NOW)
+    assert admitted_names(r) == ["big"]
+
+
+def test_fragmentation_waits_with_no_node_fits() -> None:
+    # 2 nodes with 4 free each: 8 GPUs free in total, but no node holds an 8-GPU pod.
+    held = [gang("x", gpn=4, ns="o", admitted=H100, on=(("h0", 4),)),
+            gang("y", gpn=4, ns="o", admitted=H100, on=(("h1", 4),))]
+    r = run_cycle([gang("a", gpn=8)], held, nodes(2), [], NOW, Settings(preemption=False))
+    v = r.verdicts[("team-a", "a", 1)]
+    assert v.reason == "NoNodeFits" and "8 are free in total" in v.message
+    # Not yet bound: the queue packs them (4 + 4 on one node), and the 8-GPU pod fits on the other.
+    packed = [gang("x", gpn=4, ns="o", admitted=H100), gang("y", gpn=4, ns="o", admitted=H100)]
+    assert [g.name for g, _ in run_cycle([gang("a", gpn=8)], packed, nodes(2), [], NOW).admit] == ["a"]
+
+
+def test_a_request_no_node_can_ever_hold_is_unschedulable() -> None:
+    r = run_cycle([gang("a", gpn=16)], [], nodes(4), [], NOW)
+    assert r.verdicts[("team-a", "a", 1)].never and r.verdicts[("team-a", "a", 1)].reason == "Unschedulable"
+    r = run_cycle([gang("a", gpu_type=L4)], [], nodes(4), [], NOW)
+    assert r.verdicts[("team-a", "a", 1)].never and H100 in r.verdicts[("team-a", "a", 1)].message
+
+
+def test_priority_before_age() -> None:
+    r = run_cycle([gang("old", age_s=600), gang("urgent", priority=10, age_s=1)], [], nodes(1), [], NOW)
+    assert admitted_names(r) == ["urgent"]
+    assert r.verdicts[("team-a", "old", 1)].position == 0
+
+
+def test_backfill_lets_a_small_gang_start_but_never_starves_the_head() -> None:
+    held = [gang("x", gpn=4, ns="o", admitted=H100)]
+    waiting = [gang("head", gpn=8, age_s=60), gang("small", gpn=4, age_s=30)]
+    r = run_cycle(waiting, held, nodes(1), [], NOW, Settings(preemption=False))
+    assert admitted_names(r) == ["small"]  # the head waited less than the backfill limit
+    waiting = [gang("head", gpn=8, age_s=3600), gang("small", gpn=4, age_s=30)]
+    r = run_cycle(waiting, held, nodes(1), [], NOW, Settings(preemption=False))
+    assert admitted_names(r) == [] and r.verdicts[("team-a", "small", 1)].reason == "WaitingForHigherPriority"
+
+
+def test_borrowing_up_to_the_limit_and_fair_share_by_weight() -> None:
+    quotas = [quota("a", "team-a", 8, limit=8), quota("b", "team-b", 8, limit=0)]
+    r = run_cycle([gang("a1"), gang("a2"), gang("a3")], [], nodes(4), quotas, NOW)
+    assert admitted_names(r) == ["a1", "a2"]  # 8 nominal + 8 borrowed from b's idle nominal
+    assert r.quotas["a"].borrowed == {H100: 8}
+    assert "may borrow 0 more" in r.verdicts[("team-a", "a3", 1)].message
+
+
+def test_reclaim_preempts_the_borrower_with_the_newest_checkpoint() -> None:
+    quotas = [quota("a", "team-a", 8, limit=8), quota("b", "team-b", 8, limit=0)]
+    borrowed = [gang("a1", admitted=H100, checkpoint_s=600), gang("a2", admitted=H100, checkpoint_s=30)]
+    r = run_cycle([gang("b1", ns="team-b")], borrowed, nodes(2), quotas, NOW)
+    assert [p.victim.name for p in r.preempt] == ["a2"]  # the least work lost
+    assert r.verdicts[("team-b", "b1", 1)].reason == "WaitingForPreemption"
+
+
+def test_preemption_frees_the_fewest_gpus() -> None:
+    # 4 low-priority 2-GPU gangs and one 8-GPU gang hold 2 nodes; a high-priority 2-GPU request
+    # needs one 2-GPU gang suspended, not the 8-GPU one.
+    held = [gang(f"s{i}", gpn=2, ns="o", admitted=H100) for i in range(4)] + [gang("l", gpn=8, ns="o", admitted=H100)]
+    r = run_cycle([gang("p", gpn=2, priority=5)], held, nodes(2), [], NOW)
+    assert len(r.preempt) == 1 and r.preempt[0].victim.gpus == 2
+    assert "priority 5" in r.preempt[0].message
+
+
+def test_no_preemption_for_equal_priority_without_reclaim() -> None:
+    held = [gang("x", ns="o", admitted=H100)]
+    r = run_cycle([gang("p")], held, nodes(1), [], NOW)
+    assert r.preempt == [] and r.verdicts[("team-a", "p", 1)].reason == "InsufficientGPUs"
+
+
+def test_a_namespace_in_two_quotas_waits_and_both_quotas_say_why() -> None:
+    quotas = [quota("a", "team-a", 8), quota("b", "team-a", 8)]
+    r = run_cycle([gang("x")], [], nodes(1), quotas, NOW)
+    assert r.admit == [] and r.verdicts[("team-a", "x", 1)].reason == "QuotaConflict"
+    assert r.quotas["a"].conflict and r.quotas["b"].conflict and "team-a" in r.quotas["a"].conflict
+
+
+def test_namespaces_without_a_quota_follow_the_setting() -> None:
+    r = run_cycle([gang("x", ns="nobody")], [], nodes(1), [quota("a", "team-a", 8)], NOW, Settings(no_quota="deny"))
+    assert r.verdicts[("nobody", "x", 1)].reason == "NoQuota"
+    r = run_cycle([gang("x", ns="nobody")], [], nodes(1), [quota("a", "team-a", 8)], NOW)
+    assert admitted_names(r) == ["x"]
+
+
+def test_other_pods_gpus_are_not_admitted_twice() -> None:
+    busy = [NodeGPUs("h0", H100, 8, used_by_others=6)]
+    r = run_cycle([gang("a", gpn=4)], [], busy, [], NOW)
+    assert r.admit == [] and "2 free of 8" in r.verdicts[("team-a", "a", 1)].message
+
+
+def test_cpu_runs_are_admitted_without_gpus() -> None:
+    r = run_cycle([gang("cpu", gpn=0, gpu_type=None)], [], [], [], NOW)
+    assert admitted_names(r) == ["cpu"]
+
+
+def test_never_over_admits_many_gangs_in_one_cycle() -> None:
+    pending = [gang(f"j{i}", gpn=2, age_s=i) for i in range(500)]
+    r = run_cycle(pending, [], nodes(50), [], NOW)
+    assert sum(g.gpus for g, _ in r.admit) == 400  # 50 × 8, every GPU once
+    positions = sorted(v.position for v in r.verdicts.values() if not v.admitted)
+    assert positions == list(range(300))
