@@ -39,12 +39,12 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from kubetune_trainer.config import TrainerConfig
-    from kubetune_trainer.hf_trainer import model_inputs, task_loss_sum
-    from kubetune_trainer.model_loading import apply_method, load_model, load_tokenizer
-    from kubetune_trainer.preparation import CausalCollator
-    from kubetune_trainer.synthetic_data import write_jsonl
-    from kubetune_trainer.training import prepare_data
+    from kubetune_trainer.contract.config import TrainerConfig
+    from kubetune_trainer.data.preparation import CausalCollator
+    from kubetune_trainer.data.synthetic import write_jsonl
+    from kubetune_trainer.train.hf_trainer import model_inputs, task_loss_sum
+    from kubetune_trainer.train.model_loading import apply_method, load_model, load_tokenizer
+    from kubetune_trainer.train.training import prepare_data
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_cpu import make_rows

@@ -62,7 +62,7 @@ def make_rows(n: int, seed: int) -> list[dict[str, str]]:
     """Instruction rows of varied length (~30 to ~250 tokens): a question about notes of a small
     invented domain, answered with several of its sentences."""
     sys.path.insert(0, str(REPO / "trainer"))
-    from kubetune_trainer.synthetic_data import DOMAIN
+    from kubetune_trainer.data.synthetic import DOMAIN
 
     rng = random.Random(seed)
     rows = []

@@ -31,7 +31,7 @@ if [ -z "${ADAPTER_DIR:-}" ]; then
     PYTHONPATH=trainer "$PY" - "$MODEL_DIR" "$WORK" <<'EOF'
 import json, sys
 from pathlib import Path
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
 model, work = sys.argv[1], Path(sys.argv[2])
 train = write_jsonl(codeword_instructions(8) * 8, work / "train.jsonl")
 config = {

@@ -300,7 +300,7 @@ def test_progress_channel_lets_rank0_patch_only_its_own_progress(cluster: DevClu
     """The trainer's real StatusPatcher, with the token of the pod's ServiceAccount."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
-    from kubetune_trainer.progress import StatusPatcher, build_progress_patch
+    from kubetune_trainer.report.progress import StatusPatcher, build_progress_patch
 
     run_to_running(cluster, namespace, "talker")
     create_data(cluster, namespace)

@@ -32,7 +32,7 @@ def test_health_is_503_while_loading_then_200(tiny_model: Path, tmp_path: Path) 
         assert statuses[-1] == 200
         ready = server.health()
         assert ready is not None and ready.json() == {"status": "ok", "model": tiny_model.name}
-        assert '"msg": "ready"' in server.log_text()
+        assert '"message": "ready"' in server.log_text()
 
 
 def test_metrics_count_requests_latency_and_tokens(tiny_server: ServeProcess) -> None:

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.model_identity import model_digest
-from kubetune_trainer.serve.model_source import IncompatibleModelError, resolve_model_source
+from kubetune_trainer.contract.identity import model_digest
+from kubetune_trainer.serve.engine.model_source import IncompatibleModelError, resolve_model_source
 
 from tests.serve.model_dirs import write_manifest
 
@@ -43,7 +43,7 @@ def test_a_version_is_served_under_its_job_name_not_its_version(tmp_path: Path) 
     version = write_manifest(hf_dir(tmp_path / "v3"), jobName="support-bot", version=3)
     source = resolve_model_source(version)
     assert source.served_name == "support-bot"  # as a ModelDeployment named after the job is on a cluster
-    assert source.manifest["passedGate"] is True
+    assert source.manifest is not None and source.manifest.passed_gate is True
 
 
 def test_served_model_name_overrides_the_version_name(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.serve.admission import AdmissionGate, Overloaded, QueueTimeout
-from kubetune_trainer.serve.auth import ApiKeys
-from kubetune_trainer.serve.generation import _held_back
+from kubetune_trainer.serve.engine.admission import AdmissionGate, Overloaded, QueueTimeout
+from kubetune_trainer.serve.engine.generation import _held_back
+from kubetune_trainer.serve.http.auth import ApiKeys
 from kubetune_trainer.serve.settings import parse_settings
 
 

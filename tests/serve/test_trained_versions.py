@@ -1,5 +1,5 @@
 """Versions the trainer really publishes, served by kubetune-serve: the producer/consumer contract
-(kubetune_trainer.version_format) and an adapter's recorded base (kubetune_trainer.model_identity).
+(kubetune_trainer.contract.formats) and an adapter's recorded base (kubetune_trainer.contract.identity).
 
 Issue 12, items 12 and 13: a default LoRA classification version must be servable, and an adapter
 must never be loaded on a base model of another shape or other weights.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kubetune_trainer.config import EXIT_OK
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.contract.config import EXIT_OK
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
 
 from tests.serve.serve_process import ServeProcess, openai_client
 from tests.trainer.conftest import make_config, read_manifest, run_cli, write_config
@@ -159,4 +159,4 @@ def test_an_adapter_on_a_copy_of_its_base_is_served_with_a_warning(adapter_versi
         server.wait_ready()
         assert openai_client(server, api_key="auth-is-off").models.list().data[0].id == "bot"
         warnings = [line for line in log_lines(server.log_text()) if line["level"] == "warning"]
-    assert any("another path, but the shape and weights digest agree" in str(w["msg"]) for w in warnings), warnings
+    assert any("another path, but the shape and weights digest agree" in str(w["message"]) for w in warnings), warnings

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kubetune_trainer.preparation import PLAIN_CHAT_TEMPLATE, ensure_chat_template, render_chat
+from kubetune_trainer.data.preparation import PLAIN_CHAT_TEMPLATE, ensure_chat_template, render_chat
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye?"}]

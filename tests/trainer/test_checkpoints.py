@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.checkpoints import (
+from kubetune_trainer.train.checkpoints import (
     COMPLETE_MARKER,
     UNLOADABLE_MARKER,
     checkpoint_problem,
@@ -32,7 +32,7 @@ class _Records(logging.Handler):
 @pytest.fixture
 def logged() -> Iterator[_Records]:
     handler = _Records()
-    logger = logging.getLogger("kubetune_trainer.checkpoints")
+    logger = logging.getLogger("kubetune_trainer.train.checkpoints")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

@@ -7,14 +7,14 @@ import logging
 
 import numpy as np
 import pytest
-from kubetune_trainer.classification_metrics import classification_report
+from kubetune_trainer.train.classification_metrics import classification_report
 
 LABELS = ["billing", "bug", "praise"]
 
 
 def test_a_perfect_classifier_on_a_split_missing_a_label_scores_1(caplog: pytest.LogCaptureFixture) -> None:
     refs = np.array([0, 1, 0, 1, 1])
-    with caplog.at_level(logging.WARNING, logger="kubetune_trainer.classification_metrics"):
+    with caplog.at_level(logging.WARNING, logger="kubetune_trainer.train.classification_metrics"):
         report = classification_report(refs.copy(), refs, LABELS)
     assert report["accuracy"] == 1.0
     assert report["precision"] == report["recall"] == report["f1"] == 1.0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, TrainerConfig
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, TrainerConfig
 from pydantic import ValidationError
 
 from tests.trainer.conftest import REPO, child_env, make_config, run_cli, write_config
@@ -23,7 +23,7 @@ BASE = {
 
 
 def test_config_imports_without_torch() -> None:
-    code = "import sys, kubetune_trainer.config; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import sys, kubetune_trainer.contract.config; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), cwd=REPO)
 
 
@@ -101,15 +101,15 @@ def test_cli_reports_a_missing_model_directory(tmp_path: Path) -> None:
 )
 def test_every_published_format_is_one_serving_accepts(task: str, method: str, merge: bool | None,
                                                        published: str) -> None:
-    from kubetune_trainer.version_format import published_format, servable
+    from kubetune_trainer.contract.formats import published_format, servable
 
     assert published_format(task, method, merge) == published
     assert servable(task, published)
 
 
 def test_the_rule_covers_every_task() -> None:
-    from kubetune_trainer.config import Task
-    from kubetune_trainer.version_format import SERVED_FORMATS
+    from kubetune_trainer.contract.config import Task
+    from kubetune_trainer.contract.formats import SERVED_FORMATS
 
     assert set(SERVED_FORMATS) == {str(t) for t in Task}
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kubetune_trainer.augmentation import augment, noise_words
-from kubetune_trainer.config import AugmentationStep, DataSource, FieldMapping, SqlSource, Task
-from kubetune_trainer.data_sources import load_source
+from kubetune_trainer.contract.config import AugmentationStep, DataSource, FieldMapping, SqlSource, Task
+from kubetune_trainer.data.augmentation import augment, noise_words
+from kubetune_trainer.data.preparation import IGNORE_INDEX, pack, split_validation, tokenize_instruction
+from kubetune_trainer.data.records import Record, SchemaIssue, to_record
+from kubetune_trainer.data.sources import load_source
 from kubetune_trainer.errors import ConfigError
-from kubetune_trainer.preparation import IGNORE_INDEX, pack, split_validation, tokenize_instruction
-from kubetune_trainer.records import Record, SchemaIssue, to_record
 
 ROWS = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(6)]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_OK, DataSource, SqlSource
-from kubetune_trainer.data_sources import load_source
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_OK, DataSource, SqlSource
+from kubetune_trainer.data.sources import load_source
 
 from tests.trainer.conftest import child_env, make_config, run_cli, write_config
 

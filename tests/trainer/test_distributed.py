@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import EXIT_OK
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.contract.config import EXIT_OK
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
 
 from tests.trainer.conftest import make_config, read_manifest, run_torchrun, write_config
 

@@ -4,9 +4,10 @@ rendering for the operator, the trainer log and the model card."""
 from __future__ import annotations
 
 import pytest
-from kubetune_trainer.config import EvaluationGate
-from kubetune_trainer.gate_text import describe_gate, gate_from_manifest, gate_verdict
-from kubetune_trainer.model_card import render_model_card
+from kubetune_trainer.contract.config import EvaluationGate
+from kubetune_trainer.contract.gates import describe_gate, gate_from_manifest, gate_verdict
+from kubetune_trainer.contract.results import VersionManifest
+from kubetune_trainer.publish.model_card import render_model_card
 from pydantic import ValidationError
 
 
@@ -64,7 +65,8 @@ def test_the_model_card_uses_the_same_words_for_both_manifest_spellings() -> Non
     new = _manifest({"metric": "perplexity", "atLeast": None, "atMost": 12.0}, {"perplexity": 3.5}, True)
     old = _manifest({"metric": "perplexity", "threshold": 12.0, "direction": "max"}, {"perplexity": 3.5}, True)
     line = "Evaluation gate perplexity at most 12: passed (perplexity = 3.5)."
-    assert line in render_model_card(new, "") and line in render_model_card(old, "")
+    assert line in render_model_card(VersionManifest.model_validate(new), "")
+    assert line in render_model_card(VersionManifest.model_validate(old), "")
     none = _manifest({"metric": None, "atLeast": None, "atMost": None}, {}, True)
-    assert "No evaluation gate: every version passes." in render_model_card(none, "")
+    assert "No evaluation gate: every version passes." in render_model_card(VersionManifest.model_validate(none), "")
     assert gate_from_manifest(none["gate"]) is None  # type: ignore[arg-type]

@@ -62,9 +62,9 @@ class _GradCapture:
 
 def _one_step(kind: str, model_dir: Path, batch: int, accumulation: int, tmp: Path) -> tuple[float, torch.Tensor]:
     from datasets import Dataset
-    from kubetune_trainer.distillation import DistillationTrainer
-    from kubetune_trainer.hf_trainer import KubetuneTrainer
-    from kubetune_trainer.preparation import CausalCollator
+    from kubetune_trainer.data.preparation import CausalCollator
+    from kubetune_trainer.train.distillation import DistillationTrainer
+    from kubetune_trainer.train.hf_trainer import KubetuneTrainer
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,

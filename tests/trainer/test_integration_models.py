@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import EXIT_OK
-from kubetune_trainer.synthetic_data import codeword_instructions, sentiment_classification, write_jsonl
+from kubetune_trainer.contract.config import EXIT_OK
+from kubetune_trainer.data.synthetic import codeword_instructions, sentiment_classification, write_jsonl
 
 from tests.trainer.conftest import make_config, read_manifest, run_cli, write_config
 
@@ -29,7 +29,7 @@ def _exact_match(model: object, tok: object, rows: list[dict[str, str]]) -> floa
 
 def _eval_loss(model: object, tok: object, rows: list[dict[str, str]]) -> float:
     import torch
-    from kubetune_trainer.preparation import CausalCollator, tokenize_instruction
+    from kubetune_trainer.data.preparation import CausalCollator, tokenize_instruction
 
     feats = [tokenize_instruction(tok, [{"role": "user", "content": r["prompt"]},
                                         {"role": "assistant", "content": r["completion"]}], 128) for r in rows]

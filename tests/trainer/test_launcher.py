@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
 from kubetune_trainer.launcher import WorkerExit, decide_exit
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 
 from tests.trainer.conftest import REPO, child_env, make_config, read_manifest, write_config
 
@@ -105,7 +105,7 @@ def test_launch_sigterm_checkpoints_exits_42_and_the_next_attempt_resumes(tmp_pa
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        if '"msg": "train log"' in line and json.loads(line)["step"] >= 2:
+        if '"message": "train log"' in line and json.loads(line)["step"] >= 2:
             proc.send_signal(signal.SIGTERM)  # what the kubelet does to the pod's main process
             break
     rest = proc.communicate(timeout=300)[1]

@@ -7,7 +7,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from kubetune_trainer.local_progress import LocalProgress, choose_mode, eta_text, progress_line
+from kubetune_trainer.report.local_progress import LocalProgress, choose_mode, eta_text, progress_line
 
 
 class Terminal(io.StringIO):

@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import Task
-from kubetune_trainer.preparation import (
+from kubetune_trainer.contract.config import Task
+from kubetune_trainer.data.preparation import (
     IGNORE_INDEX,
     Cuts,
     fit_instruction,
     tokenize_instruction,
     tokenize_records,
 )
-from kubetune_trainer.records import Record
+from kubetune_trainer.data.records import Record
 
 
 @pytest.fixture(scope="module")

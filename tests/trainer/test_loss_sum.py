@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kubetune_trainer.hf_trainer import IGNORE_INDEX, task_loss_sum
+from kubetune_trainer.train.hf_trainer import IGNORE_INDEX, task_loss_sum
 
 
 def _reference(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from kubetune_trainer.hf_trainer import model_inputs
-from kubetune_trainer.preparation import IGNORE_INDEX, CausalCollator, pack
+from kubetune_trainer.data.preparation import IGNORE_INDEX, CausalCollator, pack
+from kubetune_trainer.train.hf_trainer import model_inputs
 
 
 def _token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

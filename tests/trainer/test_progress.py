@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.config import EXIT_OK
-from kubetune_trainer.progress import ProgressReporter, StatusPatcher, build_progress_patch
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.contract.config import EXIT_OK
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
+from kubetune_trainer.report.progress import ProgressReporter, StatusPatcher, build_progress_patch
 
 from tests.trainer.conftest import child_env, make_config, run_cli, write_config
 
@@ -37,6 +37,14 @@ def test_eta_uses_only_the_steps_done_since_resuming() -> None:
     progress = patch["status"]["progress"]
     assert progress["etaSeconds"] == 40 and progress["evalLoss"] == 0.5 and "loss" not in progress
     assert progress["resumedFromStep"] == 50
+
+
+def test_the_newest_checkpoint_is_reported_for_the_gpu_queue() -> None:
+    patch = build_progress_patch(step=60, total_steps=100, epoch=None, loss=None, eval_loss=None,
+                                 tokens_per_second=None, elapsed_seconds=10.0, checkpoint_step=50,
+                                 checkpoint_time=86400.0)
+    progress = patch["status"]["progress"]
+    assert progress["lastCheckpointStep"] == 50 and progress["lastCheckpointAt"] == "1970-01-02T00:00:00Z"
 
 
 @pytest.fixture
@@ -185,7 +193,7 @@ def test_in_cluster_token_rotation_and_a_401_retry(tmp_path: Path, monkeypatch: 
     import ssl
 
     import trustme
-    from kubetune_trainer import progress
+    from kubetune_trainer.report import progress
 
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
-from kubetune_trainer.config import EXIT_OK, EXIT_PREEMPTED
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.contract.config import EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
+from kubetune_trainer.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 
 from tests.trainer.conftest import REPO, child_env, make_config, run_cli, write_config
 
@@ -48,7 +48,7 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path: P
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if '"msg": "train log"' in line and json.loads(line)["step"] >= 5:
+        if '"message": "train log"' in line and json.loads(line)["step"] >= 5:
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.communicate(timeout=300)[1]

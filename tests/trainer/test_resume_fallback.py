@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.checkpoints import UNLOADABLE_MARKER
-from kubetune_trainer.config import EXIT_OK
-from kubetune_trainer.synthetic_data import codeword_instructions, write_jsonl
+from kubetune_trainer.contract.config import EXIT_OK
+from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
+from kubetune_trainer.train.checkpoints import UNLOADABLE_MARKER
 
 from tests.trainer.conftest import make_config, run_cli, write_config
 

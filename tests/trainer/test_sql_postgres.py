@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import DataSource, SqlSource, TrainerConfig
-from kubetune_trainer.data_quality import map_rows
-from kubetune_trainer.data_sources import load_source
+from kubetune_trainer.contract.config import DataSource, SqlSource, TrainerConfig
+from kubetune_trainer.data.quality import map_rows
+from kubetune_trainer.data.sources import load_source
 from kubetune_trainer.errors import ConfigError
 
 

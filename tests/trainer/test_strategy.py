@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import TrainerConfig
-from kubetune_trainer.strategy import choose_strategy, deepspeed_config, estimate_parameters, fsdp_arguments
+from kubetune_trainer.contract.config import TrainerConfig
+from kubetune_trainer.train.strategy import (
+    choose_strategy,
+    deepspeed_config,
+    estimate_parameters,
+    fsdp_arguments,
+)
 
 
 def _model(tmp_path: Path, hidden: int, layers: int, vocab: int = 32000) -> Path:
@@ -59,7 +64,7 @@ def test_parameter_estimate_is_close_for_a_llama_shape(tmp_path: Path) -> None:
 
 
 def test_zero3_config_gathers_16bit_weights_and_offload_uses_deepspeed_adam() -> None:
-    from kubetune_trainer.strategy import StrategyChoice
+    from kubetune_trainer.train.strategy import StrategyChoice
 
     z3 = deepspeed_config(StrategyChoice("deepspeed", 3, False, "r"))
     assert z3["zero_optimization"]["stage"] == 3

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_OK
-from kubetune_trainer.synthetic_data import (
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_OK
+from kubetune_trainer.data.synthetic import (
     codeword_instructions,
     domain_text,
     sentiment_classification,
@@ -34,7 +34,7 @@ def test_full_instruction_sft_learns_and_publishes_a_servable_version(tmp_path: 
                    env=child_env(KUBETUNE_PROGRESS="lines"))
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
     # Outside a cluster: the stages as they start, progress lines with an ETA, the gate in words.
-    said = [json.loads(line)["msg"] for line in proc.stderr.splitlines() if line.startswith("{")]
+    said = [json.loads(line)["message"] for line in proc.stderr.splitlines() if line.startswith("{")]
     assert said[0].startswith("kubetune-train train --config ") and "importing torch" in said[0]
     stages = [m for m in said if m.startswith("stage ")]
     assert stages == ["stage 1/6: loading data", "stage 2/6: checking the data gate", "stage 3/6: loading the model",
@@ -140,8 +140,8 @@ def test_classification_reports_accuracy_precision_recall_f1(tmp_path: Path, tin
 
 def test_distillation_lowers_the_students_kl_to_the_teacher(tmp_path: Path, tiny_lm: Path) -> None:
     import torch
-    from kubetune_trainer.distillation import distillation_kl
     from kubetune_trainer.offline_models import minilm_dir
+    from kubetune_trainer.train.distillation import distillation_kl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # The teacher: the tiny model after a short SFT on the task (a different set of weights).

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_OK
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_OK
 
 from tests.trainer.conftest import child_env, make_config, run_cli, write_config
 

@@ -183,7 +183,7 @@ BAD_CASES: list[BadCase] = [
         CLASSIFY,
         {"spec.method.type": "lora", "spec.output.mergeAdapter": False},
         "output.mergeAdapter: false publishes a LoRA adapter, and classification versions are served from merged",
-        notes="the trainer's rule (kubetune_trainer.version_format), also enforced by TrainerConfig",
+        notes="the trainer's rule (kubetune_trainer.contract.formats), also enforced by TrainerConfig",
     ),
     BadCase(
         "classification-default-method-not-merged",

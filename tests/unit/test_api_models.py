@@ -16,7 +16,7 @@ from kubetune_operator.api import (
     find_condition,
 )
 from kubetune_operator.api.finetunejob import CRON_PATTERN, Datasets, DataSource, OutputSpec, Schedule
-from kubetune_trainer.config import Hyperparameters, MethodSpec, StrategySpec
+from kubetune_trainer.contract.config import Hyperparameters, MethodSpec, StrategySpec
 from pydantic import ValidationError
 
 from tests.unit.test_api_cases import EXAMPLES, KINDS, load_example

@@ -18,7 +18,6 @@ from kubetune_operator.api import FineTuneJob
 from kubetune_operator.api.conditions import find_condition
 from kubetune_operator.core.finetunejob.lifecycle import decide, fail_run
 from kubetune_operator.core.finetunejob.plan import (
-    Admit,
     CreateAttempt,
     CreateValidation,
     Delete,
@@ -36,8 +35,8 @@ from tests.unit.test_api_cases import LORA, SCHEDULED, load_example, patched
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 T = "%Y-%m-%dT%H:%M:%SZ"
 POLICY = Policy(retry_base_seconds=10, retry_max_seconds=600)
-ADMITTED = Decision(True, "Admitted", "admitted 1 GPUs of type NVIDIA-L4", gpu_type="NVIDIA-L4")
-FULL = Decision(False, "InsufficientGPUs", "waiting for 1 GPUs of type NVIDIA-L4: 0 free of 8", gpu_type="NVIDIA-L4")
+FULL = Decision(False, "InsufficientGPUs", "waiting for 1 GPUs of type NVIDIA-L4: 0 free of 8", gpu_type="NVIDIA-L4",
+                queue_position=2)
 NEVER = Decision(False, "Unschedulable", "no schedulable node has GPU type NVIDIA-L4")
 
 
@@ -72,12 +71,30 @@ def pod(of: dict[str, Any], exit_code: int | None = None, message: str = "") -> 
 
 
 def running(run: int = 1, validated: bool = True, **extra: Any) -> dict[str, Any]:
-    """The status of a job whose run `run` started from the example's spec (its data validated)."""
+    """The status of a job whose run `run` started from the example's spec (its data validated; admitted
+    when it has a startTime)."""
     digest = spec_digest(ftj())
     current = {"number": run, "attempts": 1, "trigger": "Create", "generation": 1, "specDigest": digest, **extra}
     conditions = [{"type": "DataValidated", "status": "True", "reason": "QualityGatePassed", "message": "ok",
                    "lastTransitionTime": ts(-100)}] if validated else []
+    if "startTime" in extra:
+        conditions.append({"type": "Admitted", "status": "True", "reason": "Admitted", "message": "admitted",
+                           "lastTransitionTime": extra["startTime"]})
     return {"phase": "Running", "currentRun": current, "conditions": conditions}
+
+
+def preempted_job(why: str) -> dict[str, Any]:
+    """A training Job the GPU queue suspended for another run (its trainer checkpointed and stopped)."""
+    j = job("train", state="Suspended")
+    j["metadata"]["annotations"] = {"kubetune.io/preempted": why}
+    return j
+
+
+def admitted_job(**kw: Any) -> dict[str, Any]:
+    """A training Job the GPU queue admitted: annotated and un-suspended."""
+    j = job("train", **kw)
+    j["metadata"]["annotations"] = {"kubetune.io/admitted-gpus": "1", "kubetune.io/gpu-type": "NVIDIA-L4"}
+    return j
 
 
 def passed_validation(run: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -121,21 +138,28 @@ ROWS = [
         Observed(jobs=[j := job("validate-data", state="Failed")],
                  pods=[pod(j, 43, json.dumps({"passed": False, "errors": ["only 12 rows, need 200"]}))]),
         "Failed", ("Failed", "True", "DataValidationFailed"), [], ["DataValidationFailed"]),
-    Row("validation passed, admitted: the gang is created and admitted in one pass", ftj(status=running(validated=False)),
-        Observed(jobs=[V_OK], pods=[V_OK_POD], admission=ADMITTED), "Running", ("Admitted", "True", "Admitted"),
-        [EnsureRBAC(), CreateAttempt(1, 1, 1, False), Admit("support-assistant-r1-a1", 1, "NVIDIA-L4", False)],
-        ["DataValidated", "Queued", "Admitted"]),
-    Row("validation passed, no GPUs free: queued with the reason", ftj(status=running(validated=False)),
-        Observed(jobs=[V_OK], pods=[V_OK_POD], admission=FULL), "Queued", ("Admitted", "False", "InsufficientGPUs"),
-        [EnsureRBAC(), CreateAttempt(1, 1, 1, False)], ["DataValidated", "Queued"],
-        check=lambda p: p.status.current_run.wait_reason == FULL.message),
-    Row("no node can ever hold a pod: fails fast", ftj(status=running()),
-        Observed(jobs=[V_OK], pods=[V_OK_POD], admission=NEVER), "Failed", ("Failed", "True", "Unschedulable"), [],
+    Row("validation passed: the gang's Job is created suspended, for the GPU queue", ftj(status=running(validated=False)),
+        Observed(jobs=[V_OK], pods=[V_OK_POD]), "Queued", ("Running", "False", "Queued"),
+        [EnsureRBAC(), CreateAttempt(1, 1, 1, False)], ["DataValidated", "Queued"], wakeup=NOW + timedelta(seconds=5),
+        check=lambda p: p.status.current_run.queued_at == NOW and p.status.current_run.job_name == "support-assistant-r1-a1"),
+    Row("queued: the queue's verdict and position are shown", ftj(status=running(queuedAt=ts(-30))),
+        Observed(jobs=[V_OK, job("train", state="Suspended")], pods=[V_OK_POD], admission=FULL), "Queued",
+        ("Admitted", "False", "InsufficientGPUs"),
+        check=lambda p: p.status.current_run.wait_reason == FULL.message and p.status.current_run.queue_position == 2),
+    Row("no node set can ever hold the gang: fails before its Job exists", ftj(status=running()),
+        Observed(jobs=[V_OK], pods=[V_OK_POD], feasibility=NEVER), "Failed", ("Failed", "True", "Unschedulable"), [],
         ["Unschedulable"]),
-    Row("queued Job admitted later", ftj(status=running(queuedAt=ts(-30))),
-        Observed(jobs=[V_OK, job("train", state="Suspended")], pods=[V_OK_POD], admission=ADMITTED), "Running",
-        ("Running", "True", "Started"), [Admit("support-assistant-r1-a1", 1, "NVIDIA-L4", False)], ["Admitted"],
-        check=lambda p: ("queue_wait", 30.0) in p.counters and ("runs_started",) in p.counters),
+    Row("the queue says never (nodes went away): fails, the Job is stopped", ftj(status=running()),
+        Observed(jobs=[V_OK, job("train", state="Suspended")], pods=[V_OK_POD], admission=NEVER), "Failed",
+        ("Failed", "True", "Unschedulable"), [Delete("batch/v1", "Job", "support-assistant-r1-a1")], ["Unschedulable"]),
+    Row("admitted by the queue: recorded once, with the wait it took", ftj(status=running(queuedAt=ts(-30))),
+        Observed(jobs=[V_OK, admitted_job()], pods=[V_OK_POD]), "Running", ("Admitted", "True", "Admitted"), [],
+        ["Admitted"], check=lambda p: ("queue_wait", 30.0) in p.counters and ("runs_started",) in p.counters
+        and p.status.current_run.start_time == NOW and p.status.current_run.gpu_type == "NVIDIA-L4"),
+    Row("preempted: back in the queue, saying by whom", ftj(status=running(startTime=ts(-600))),
+        Observed(jobs=[V_OK, preempted_job("team-b/urgent run 1 needs it")], pods=[V_OK_POD], admission=FULL),
+        "Queued", ("Admitted", "False", "Preempted"),
+        check=lambda p: "preempted (team-b/urgent run 1 needs it)" in p.status.current_run.wait_reason),
     Row("training", ftj(status=running(startTime=ts(-60))),
         Observed(jobs=[V_OK, j := job("train")], pods=[V_OK_POD, pod(j)]), "Running", ("Running", "True", "Running")),
     Row("attempt 1 failed (exit 1): back-off, wake at its end", ftj(status=running(startTime=ts(-60))),
@@ -170,12 +194,12 @@ ROWS = [
         ftj({"spec.runPolicy.suspend": True}, running(startTime=ts(-60))),
         Observed(jobs=[V_OK, job("train")], pods=[V_OK_POD]), "Suspended", ("Admitted", "False", "Suspended"),
         [SetSuspended("support-assistant-r1-a1", True, release=True)], ["Suspended"]),
-    Row("resumed: the suspended Job is admitted again",
+    Row("resumed: the queue admits the Job again, the same attempt continues",
         ftj(status={**running(startTime=ts(-60)), "conditions": [*running()["conditions"],
             {"type": "Suspended", "status": "True", "reason": "SuspendedBySpec", "message": "m",
              "lastTransitionTime": ts(-30)}]}),
-        Observed(jobs=[V_OK, job("train", state="Suspended")], pods=[V_OK_POD], admission=ADMITTED), "Running",
-        ("Suspended", "False", "Resumed"), [Admit("support-assistant-r1-a1", 1, "NVIDIA-L4", False)], ["Admitted"]),
+        Observed(jobs=[V_OK, admitted_job()], pods=[V_OK_POD]), "Running",
+        ("Suspended", "False", "Resumed"), [], ["Admitted"]),
     Row("succeeded: the version from rank 0's manifest, gate verdict", ftj(status=running(startTime=ts(-600))),
         Observed(jobs=[V_OK, j := job("train", state="Complete")],
                  pods=[V_OK_POD, pod(j, 0, json.dumps({"version": 1, "metrics": {"perplexity": 9.5}, "passedGate": True}))]),

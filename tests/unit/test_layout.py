@@ -26,7 +26,7 @@ def test_trainer_never_imports_the_operator() -> None:
 
 
 def test_trainer_config_imports_without_torch() -> None:
-    code = ("import sys; import kubetune_trainer.config, kubetune_operator.api, kubetune_operator.builders.training;"
+    code = ("import sys; import kubetune_trainer.contract.config, kubetune_operator.api, kubetune_operator.builders.training;"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 from kubetune_operator.core.conditions import MESSAGE_LIMIT, set_condition
 from kubetune_operator.core.gang import GangRequest
-from kubetune_operator.core.queue.admission import CapacityAdmission
+from kubetune_operator.core.queue.admission import gangs, gpu_nodes
+from kubetune_operator.core.queue.cycle import Gang, Settings, run_cycle
 from kubetune_operator.main import parse_args
-from kubetune_operator.runtime.logs import JsonFormatter
 from kubetune_operator.runtime.settings import OperatorSettings
+from kubetune_trainer.contract.logformat import json_formatter
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def node(name: str, gpus: int, product: str | None, ready: bool = True, unschedulable: bool = False) -> dict[str, Any]:
@@ -26,34 +28,51 @@ def node(name: str, gpus: int, product: str | None, ready: bool = True, unschedu
                        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
-def admitted(gpus: int, product: str, finished: bool = False) -> dict[str, Any]:
-    conditions = [{"type": "Complete", "status": "True"}] if finished else []
-    return {"metadata": {"annotations": {"kubetune.io/admitted-gpus": str(gpus), "kubetune.io/gpu-type": product}},
-            "status": {"conditions": conditions}}
-
-
 CLUSTER = [node(f"h{i}", 8, H100) for i in range(2)] + [node(f"a{i}", 4, A100) for i in range(2)]
+
+
+def held_gang(gpus: int, product: str) -> Gang:
+    return Gang("other", "held", 1, "held-r1-a1", 1, gpus, product, admitted_type=product)
 
 
 @pytest.mark.parametrize(("request_", "held", "admitted_", "reason"), [
     (GangRequest("ns", "j", 1, 2, 8, H100), [], True, "Admitted"),
-    (GangRequest("ns", "j", 1, 2, 8, H100), [admitted(8, H100)], False, "InsufficientGPUs"),
-    (GangRequest("ns", "j", 1, 2, 8, H100), [admitted(8, H100, finished=True)], True, "Admitted"),
+    (GangRequest("ns", "j", 1, 2, 8, H100), [held_gang(8, H100)], False, "InsufficientGPUs"),
     (GangRequest("ns", "j", 1, 3, 8, H100), [], False, "Unschedulable"),
     (GangRequest("ns", "j", 1, 1, 16, None), [], False, "Unschedulable"),
     (GangRequest("ns", "j", 1, 1, 1, "NVIDIA-B200"), [], False, "Unschedulable"),
-    (GangRequest("ns", "j", 1, 2, 4, None), [admitted(16, H100)], True, "Admitted"),  # falls over to A100
+    (GangRequest("ns", "j", 1, 2, 4, None), [held_gang(16, H100)], True, "Admitted"),  # falls over to A100
     (GangRequest("ns", "j", 1, 1, 0, None), [], True, "Admitted"),  # CPU
 ])
-def test_capacity_admission(request_: GangRequest, held: list[Any], admitted_: bool, reason: str) -> None:
-    decision = CapacityAdmission().decide(request_, CLUSTER, held)
-    assert (decision.admitted, decision.reason) == (admitted_, reason), decision.message
+def test_capacity_admission(request_: GangRequest, held: list[Gang], admitted_: bool, reason: str) -> None:
+    gang = Gang(request_.namespace, request_.job, request_.run, "j-r1-a1", request_.nodes, request_.gpus_per_node,
+                request_.gpu_type)
+    nodes = gpu_nodes(CLUSTER, [], "nvidia.com/gpu.product")
+    verdict = run_cycle([gang], held, nodes, [], NOW, Settings(preemption=False)).verdicts[gang.key]
+    assert (verdict.admitted, verdict.reason) == (admitted_, reason), verdict.message
+
+
+def test_finished_jobs_hold_no_gpus_and_running_ones_do() -> None:
+    job = {"metadata": {"name": "x-r1-a1", "namespace": "ns", "annotations": {
+        "kubetune.io/admitted-gpus": "16", "kubetune.io/gpu-type": H100},
+        "labels": {"kubetune.io/finetunejob": "x", "kubetune.io/run": "1", "kubetune.io/attempt": "1"}},
+        "spec": {"parallelism": 2}, "status": {"conditions": []}}
+    _, admitted = gangs([job], [], [])
+    assert [(g.gpus, g.nodes, g.admitted_type) for g in admitted] == [(16, 2, H100)]
+    job["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
+    assert gangs([job], [], []) == ([], [])
 
 
 def test_unready_and_cordoned_nodes_hold_no_capacity() -> None:
     nodes = [node("h0", 8, H100, ready=False), node("h1", 8, H100, unschedulable=True)]
-    decision = CapacityAdmission().decide(GangRequest("ns", "j", 1, 1, 8, H100), nodes, [])
-    assert decision.never and H100 not in decision.message.split("types in the cluster:")[-1]
+    assert gpu_nodes(nodes, [], "nvidia.com/gpu.product") == []
+
+
+def test_gpus_of_pods_kubetune_did_not_admit_are_subtracted() -> None:
+    pod = {"metadata": {"name": "notebook", "labels": {}}, "spec": {"nodeName": "h0", "containers": [
+        {"resources": {"limits": {"nvidia.com/gpu": "3"}}}]}, "status": {"phase": "Running"}}
+    (h0,) = [n for n in gpu_nodes(CLUSTER, [pod], "nvidia.com/gpu.product") if n.name == "h0"]
+    assert (h0.allocatable, h0.used_by_others) == (8, 3)
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:
@@ -78,8 +97,10 @@ def test_settings_from_env_and_flags() -> None:
         parse_args(["--controllers", "nonsense"])
 
 
-def test_json_log_lines_carry_extra_fields() -> None:
+def test_json_log_lines_carry_extra_fields_with_the_trainers_field_names() -> None:
+    """The operator logs with the trainer's and the server's formatter (one format for every process)."""
     record = logging.LogRecord("kubetune", logging.INFO, "f.py", 1, "phase %s", ("Running",), None)
     record.reason = "Admitted"
-    line = json.loads(JsonFormatter().format(record))
-    assert line["message"] == "phase Running" and line["reason"] == "Admitted" and line["level"] == "INFO"
+    line = json.loads(json_formatter().format(record))
+    assert line["message"] == "phase Running" and line["reason"] == "Admitted" and line["level"] == "info"
+    assert set(line) >= {"time", "level", "logger", "message"} and line["time"].endswith("Z")

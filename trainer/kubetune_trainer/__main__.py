@@ -5,16 +5,16 @@
         --master-addr HOST --master-port PORT       # a pod's main process: torchrun + exit codes
     kubetune-train validate-data --config job.json [--report report.json]
 
-Exit codes (config.py): 0 ok; 42 preempted after a checkpoint; 43 data or configuration error
+Exit codes (contract/config.py): 0 ok; 42 preempted after a checkpoint; 43 data or configuration error
 (message also in /dev/termination-log, or $KUBETUNE_TERMINATION_LOG); 1 anything unexpected.
 Under `launch` (env KUBETUNE_EXIT_DIR set) a worker records its code and message for the launcher,
-which sets the pod's exit code and termination message (launcher.py).
+which sets the pod's exit code and termination message (launcher.py). The messages themselves are
+contract/results.py's: a VersionSummary after `train`, a DataQualitySummary from `validate-data`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -24,11 +24,11 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from kubetune_trainer.config import EXIT_OK, EXIT_PREEMPTED, TrainerConfig
+from kubetune_trainer.contract.config import EXIT_OK, EXIT_PREEMPTED, TrainerConfig
 from kubetune_trainer.errors import ConfigError, write_termination_message
 from kubetune_trainer.launcher import add_arguments as add_launch_arguments
 from kubetune_trainer.launcher import record_exit, under_launcher
-from kubetune_trainer.logs import JsonFormatter, get_logger, route_library_logs, setup_logging
+from kubetune_trainer.log_setup import get_logger, json_formatter, route_library_logs, setup_logging
 
 log = get_logger("cli")
 
@@ -58,15 +58,17 @@ def require_local_output(config: TrainerConfig) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kubetune_trainer.artifacts import version_dir, version_summary
-    from kubetune_trainer.training import run_training
+    from kubetune_trainer.contract.results import VersionManifest, VersionSummary
+    from kubetune_trainer.publish.artifacts import version_dir
+    from kubetune_trainer.train.training import run_training
 
     config = load_config(args.config)
     require_local_output(config)
     code = run_training(config)
     manifest = version_dir(config) / "manifest.json"
     if code == EXIT_OK and int(os.environ.get("RANK", "0")) == 0 and manifest.exists():
-        args.result_message = version_summary(json.loads(manifest.read_text()))
+        published = VersionManifest.model_validate_json(manifest.read_text())
+        args.result_message = VersionSummary.of(published).termination_message()
     return code
 
 
@@ -80,13 +82,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
-    from kubetune_trainer.data_quality import check_gate
-    from kubetune_trainer.model_loading import load_tokenizer
-    from kubetune_trainer.training import quality_report
+    from kubetune_trainer.data.quality import check_gate
+    from kubetune_trainer.train.model_loading import load_tokenizer
+    from kubetune_trainer.train.training import quality_report
 
     config = load_config(args.config)
     report, _ = quality_report(config, load_tokenizer(config.base_model))
-    text = json.dumps(report, indent=2)
+    text = report.to_json()
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(text + "\n")
@@ -94,12 +96,12 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
         print(text)
     if args.termination_message:
         # The operator copies this into status.dataQuality; on a failed gate it is also the reason.
-        from kubetune_trainer.data_quality import status_report
+        from kubetune_trainer.data.quality import status_report
 
         args.result_message = status_report(report)
         write_termination_message(args.result_message)
     check_gate(report)
-    log.info(f"data quality gate passed: {report['usableRows']} usable rows")
+    log.info(f"data quality gate passed: {report.usable_rows} usable rows")
     return EXIT_OK
 
 
@@ -124,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
 def _sigterm_before_training(signum: int, frame: FrameType | None) -> None:
     """SIGTERM while still importing and reading the config: nothing to checkpoint, leave as preempted.
 
-    run_training() replaces this handler with the checkpointing one (preemption.py) before loading
+    run_training() replaces this handler with the checkpointing one (train/preemption.py) before loading
     data and model. No exit record is written: a launcher that was itself stopped maps it to 42; one
     whose torchrun stopped this worker because another one failed keeps that failure.
 
@@ -132,7 +134,7 @@ def _sigterm_before_training(signum: int, frame: FrameType | None) -> None:
     code the signal interrupted."""
     record = logging.LogRecord(log.name, logging.WARNING, __file__, 0, "SIGTERM before training started: nothing "
                                f"to checkpoint, exiting {EXIT_PREEMPTED}", None, None)
-    os.write(2, (JsonFormatter().format(record) + "\n").encode())
+    os.write(2, (json_formatter().format(record) + "\n").encode())
     os._exit(EXIT_PREEMPTED)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kubetune_trainer.config import EXIT_CONFIG_ERROR
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of the termination message.

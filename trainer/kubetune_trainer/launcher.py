@@ -16,7 +16,7 @@ own session (process group) and fixes what torchrun cannot do for the Job's podF
   with that code) goes to /dev/termination-log (or $KUBETUNE_TERMINATION_LOG); workers under the
   launcher leave that file to it.
 - **Signals.** SIGTERM and SIGINT are forwarded to torchrun as SIGTERM; torchrun passes it to every
-  worker, which finishes its step, saves a checkpoint and exits 42 (preemption.py). torchrun gives
+  worker, which finishes its step, saves a checkpoint and exits 42 (train/preemption.py). torchrun gives
   workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (set from --shutdown-timeout; torchrun's own
   default is 30 s) before SIGKILL: keep it, and the pod's terminationGracePeriodSeconds, above one
   step plus one checkpoint save.
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.errors import write_termination_message
-from kubetune_trainer.logs import get_logger
+from kubetune_trainer.log_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from kubetune_trainer.config import SpecModel
+from kubetune_trainer.contract.config import SpecModel
 from pydantic import (
     AfterValidator,
     BaseModel,

@@ -2,7 +2,7 @@
 
 Value-only parts (method, hyperparameters, strategy, quality gate, evaluation, field mapping,
 augmentation, checkpoint policy, distillation parameters) are the trainer's own models
-(`kubetune_trainer.config`), reused here so the CRD and the TrainerConfig cannot disagree.
+(`kubetune_trainer.contract.config`), reused here so the CRD and the TrainerConfig cannot disagree.
 This module adds what only the API knows: where things live (PVCs, ConfigMaps, Secrets),
 resources, run policy, schedule, pod settings, status, and the cross-field rules.
 """
@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from kubetune_trainer.config import (
+from kubetune_trainer.contract.config import (
     GATE_BOUND_MESSAGE,
     GATE_DIRECTION_MESSAGE,
     AugmentationStep,
@@ -28,7 +28,7 @@ from kubetune_trainer.config import (
     StrategySpec,
     Task,
 )
-from kubetune_trainer.version_format import MERGED_ONLY_TASKS, format_problem, merge_required_message
+from kubetune_trainer.contract.formats import MERGED_ONLY_TASKS, format_problem, merge_required_message
 from pydantic import Field, field_validator
 
 from kubetune_operator.api.common import (
@@ -403,7 +403,7 @@ class FineTuneJobSpec(ApiModel):
             field_path=".evaluation.gate.direction",
         ),
         CelRule(
-            # The trainer's rule (kubetune_trainer.version_format): which tasks are served merged only.
+            # The trainer's rule (kubetune_trainer.contract.formats): which tasks are served merged only.
             rule=(
                 f"!(self.task in [{', '.join(cel_string(t) for t in MERGED_ONLY_TASKS)}]) || "
                 "!has(self.output.mergeAdapter) || self.output.mergeAdapter != false || "
@@ -498,6 +498,10 @@ class Progress(StatusModel):
     eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds to the end of training.")
     resumed_from_step: int | None = Field(
         None, ge=1, description="Checkpoint step this attempt resumed from (absent when it started fresh)."
+    )
+    last_checkpoint_step: int | None = Field(None, ge=0, description="Step of the newest checkpoint saved.")
+    last_checkpoint_at: datetime | None = Field(
+        None, description="When the newest checkpoint was saved (the GPU queue preempts the run that loses least)."
     )
     updated_at: datetime | None = Field(None, description="When the trainer last reported.")
 

@@ -18,6 +18,9 @@ COMPONENT_VALIDATE = "validate-data"
 ANNOTATION_ADMITTED_GPUS = "kubetune.io/admitted-gpus"
 ANNOTATION_GPU_TYPE = "kubetune.io/gpu-type"
 ANNOTATION_RESUME_FROM = "kubetune.io/resume-from"
+# On an admitted training Job: its queue priority (preemption compares it), and on a preempted one why.
+ANNOTATION_PRIORITY = "kubetune.io/priority"
+ANNOTATION_PREEMPTED = "kubetune.io/preempted"
 # On a FineTuneJob: `kubectl annotate ftj <job> kubetune.io/retrain=<value>` starts one run per value.
 ANNOTATION_RETRAIN = "kubetune.io/retrain"
 

@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune_trainer.config import (
+from kubetune_trainer.contract.config import (
     DataConfig,
     ModelSource,
     OutputConfig,
@@ -18,7 +18,7 @@ from kubetune_trainer.config import (
     SqlSource,
     TrainerConfig,
 )
-from kubetune_trainer.config import DataSource as TrainerDataSource
+from kubetune_trainer.contract.config import DataSource as TrainerDataSource
 
 from kubetune_operator.api.common import ModelRef
 from kubetune_operator.api.finetunejob import DataSource, FineTuneJob

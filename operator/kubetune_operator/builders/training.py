@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
 
 from kubetune_operator.api import wellknown
 from kubetune_operator.api.common import API_VERSION
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
-from kubetune_operator.builders import names
 from kubetune_operator.builders.trainer_config import RenderedConfig, RunInputs, build_trainer_config
+from kubetune_operator.core import names
 
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"

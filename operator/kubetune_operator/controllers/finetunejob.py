@@ -10,7 +10,6 @@ at any point and starting it again leaves the same children and the same runs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -23,12 +22,12 @@ from pydantic import ValidationError
 
 from kubetune_operator.api.common import API_VERSION, GROUP, VERSION, SpecError
 from kubetune_operator.api.finetunejob import PLURAL, FineTuneJob
-from kubetune_operator.api.wellknown import LABEL_JOB
+from kubetune_operator.api.wellknown import COMPONENT_TRAIN, LABEL_COMPONENT, LABEL_JOB
 from kubetune_operator.builders.checks import check_spec, validation_problems
 from kubetune_operator.controllers import finetunejob_children as children
+from kubetune_operator.controllers.queue import Admission, GPUQueue
 from kubetune_operator.core.conditions import merge_patch
 from kubetune_operator.core.finetunejob import lifecycle, validity
-from kubetune_operator.core.queue.admission import Admission, CapacityAdmission
 from kubetune_operator.runtime import clock, events, kube, locks, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
 from kubetune_operator.runtime.wakeups import Wakeups
@@ -41,13 +40,14 @@ Body = dict[str, Any]
 class FineTuneJobController:
     """Converges FineTuneJobs; `reconcile` is safe to call any number of times, from any trigger."""
 
-    def __init__(self, cfg: OperatorSettings, admission: Admission | None = None) -> None:
+    def __init__(self, cfg: OperatorSettings) -> None:
         self.cfg = cfg
-        self.admission = admission or CapacityAdmission()
         self.policy = lifecycle.Policy(retry_base_seconds=cfg.retry_base_seconds,
                                        retry_max_seconds=cfg.retry_max_seconds)
         self.locks = locks.ObjectLocks()
         self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds)
+        # The built-in admission backend; a changed verdict wakes the run's FineTuneJob at once.
+        self.admission: Admission = GPUQueue(cfg, lambda ns, name: self.wakeups.wake_at(ns, name, clock.now()))
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.forget(namespace, name)
@@ -83,26 +83,24 @@ class FineTuneJobController:
         status = dict(raw_status)
         validity.forget_rejection(status)
         ftj = ftj.model_copy(update={"status": type(ftj.status).model_validate(status)})
-        with contextlib.ExitStack() as held:  # the admission lock, once taken, is held until the Admit write
-            observed = children.observe(ftj, body, self.admission,
-                                        lock=lambda: held.enter_context(locks.ADMISSION))
-            now = clock.now()
-            plan = lifecycle.decide(ftj, observed, now, self.policy)
-            try:
-                children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
-            except ApiException as e:
-                if e.status == 409:  # a concurrent write; the next pass sees it
-                    log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
-                    return now
-                if e.status != 422:
-                    raise
-                # The API server refused a child built from this spec (e.g. an invalid spec.pod.env):
-                # retrying cannot help, so the run fails with the server's own words.
-                plan = lifecycle.fail_run(
-                    ftj, plan.status, "InvalidChild",
-                    f"the API server rejected a child of this job: {kube.api_error_message(e)}; fix spec.pod "
-                    "(or the field it names) and apply it: the spec change starts a new run", now, observed)
-                children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
+        observed = children.observe(ftj, body, self.admission)
+        now = clock.now()
+        plan = lifecycle.decide(ftj, observed, now, self.policy)
+        try:
+            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
+        except ApiException as e:
+            if e.status == 409:  # a concurrent write; the next pass sees it
+                log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
+                return now
+            if e.status != 422:
+                raise
+            # The API server refused a child built from this spec (e.g. an invalid spec.pod.env):
+            # retrying cannot help, so the run fails with the server's own words.
+            plan = lifecycle.fail_run(
+                ftj, plan.status, "InvalidChild",
+                f"the API server rejected a child of this job: {kube.api_error_message(e)}; fix spec.pod "
+                "(or the field it names) and apply it: the spec change starts a new run", now, observed)
+            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
         self.write(body, raw_status, plan)
         return plan.next_wakeup
 
@@ -144,6 +142,8 @@ def setup(cfg: OperatorSettings) -> FineTuneJobController:
     global _controller
     _controller = FineTuneJobController(cfg)
     _controller.wakeups.register()
+    if isinstance(_controller.admission, GPUQueue):
+        _controller.admission.register()
     return _controller
 
 
@@ -168,7 +168,10 @@ def finetunejob_event(type: str, name: str, namespace: str | None, **_: Any) -> 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT})
 def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     if namespace is not None:
-        _active().wakeups.reconcile_now(namespace, labels[LABEL_JOB])
+        c = _active()
+        c.wakeups.reconcile_now(namespace, labels[LABEL_JOB])
+        if labels.get(LABEL_COMPONENT) == COMPONENT_TRAIN:
+            c.admission.kick()  # a training Job appeared, finished or was suspended: the queue's answer changes
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})

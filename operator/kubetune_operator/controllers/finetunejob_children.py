@@ -6,10 +6,9 @@ by the next one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.config import TrainerConfig
+from kubetune_trainer.contract.config import TrainerConfig
 
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.uris import parse_pvc_uri
@@ -17,7 +16,6 @@ from kubetune_operator.api.wellknown import (
     ANNOTATION_ADMITTED_GPUS,
     ANNOTATION_GPU_TYPE,
     COMPONENT_TRAIN,
-    GPU_PRODUCT_LABEL,
     LABEL_ATTEMPT,
     LABEL_COMPONENT,
     LABEL_JOB,
@@ -39,7 +37,6 @@ from kubetune_operator.core.conditions import parse_time
 from kubetune_operator.core.finetunejob.lifecycle import current_run_number
 from kubetune_operator.core.finetunejob.plan import (
     Action,
-    Admit,
     CreateAttempt,
     CreateValidation,
     Delete,
@@ -47,32 +44,18 @@ from kubetune_operator.core.finetunejob.plan import (
     Observed,
     SetSuspended,
 )
-from kubetune_operator.core.gang import Decision, GangRequest
-from kubetune_operator.core.queue.admission import Admission
+from kubetune_operator.core.gang import GangRequest
 from kubetune_operator.runtime import kube
+
+if TYPE_CHECKING:
+    from kubetune_operator.controllers.queue import Admission
 
 Body = dict[str, Any]
 
 
-def needs_admission(ftj: FineTuneJob, jobs: list[Body]) -> bool:
-    """Whether this pass may admit the current run's gang: its newest training Job is suspended (or
-    not created yet) and the spec does not suspend it. The controller then holds the admission lock
-    from this read to the Admit write."""
-    if ftj.spec.run_policy.suspend:
-        return False
-    run = current_run_number(ftj.status, jobs)
-    train = [j for j in jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_TRAIN
-             and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)]
-    if not train:
-        return True
-    newest = max(train, key=lambda j: int(j["metadata"]["labels"].get(LABEL_ATTEMPT, 0)))
-    return job_state(newest) == "Suspended"
-
-
-def observe(ftj: FineTuneJob, body: Body, admission: Admission, lock: Callable[[], Any]) -> Observed:
-    """Read the job's children, the objects its spec names and, when it may be admitted, the admission
-    decision for its gang (`needs_admission`), after calling `lock()` (the admission lock, which the
-    caller holds until it has carried out the plan)."""
+def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
+    """Read the job's children, the objects its spec names and what admission says of its gang: whether it
+    could ever fit (before its Job exists) or the queue's verdict (while its newest Job is suspended)."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
     selector = f"{LABEL_JOB}={name}"
     jobs = kube.list_objects("batch/v1", "Job", ns, selector)
@@ -98,26 +81,24 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission, lock: Callable[[
     output_claim = None
     if claim and ftj.spec.resources.nodes > 1:
         output_claim = kube.get("v1", "PersistentVolumeClaim", claim[0], ns)
-    decision = None
-    if needs_admission(ftj, jobs):
-        lock()
-        jobs = kube.list_objects("batch/v1", "Job", ns, selector)  # as of the lock: another pass may have admitted
-        decision = decide_admission(ftj, current_run_number(ftj.status, jobs), admission)
+    run = max(current_run_number(ftj.status, jobs), 1)
+    train = [j for j in jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_TRAIN
+             and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)]
+    feasibility = verdict = None
+    res = ftj.spec.resources
+    if not train and res.gpus_per_node:
+        feasibility = admission.feasibility(GangRequest(ns, name, run, res.nodes, res.gpus_per_node, res.gpu_type,
+                                                        ftj.spec.run_policy.priority or 0))
+    elif train:
+        newest = max(train, key=lambda j: int(j["metadata"]["labels"].get(LABEL_ATTEMPT, 0)))
+        if job_state(newest) == "Suspended":
+            verdict = admission.verdict(ns, name, run)
     return Observed(
         created=parse_time(body["metadata"].get("creationTimestamp")), jobs=jobs, pods=pods,
         config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
         services=kube.list_objects("v1", "Service", ns, selector),
-        job_events=events, missing=missing, secrets=secrets, output_claim=output_claim, admission=decision)
-
-
-def decide_admission(ftj: FineTuneJob, run: int, admission: Admission) -> Decision:
-    """The admission policy's decision for run `run`'s whole gang against the nodes and admitted Jobs now."""
-    res = ftj.spec.resources
-    request = GangRequest(str(ftj.metadata.namespace), str(ftj.metadata.name), max(run, 1), res.nodes,
-                          res.gpus_per_node, res.gpu_type, ftj.spec.run_policy.priority or 0)
-    nodes = kube.list_objects("v1", "Node")
-    held = kube.list_objects("batch/v1", "Job", None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
-    return admission.decide(request, nodes, held)
+        job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
+        feasibility=feasibility, admission=verdict)
 
 
 def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:
@@ -139,16 +120,8 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             kube.apply(build_validation_job(ftj, inputs, image, rendered))
         elif isinstance(action, CreateAttempt):
             create_attempt(ftj, action, image, rendezvous_port)
-        elif isinstance(action, Admit):
-            patch: Body = {"metadata": {"annotations": {ANNOTATION_ADMITTED_GPUS: str(action.gpus),
-                                                        ANNOTATION_GPU_TYPE: action.gpu_type or ""}},
-                           "spec": {"suspend": False}}
-            if action.pin_gpu_type:
-                # Pin the gang to the type it was admitted on (allowed while the Job never ran).
-                patch["spec"]["template"] = {"spec": {"nodeSelector": {GPU_PRODUCT_LABEL: action.gpu_type}}}
-            kube.patch_merge("batch/v1", "Job", action.job, ns, patch)
         elif isinstance(action, SetSuspended):
-            patch = {"spec": {"suspend": action.suspend}}
+            patch: Body = {"spec": {"suspend": action.suspend}}
             if action.release:
                 patch["metadata"] = {"annotations": {ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None}}
             kube.patch_merge("batch/v1", "Job", action.job, ns, patch)

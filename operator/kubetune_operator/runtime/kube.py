@@ -123,8 +123,8 @@ def patch_merge(api_version: str, kind: str, name: str, namespace: str | None, p
     return dict(out.to_dict())
 
 
-def patch_status(kind: str, name: str, namespace: str, patch: Body) -> Body:
-    """JSON merge patch of a kubetune object's status subresource."""
+def patch_status(kind: str, name: str, namespace: str | None, patch: Body) -> Body:
+    """JSON merge patch of a kubetune object's status subresource (namespace None: cluster-scoped)."""
     res = resource(f"{GROUP}/{VERSION}", kind)
     out = res.status.patch(body={"status": patch}, name=name, namespace=namespace, content_type="application/merge-patch+json")
     return dict(out.to_dict())

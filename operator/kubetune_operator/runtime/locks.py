@@ -1,9 +1,8 @@
-"""Process-wide locks: one reconcile per object at a time, and one admission decision at a time.
+"""One reconcile per object at a time.
 
 Watch events, wakeups and the safety resync may call a controller for the same object at once
-(kopf runs handlers in a thread pool); the per-object lock makes those passes sequential. Admission
-reads the GPUs held by every admitted Job and then admits one more: the admission lock spans that
-read and the write, so two runs can never both take the last free GPUs.
+(kopf runs handlers in a thread pool); the per-object lock makes those passes sequential. (The GPU
+queue needs no lock shared with them: one admission cycle runs at a time and alone admits.)
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-ADMISSION = threading.Lock()
 
 
 class ObjectLocks:

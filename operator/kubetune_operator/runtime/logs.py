@@ -1,31 +1,17 @@
-"""Operator logging: plain text for people, one JSON object per line for log pipelines."""
+"""Operator logging: plain text for people, or the one JSON line format of every kubetune process
+(kubetune_trainer.contract.logformat: time, level, logger, message, extras, exception)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+from kubetune_trainer.contract.logformat import setup_logging
+
 # kopf handler ids whose successful runs are not logged: watch handlers that run on every event of
 # every object (a Deployment's status, a FineTuneJob's progress) would drown the log, one line each.
 QUIET_HANDLERS = ("modeldeployment_event", "finetunejob_versions_changed", "server_deployment_changed",
                   "finetunejob_event", "child_job_event", "child_pod_event")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
 
 
 class QuietRoutineSuccess(logging.Filter):
@@ -46,14 +32,7 @@ class QuietRoutineSuccess(logging.Filter):
 def setup(fmt: str, level: str, quiet_handlers: Iterable[str] = QUIET_HANDLERS) -> None:
     """Log to stderr as `fmt` (text or json) from `level` up, without kopf's success lines for
     `quiet_handlers`. Replaces what an earlier call installed."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    setup_logging("json" if fmt == "json" else "text", level)
     kopf_objects = logging.getLogger("kopf.objects")
     for old in [f for f in kopf_objects.filters if isinstance(f, QuietRoutineSuccess)]:
         kopf_objects.removeFilter(old)

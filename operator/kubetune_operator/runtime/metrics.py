@@ -22,6 +22,15 @@ QUEUE_WAIT_SECONDS = Histogram(
     "Time from a run being queued to its admission.",
     buckets=(1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
 )
+GPUS_ADMITTED = Gauge(
+    "kubetune_gpus_admitted", "GPUs admitted to running or starting runs.", ["namespace", "gpu_type"]
+)
+QUEUE_LENGTH = Gauge("kubetune_queue_length", "Runs waiting for GPUs, per GPUQuota ('' without one).", ["quota"])
+PREEMPTIONS = Counter("kubetune_preemptions_total", "Runs suspended to make room for another.", ["reason"])
+ADMISSION_CYCLE_SECONDS = Histogram(
+    "kubetune_admission_cycle_duration_seconds", "Time of one admission cycle over the whole GPU queue.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 LEADER = Gauge(
     "kubetune_operator_leader",
     "1 while this operator process acts (it holds the leader Lease, or runs without leader election); "

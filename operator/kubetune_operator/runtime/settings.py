@@ -53,6 +53,24 @@ class OperatorSettings(BaseSettings):
         10.0, ge=0, le=3600, description="First delay before retrying a failed run; doubles per attempt."
     )
     retry_max_seconds: float = Field(600.0, ge=0, le=86400, description="Cap of the retry delay.")
+    gpu_type_label: str = Field(
+        "nvidia.com/gpu.product", min_length=1, max_length=317,
+        description="Node label that names a node's GPU type (GPU feature discovery's, by default).",
+    )
+    admission_no_quota: Literal["allow", "deny"] = Field(
+        "allow", description="GPU runs in a namespace no GPUQuota selects: admitted against free GPUs (allow), "
+                             "or kept waiting with reason NoQuota (deny).",
+    )
+    admission_backfill_after_seconds: float = Field(
+        600.0, ge=0, le=86400,
+        description="A run waiting for capacity this long reserves its GPU type: smaller runs stop backfilling.",
+    )
+    admission_preemption: bool = Field(
+        True, description="Suspend lower-priority runs, and reclaim borrowed GPUs, to admit a run that does not fit.",
+    )
+    admission_period_seconds: float = Field(
+        5.0, gt=0, le=600, description="Seconds between admission cycles without an event (nodes, Jobs, quotas).",
+    )
     rendezvous_port: int = Field(29500, ge=1, le=65535, description="torchrun rendezvous port on rank 0.")
     leader_election: bool = Field(
         False,

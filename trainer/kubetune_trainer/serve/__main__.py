@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from kubetune_trainer.serve.log_setup import configure_logging, route_model_library_logs
 from kubetune_trainer.serve.settings import parse_settings
-from kubetune_trainer.serve.structured_logging import configure_logging, route_model_library_logs
 
 
 def _describe(exc: ValidationError) -> str:
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     route_model_library_logs()
-    from kubetune_trainer.serve.server import run_server  # imports uvicorn/fastapi; keep --help fast
+    from kubetune_trainer.serve.http.server import run_server  # imports uvicorn/fastapi; keep --help fast
 
     return run_server(settings)
 

@@ -18,16 +18,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kubetune_trainer import __version__
-from kubetune_trainer.serve import classify_routes, model_routes, text_routes
-from kubetune_trainer.serve.admission import AdmissionGate
-from kubetune_trainer.serve.auth import ApiKeyMiddleware, ApiKeys
-from kubetune_trainer.serve.body_limit import BodySizeLimitMiddleware
-from kubetune_trainer.serve.errors import install_error_handlers
-from kubetune_trainer.serve.loading import LoadedModel, load_model
-from kubetune_trainer.serve.metrics import ServeMetrics
-from kubetune_trainer.serve.model_source import ModelSource
-from kubetune_trainer.serve.request_telemetry import RequestTelemetryMiddleware
-from kubetune_trainer.serve.runtime_state import ServerState
+from kubetune_trainer.serve.engine.admission import AdmissionGate
+from kubetune_trainer.serve.engine.loading import LoadedModel, load_model
+from kubetune_trainer.serve.engine.model_source import ModelSource
+from kubetune_trainer.serve.engine.runtime_state import ServerState
+from kubetune_trainer.serve.http.auth import ApiKeyMiddleware, ApiKeys
+from kubetune_trainer.serve.http.errors import install_error_handlers
+from kubetune_trainer.serve.http.limits import BodySizeLimitMiddleware
+from kubetune_trainer.serve.http.metrics import ServeMetrics
+from kubetune_trainer.serve.http.telemetry import RequestTelemetryMiddleware
+from kubetune_trainer.serve.openai import classify_routes, model_routes, text_routes
 from kubetune_trainer.serve.settings import ServeSettings
 
 log = logging.getLogger("kubetune.serve")

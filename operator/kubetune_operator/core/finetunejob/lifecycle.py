@@ -30,8 +30,8 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune_trainer.config import TrainerConfig
-from kubetune_trainer.gate_text import gate_verdict
+from kubetune_trainer.contract.config import TrainerConfig
+from kubetune_trainer.contract.gates import gate_verdict
 
 from kubetune_operator.api.common import SpecError
 from kubetune_operator.api.conditions import Condition, find_condition
@@ -44,7 +44,9 @@ from kubetune_operator.api.finetunejob import (
 )
 from kubetune_operator.api.uris import parse_pvc_uri
 from kubetune_operator.api.wellknown import (
+    ANNOTATION_ADMITTED_GPUS,
     ANNOTATION_GPU_TYPE,
+    ANNOTATION_PREEMPTED,
     ANNOTATION_RETRAIN,
     COMPONENT_TRAIN,
     COMPONENT_VALIDATE,
@@ -69,7 +71,6 @@ from kubetune_operator.core.conditions import is_status, set_condition, shorten
 from kubetune_operator.core.finetunejob import history, retry, schedule, triggers, versions
 from kubetune_operator.core.finetunejob.plan import (
     Action,
-    Admit,
     CreateAttempt,
     CreateValidation,
     Delete,
@@ -504,9 +505,9 @@ class _Pass:
                             f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
                             "ReadWriteMany claim, or set spec.resources.nodes: 1")
                 return False
-        decision = self.obs.admission
-        if not self.run_jobs(run, COMPONENT_TRAIN) and decision is not None and decision.never:
-            self.finish(run, "Failed", "Unschedulable", decision.message)
+        fit = self.obs.feasibility
+        if not self.run_jobs(run, COMPONENT_TRAIN) and fit is not None and fit.never:
+            self.finish(run, "Failed", "Unschedulable", fit.message)
             return False
         return True
 
@@ -618,7 +619,7 @@ class _Pass:
             what = (f"{res.nodes * res.gpus_per_node} GPU(s)" if res.gpus_per_node
                     else f"{res.nodes} node(s) without GPUs")
             self.event("Queued", f"run {run}: waiting for admission of the whole gang ({what})")
-            self.queued_or_suspended(run, names.attempt_name(self.name, run, 1))
+            self.queued_or_suspended(run, None)
             return
         job = attempts[-1]
         attempt = int(job["metadata"]["labels"][LABEL_ATTEMPT])
@@ -630,7 +631,7 @@ class _Pass:
         elif state == "Failed":
             self.attempt_failed(run, attempt, attempts)
         elif state == "Suspended":
-            self.queued_or_suspended(run, job["metadata"]["name"])
+            self.queued_or_suspended(run, job)
         else:
             self.active(run, job)
 
@@ -642,51 +643,51 @@ class _Pass:
         if attempt == 1:  # retries keep the first attempt's config, so its base model is the run's
             self.current.base_model = self.ftj.spec.base_model.uri
 
-    def queued_or_suspended(self, run: int, job_name: str) -> None:
+    def queued_or_suspended(self, run: int, job: Body | None) -> None:
+        """The attempt's Job is suspended: waiting for the GPU queue (or preempted), or held by the spec.
+        The queue admits by un-suspending the Job; this pass only says where the run stands."""
         if self.ftj.spec.run_policy.suspend:
             self.mark_suspended(run)
             return
-        decision = self.obs.admission
-        current = self.current
-        if decision is None:  # the controller did not ask (it always does for a suspended Job): next pass
-            self.st.phase = "Queued"
-            self.wait("waiting for admission")
-            self.wake(self.now)
-            return
-        if decision.never:
+        decision, current = self.obs.admission, self.current
+        self.st.phase = "Queued"
+        self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
+        preempted = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_PREEMPTED)
+        if decision is not None and decision.never:
             self.finish(run, "Failed", "Unschedulable", decision.message)
             return
-        if not decision.admitted:
-            self.st.phase = "Queued"
-            self.wait(decision.message)
-            # Only what admission knows: a policy that keeps no queue claims no position.
-            current.queue_position = decision.queue_position
-            self.condition("Admitted", False, decision.reason, decision.message)
-            self.condition("Running", False, "Queued", decision.message)
-            self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
-            # GPUs are freed by other jobs' events, not this one's: ask admission again soon.
-            self.wake(self.now + ADMISSION_RECHECK)
+        if decision is None or decision.admitted:
+            text = "admitted: starting" if decision is not None else "waiting for the GPU queue's next admission cycle"
+            self.wait(f"preempted ({preempted}); {text}" if preempted else text)
+            self.condition("Running", False, "Queued", text)
+            self.wake(self.now + ADMISSION_RECHECK)  # the queue un-suspends it; its Job event wakes this run
             return
-        res = self.ftj.spec.resources
-        self.act(Admit(job_name, res.nodes * res.gpus_per_node, decision.gpu_type,
-                       pin_gpu_type=bool(decision.gpu_type) and not res.gpu_type))
+        message = f"preempted ({preempted}); now {decision.message}" if preempted else decision.message
+        self.wait(message)
+        current.queue_position = decision.queue_position  # only what the queue knows
+        self.condition("Admitted", False, "Preempted" if preempted else decision.reason, message)
+        self.condition("Running", False, "Queued", message)
+
+    def admitted_now(self, run: int, job: Body) -> None:
+        """The queue un-suspended the Job since the last pass: record the admission once."""
+        current, ann = self.current, job["metadata"].get("annotations") or {}
+        gpus = int(ann.get(ANNOTATION_ADMITTED_GPUS) or 0)
+        gpu_type = ann.get(ANNOTATION_GPU_TYPE) or None
+        message = (f"admitted {gpus} GPUs of type {gpu_type or '(unlabelled)'}" if gpus
+                   else "CPU run: no GPUs to reserve")
         if current.queued_at is not None:
             self.plan.counters.append(("queue_wait", (self.now - current.queued_at).total_seconds()))
         current.queued_at = None
-        current.wait_reason = None
         current.queue_position = None
         if current.start_time is None:
             current.start_time = self.now
-        current.admitted_gpus = res.nodes * res.gpus_per_node
-        if decision.gpu_type:
-            current.gpu_type = decision.gpu_type
+        current.admitted_gpus = gpus
+        current.gpu_type = gpu_type or current.gpu_type
         self.plan.counters.append(("runs_started",))
-        self.st.phase = "Running"
-        self.condition("Admitted", True, "Admitted", decision.message)
-        self.condition("Running", True, "Started", f"run {run}: {decision.message}")
+        self.condition("Admitted", True, "Admitted", message)
         self.condition("Suspended", False, "Resumed" if is_status(self.st.conditions, "Suspended")
                        else "NotSuspended", "the run is not suspended")
-        self.event("Admitted", f"run {run} attempt {current.attempts or 1}: {decision.message}")
+        self.event("Admitted", f"run {run} attempt {current.attempts or 1}: {message}")
 
     def suspend_before_training(self, run: int) -> None:
         """Suspended before any GPU was asked for: stop (suspend) a running data validation, start nothing."""
@@ -713,13 +714,9 @@ class _Pass:
             self.mark_suspended(run)
             return
         self.st.phase = "Running"
+        if not is_status(self.st.conditions, "Admitted"):
+            self.admitted_now(run, job)
         self.note_resume()
-        old = self.cond("Admitted")
-        admitted = old.message if old is not None and old.status == "True" else "admitted"
-        self.condition("Admitted", True, "Admitted", admitted)
-        gpu_type = (job["metadata"].get("annotations") or {}).get(ANNOTATION_GPU_TYPE)
-        if gpu_type and self.current.gpu_type is None:
-            self.current.gpu_type = gpu_type
         attempt = self.current.attempts
         problem = self.child_problem(job)
         if problem is not None:
@@ -727,6 +724,7 @@ class _Pass:
             self.wait(problem.message, problem)
             return
         self.condition("Running", True, "Running", f"run {run} attempt {attempt} is training")
+        self.current.wait_reason = None
 
     def note_resume(self) -> None:
         """currentRun.resumedFromStep from the trainer's report (status.progress, written by rank 0).

@@ -41,7 +41,8 @@ class Observed:
     missing: list[Missing] = field(default_factory=list)  # referenced objects that do not exist
     secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
     output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
-    admission: Decision | None = None  # for the current run's gang, while it has no running Job
+    feasibility: Decision | None = None  # Unschedulable when no node set could ever hold the gang (before its Job)
+    admission: Decision | None = None  # the GPU queue's verdict for the current run's suspended Job
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -69,16 +70,6 @@ class CreateAttempt:
 
 
 @dataclass(frozen=True)
-class Admit:
-    """Annotate the Job with what was granted and un-suspend it in one patch (pinning the GPU type)."""
-
-    job: str
-    gpus: int
-    gpu_type: str | None
-    pin_gpu_type: bool
-
-
-@dataclass(frozen=True)
 class SetSuspended:
     """Suspend or resume a Job; `release` drops its admission annotations (the GPUs go back)."""
 
@@ -94,7 +85,7 @@ class Delete:
     name: str
 
 
-Action = EnsureRBAC | CreateValidation | CreateAttempt | Admit | SetSuspended | Delete
+Action = EnsureRBAC | CreateValidation | CreateAttempt | SetSuspended | Delete
 
 
 @dataclass(frozen=True)

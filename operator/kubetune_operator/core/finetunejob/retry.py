@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetune_trainer.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
+from kubetune_trainer.contract.config import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
 
 from kubetune_operator.core.children import failure_of, job_state
 

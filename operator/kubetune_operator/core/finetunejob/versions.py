@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from kubetune_trainer.config import TrainerConfig
-from kubetune_trainer.version_format import published_format
+from kubetune_trainer.contract.config import TrainerConfig
+from kubetune_trainer.contract.formats import published_format
 
 from kubetune_operator.api.finetunejob import FineTuneJob, FineTuneJobStatus, ModelVersion
 from kubetune_operator.api.uris import version_uri

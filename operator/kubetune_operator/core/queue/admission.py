@@ -1,122 +1,173 @@
-"""GPU admission: may a run's whole gang start now?
+"""The GPU queue's view of the cluster, read from raw API objects (pure): nodes and their free GPUs,
+the gangs waiting and admitted (from the training Jobs and their FineTuneJobs), and the quotas
+resolved against namespaces. `core.queue.cycle.run_cycle` decides on this snapshot.
 
-One interface (`Admission.decide`) so the GPU-quota issue can replace this simple policy with
-quotas, priorities and preemption without touching the controller. The policy here: a run is
-admitted when the free GPUs of its type (allocatable on schedulable nodes minus GPUs of runs
-already admitted) can hold every one of its pods; a run that no node could ever hold is
-rejected as unschedulable, so it fails fast instead of waiting forever.
-
-Admission is recorded durably on the run's Job (annotation `kubetune.io/admitted-gpus`) before
-it is un-suspended, and decisions are serialised by a process-wide lock (runtime.locks), so many runs arriving
-at once, or an operator restart, never over-admit.
+Admission is recorded durably on the run's Job (annotations `kubetune.io/admitted-gpus` and
+`kubetune.io/gpu-type`) in the same patch that un-suspends it, so the snapshot after a restart is the
+one before it: the queue never over-admits and never forgets an admission.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
 
-from kubetune_operator.api import wellknown
-from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
-from kubetune_operator.core.gang import Decision, GangRequest
+from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.api.gpuquota import GPUQuota, LabelSelector
+from kubetune_operator.api.wellknown import (
+    ANNOTATION_ADMITTED_GPUS,
+    ANNOTATION_GPU_TYPE,
+    ANNOTATION_PRIORITY,
+    GPU_RESOURCE,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_RUN,
+)
+from kubetune_operator.core.conditions import parse_time
+from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota
 
 Body = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class NodeGPUs:
-    name: str
-    gpu_type: str | None
-    allocatable: int
-
-
-class Admission(Protocol):
-    def decide(self, request: GangRequest, nodes: list[Body], admitted_jobs: list[Body]) -> Decision: ...
-
-
-def _quantity(value: Any) -> int:
+def quantity(value: Any) -> int:
+    """A GPU count from a resource quantity ("8", 8); 0 for anything else."""
     try:
         return int(str(value))
     except ValueError:
         return 0
 
 
-def gpu_nodes(nodes: list[Body]) -> list[NodeGPUs]:
-    """Schedulable, Ready nodes and their GPU capacity by type."""
+def ready_nodes(nodes: list[Body]) -> list[Body]:
+    """Schedulable (not cordoned), Ready nodes."""
     out = []
     for node in nodes:
-        spec = node.get("spec") or {}
-        if spec.get("unschedulable"):
+        if (node.get("spec") or {}).get("unschedulable"):
             continue
         conditions = (node.get("status") or {}).get("conditions") or []
-        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            continue
-        alloc = _quantity(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, 0))
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        out.append(NodeGPUs(node["metadata"]["name"], labels.get(GPU_PRODUCT_LABEL), alloc))
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            out.append(node)
     return out
 
 
-def admitted_usage(jobs: list[Body]) -> Counter[str | None]:
-    """GPUs held by admitted runs whose Jobs still run, by GPU type."""
-    used: Counter[str | None] = Counter()
+def gpu_nodes(nodes: list[Body], pods: list[Body], type_label: str) -> list[NodeGPUs]:
+    """Ready, schedulable nodes with their allocatable GPUs, the GPU type from `type_label`, and the GPUs
+    held by running pods kubetune did not admit (anything without the FineTuneJob label)."""
+    others: dict[str, int] = defaultdict(int)
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        if LABEL_JOB in ((pod.get("metadata") or {}).get("labels") or {}):
+            continue
+        others[node] += pod_gpus(pod)
+    out = []
+    for node in ready_nodes(nodes):
+        alloc = quantity(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, 0))
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        name = node["metadata"]["name"]
+        out.append(NodeGPUs(name, labels.get(type_label) or "", alloc, others.get(name, 0)))
+    return out
+
+
+def pod_gpus(pod: Body) -> int:
+    """GPUs a pod requests (its containers' nvidia.com/gpu limits or requests)."""
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        total += quantity((res.get("limits") or {}).get(GPU_RESOURCE) or (res.get("requests") or {}).get(GPU_RESOURCE, 0))
+    return total
+
+
+def _finished(job: Body) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body]) -> tuple[list[Gang], list[Gang]]:
+    """(waiting, admitted) gangs from the training Jobs. A Job with the admission annotations holds its
+    GPUs until it finishes (read from the Job alone: its FineTuneJob may be in a namespace this operator
+    does not watch); a suspended Job without them waits, if its FineTuneJob is known and not suspended."""
+    by_name = {(f.metadata.namespace, f.metadata.name): f for f in ftjs}
+    placed: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        node = (pod.get("spec") or {}).get("nodeName")
+        if job and node and LABEL_JOB in labels and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            placed[(pod["metadata"]["namespace"], job)].append((node, pod_gpus(pod)))
+    waiting, admitted = [], []
     for job in jobs:
-        meta = job.get("metadata") or {}
-        ann = meta.get("annotations") or {}
-        if wellknown.ANNOTATION_ADMITTED_GPUS not in ann:
+        meta = job["metadata"]
+        labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}
+        if _finished(job) or LABEL_JOB not in labels:
             continue
-        conditions = (job.get("status") or {}).get("conditions") or []
-        if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
+        run = int(labels.get(LABEL_RUN, 0))
+        if ANNOTATION_ADMITTED_GPUS in ann:
+            pods_ = max(int((job.get("spec") or {}).get("parallelism") or 1), 1)
+            gpus = quantity(ann.get(ANNOTATION_ADMITTED_GPUS))
+            admitted.append(Gang(
+                namespace=meta["namespace"], name=labels[LABEL_JOB], run=run, job=meta["name"], nodes=pods_,
+                gpus_per_node=gpus // pods_, gpu_type=ann.get(ANNOTATION_GPU_TYPE) or None,
+                priority=quantity(ann.get(ANNOTATION_PRIORITY, 0)), admitted_type=ann.get(ANNOTATION_GPU_TYPE) or "",
+                checkpoint_at=_checkpoint_at(by_name.get((meta["namespace"], labels[LABEL_JOB])), run),
+                placement=tuple(sorted(placed.get((meta["namespace"], meta["name"]), [])))))
             continue
-        used[ann.get(wellknown.ANNOTATION_GPU_TYPE) or None] += _quantity(ann[wellknown.ANNOTATION_ADMITTED_GPUS])
-    return used
+        ftj = by_name.get((meta["namespace"], labels[LABEL_JOB]))
+        if ftj is None or not (job.get("spec") or {}).get("suspend") or ftj.spec.run_policy.suspend:
+            continue
+        if not _is_newest_attempt(job, jobs):
+            continue
+        res, current = ftj.spec.resources, ftj.status.current_run
+        queued_at = current.queued_at if current is not None and current.number == run else None
+        waiting.append(Gang(
+            namespace=meta["namespace"], name=str(ftj.metadata.name), run=run, job=meta["name"],
+            nodes=res.nodes, gpus_per_node=res.gpus_per_node, gpu_type=res.gpu_type,
+            priority=ftj.spec.run_policy.priority or 0,
+            queued_at=queued_at or parse_time(meta.get("creationTimestamp"))))
+    return waiting, admitted
 
 
-class CapacityAdmission:
-    """Admit when the GPU type has room for the whole gang now; first come, first served."""
+def _is_newest_attempt(job: Body, jobs: list[Body]) -> bool:
+    meta = job["metadata"]
+    labels = meta.get("labels") or {}
+    same = [j for j in jobs if j["metadata"]["namespace"] == meta["namespace"]
+            and (j["metadata"].get("labels") or {}).get(LABEL_JOB) == labels.get(LABEL_JOB)
+            and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == labels.get(LABEL_RUN)]
+    newest = max(int((j["metadata"].get("labels") or {}).get(LABEL_ATTEMPT, 0)) for j in same)
+    return int(labels.get(LABEL_ATTEMPT, 0)) == newest
 
-    def decide(self, request: GangRequest, nodes: list[Body], admitted_jobs: list[Body]) -> Decision:
-        if request.gpus_per_node == 0:
-            return Decision(True, "Admitted", "CPU run: no GPUs to reserve")
-        pool = [n for n in gpu_nodes(nodes) if n.allocatable > 0]
-        types = sorted({n.gpu_type or "" for n in pool})
-        candidates = [t for t in types if request.gpu_type in (None, t)]
-        if not candidates:
-            have = ", ".join(t or "(unlabelled)" for t in types) or "none"
-            return Decision(
-                False, "Unschedulable",
-                f"no schedulable node has GPU type {request.gpu_type}; GPU types in the cluster: {have}. "
-                "Set spec.resources.gpuType to one of them.",
-            )
-        used = admitted_usage(admitted_jobs)
-        best_wait: str | None = None
-        waiting: Decision | None = None
-        for gpu_type in candidates:
-            typed = [n for n in pool if (n.gpu_type or "") == gpu_type]
-            fitting = [n for n in typed if n.allocatable >= request.gpus_per_node]
-            if len(fitting) < request.nodes:
-                biggest = max(n.allocatable for n in typed)
-                best_wait = best_wait or (
-                    f"needs {request.nodes} node(s) with {request.gpus_per_node} GPUs of type {gpu_type}, but "
-                    f"{len(fitting)} node(s) have that many (largest: {biggest} GPUs). Lower "
-                    "spec.resources.gpusPerNode or spec.resources.nodes."
-                )
-                continue
-            # Whole-pod slots left on this type, if admitted runs are packed onto nodes.
-            slots = sum(n.allocatable // request.gpus_per_node for n in fitting)
-            held_slots = -(-used[gpu_type or None] // request.gpus_per_node)  # ceil
-            if slots - held_slots >= request.nodes:
-                total = request.nodes * request.gpus_per_node
-                return Decision(True, "Admitted", f"admitted {total} GPUs of type {gpu_type}",
-                                gpu_type=gpu_type or None)
-            free = sum(n.allocatable for n in typed) - used[gpu_type or None]
-            waiting = waiting or Decision(
-                False, "InsufficientGPUs",
-                f"waiting for {request.nodes * request.gpus_per_node} GPUs of type {gpu_type}: "
-                f"{max(free, 0)} free of {sum(n.allocatable for n in typed)}",
-                gpu_type=gpu_type or None,
-            )
-        if waiting is not None:
-            return waiting
-        return Decision(False, "Unschedulable", best_wait or "no node can hold a pod of this run")
+
+def _checkpoint_at(ftj: FineTuneJob | None, run: int) -> datetime | None:
+    if ftj is None:
+        return None
+    progress, current = ftj.status.progress, ftj.status.current_run
+    if progress is None or current is None or current.number != run:
+        return None
+    return progress.last_checkpoint_at
+
+
+def selects(selector: LabelSelector, labels: dict[str, str]) -> bool:
+    """metav1.LabelSelector semantics over a namespace's labels."""
+    if any(labels.get(k) != v for k, v in selector.match_labels.items()):
+        return False
+    for e in selector.match_expressions:
+        present, value = e.key in labels, labels.get(e.key)
+        ok = {"In": present and value in e.values, "NotIn": not present or value not in e.values,
+              "Exists": present, "DoesNotExist": not present}[e.operator]
+        if not ok:
+            return False
+    return True
+
+
+def quotas(gpuquotas: list[GPUQuota], namespaces: list[Body]) -> list[Quota]:
+    """Each GPUQuota with the namespaces it selects (by name, and by label among existing namespaces)."""
+    out = []
+    for q in gpuquotas:
+        selected = set(q.spec.namespaces)
+        if q.spec.namespace_selector is not None:
+            selected |= {ns["metadata"]["name"] for ns in namespaces
+                         if selects(q.spec.namespace_selector, (ns["metadata"].get("labels") or {}))}
+        out.append(Quota(str(q.metadata.name), frozenset(selected), {g.gpu_type: g.nominal for g in q.spec.gpus},
+                         {g.gpu_type: g.borrowing_limit for g in q.spec.gpus}, q.spec.weight))
+    return out

@@ -294,8 +294,8 @@ def run_demo(name: str, state_dir: Path | None, say: Say, spec: manifests.DemoSp
             raise RuntimeError(f"the FineTuneJob ended {status.get('phase')}: {failed}; "
                                f"see `kubectl describe ftj {manifests.JOB} -n {spec.namespace}`")
         version = status["versions"][-1]
-        from kubetune_trainer.config import EvaluationGate
-        from kubetune_trainer.gate_text import gate_verdict
+        from kubetune_trainer.contract.config import EvaluationGate
+        from kubetune_trainer.contract.gates import gate_verdict
 
         gate_spec = (ftj["spec"].get("evaluation") or {}).get("gate")
         gate = EvaluationGate.model_validate(gate_spec) if gate_spec else None

@@ -1,0 +1,158 @@
+"""The GPU queue: kubetune's built-in admission backend, one admission cycle over every waiting run.
+
+A cycle reads one snapshot (Nodes, training Jobs, FineTuneJobs, GPU pods, GPUQuotas, Namespaces),
+runs `core.queue.cycle.run_cycle`, then admits (annotate + un-suspend each Job in one patch),
+preempts (suspend the victim's Job: its trainer checkpoints on SIGTERM), writes every GPUQuota's
+status and wakes the FineTuneJobs whose verdict changed. Cycles run one at a time, soon after an
+event that can change the answer (a training Job, a Node, a GPUQuota) and every
+`admission_period_seconds` otherwise. Everything it decides is recorded on the Jobs, so a restart
+(or a SIGKILL in the middle of a cycle) rebuilds the same queue and never over-admits.
+
+`Admission` is the seam a FineTuneJob reconcile uses: `verdict` for a run's waiting Job and
+`feasibility` before the Job exists. A Kueue backend implements the same two methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+import kopf
+
+from kubetune_operator.controllers import queue_children as io
+from kubetune_operator.core.gang import Decision, GangRequest
+from kubetune_operator.core.queue import cycle
+from kubetune_operator.runtime import clock, metrics
+from kubetune_operator.runtime.settings import OperatorSettings
+
+log = logging.getLogger("kubetune.queue")
+
+
+class Admission(Protocol):
+    """What a FineTuneJob reconcile asks the admission backend."""
+
+    def verdict(self, namespace: str, name: str, run: int) -> Decision | None:
+        """The last cycle's answer for run `run`'s waiting Job; None before any cycle saw it."""
+
+    def feasibility(self, request: GangRequest) -> Decision | None:
+        """Whether the gang could ever be admitted (Unschedulable when not); None when it could."""
+
+    def kick(self) -> None:
+        """Run a cycle soon (something that changes the answer happened)."""
+
+
+def _decision(v: cycle.Verdict) -> Decision:
+    return Decision(v.admitted, v.reason, v.message, v.gpu_type, v.position)
+
+
+class GPUQueue:
+    """The built-in backend. `on_change(namespace, name)` wakes a FineTuneJob whose verdict changed."""
+
+    def __init__(self, cfg: OperatorSettings, on_change: Callable[[str, str], None]) -> None:
+        self.cfg = cfg
+        self.settings = cycle.Settings(no_quota=cfg.admission_no_quota,
+                                       backfill_after=timedelta(seconds=cfg.admission_backfill_after_seconds),
+                                       preemption=cfg.admission_preemption)
+        self.on_change = on_change
+        self.verdicts: dict[cycle.Key, cycle.Verdict] = {}
+        self.snapshot: io.Snapshot | None = None
+        self._cycle_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kicked: asyncio.Event | None = None
+
+    # ---- the seam
+
+    def verdict(self, namespace: str, name: str, run: int) -> Decision | None:
+        v = self.verdicts.get((namespace, name, run))
+        return _decision(v) if v is not None else None
+
+    def feasibility(self, request: GangRequest) -> Decision | None:
+        snapshot = self.snapshot or io.read_snapshot(self.cfg)
+        gang = cycle.Gang(request.namespace, request.job, request.run, "", request.nodes, request.gpus_per_node,
+                          request.gpu_type, request.priority)
+        free = [cycle.NodeGPUs(n.name, n.gpu_type, n.allocatable) for n in snapshot.nodes]  # capacity, not usage
+        v = cycle.run_cycle([gang], [], free, snapshot.quotas, clock.now(), self.settings).verdicts[gang.key]
+        return _decision(v) if v.never else None
+
+    def kick(self) -> None:
+        if self._loop is not None and self._kicked is not None:
+            self._loop.call_soon_threadsafe(self._kicked.set)
+
+    # ---- one cycle
+
+    def run_once(self) -> cycle.CycleResult:
+        """Read, decide, act. One at a time (the snapshot must not change under a cycle's own writes)."""
+        with self._cycle_lock:
+            started = time.monotonic()
+            snapshot = io.read_snapshot(self.cfg)
+            now = clock.now()
+            result = cycle.run_cycle(snapshot.waiting, snapshot.admitted, snapshot.nodes, snapshot.quotas, now,
+                                     self.settings)
+            io.admit(result, self.cfg.gpu_type_label)
+            io.preempt(result, snapshot)
+            io.publish_quotas(result, snapshot, now)
+            self.snapshot = snapshot
+            changed = {k for k, v in result.verdicts.items() if self.verdicts.get(k) != v}
+            changed |= {g.key for g, _ in result.admit} | {p.victim.key for p in result.preempt}
+            self.verdicts = result.verdicts
+            metrics.ADMISSION_CYCLE_SECONDS.observe(time.monotonic() - started)
+            io.record_metrics(result, snapshot)
+        for namespace, name, _ in sorted(changed):
+            self.on_change(namespace, name)
+        return result
+
+    async def _run(self, stop: asyncio.Event, kicked: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            kicked.clear()
+            try:
+                await loop.run_in_executor(None, self.run_once)
+            except Exception:  # a failed cycle is retried at the next kick or period; never crash
+                log.exception("admission cycle failed; retrying in %ss", self.cfg.admission_period_seconds)
+            await asyncio.sleep(0.2)  # events arrive in bursts (a gang's pods): one cycle for the burst
+            with contextlib.suppress(TimeoutError):
+                waiters = {asyncio.ensure_future(kicked.wait()), asyncio.ensure_future(stop.wait())}
+                try:
+                    await asyncio.wait(waiters, timeout=self.cfg.admission_period_seconds,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+
+    def register(self) -> None:
+        """Start the cycle loop with the operator and stop it on shutdown; kick it on Node and GPUQuota events."""
+        state: dict[str, Any] = {}
+
+        async def start(**_: Any) -> None:
+            self._loop = asyncio.get_running_loop()
+            self._kicked, state["stop"] = asyncio.Event(), asyncio.Event()
+            state["task"] = asyncio.create_task(self._run(state["stop"], self._kicked))
+
+        async def stop(**_: Any) -> None:
+            if "task" in state:
+                state["stop"].set()
+                await state["task"]
+
+        kopf.on.startup(id="start-gpu-queue")(start)
+        kopf.on.cleanup(id="stop-gpu-queue")(stop)
+
+        seen: dict[str, tuple[Any, ...]] = {}
+
+        def node_changed(name: str, type: str, body: kopf.Body, **_: Any) -> None:
+            # Heartbeats arrive every few seconds per node: only what admission reads kicks a cycle.
+            signature = io.node_signature(dict(body), self.cfg.gpu_type_label) if type != "DELETED" else ()
+            if seen.get(name) != signature:
+                seen[name] = signature
+                self.kick()
+
+        def kick(**_: Any) -> None:
+            self.kick()
+
+        kopf.on.event("", "v1", "nodes", id="gpu_queue_node_event")(node_changed)
+        kopf.on.event("kubetune.io", "v1alpha1", "gpuquotas", id="gpu_queue_quota_event")(kick)

@@ -1,0 +1,188 @@
+"""The GPU queue's I/O: read one snapshot of the cluster, and carry out a cycle's result.
+
+Writes are merge patches on the training Jobs (admission and preemption are recorded there), events
+on the FineTuneJobs, and the GPUQuotas' status. Each is idempotent: a cycle killed half-way leaves
+Jobs that the next snapshot reads as admitted or waiting, as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubetune_operator.api.common import API_VERSION
+from kubetune_operator.api.finetunejob import FineTuneJob
+from kubetune_operator.api.gpuquota import GPUQuota, GPUQuotaStatus, PendingJob
+from kubetune_operator.api.wellknown import (
+    ANNOTATION_ADMITTED_GPUS,
+    ANNOTATION_GPU_TYPE,
+    ANNOTATION_PREEMPTED,
+    ANNOTATION_PRIORITY,
+    COMPONENT_TRAIN,
+    GPU_RESOURCE,
+    LABEL_COMPONENT,
+)
+from kubetune_operator.core.conditions import merge_patch, set_condition
+from kubetune_operator.core.queue import admission as view
+from kubetune_operator.core.queue.cycle import CycleResult, Gang, NodeGPUs, Quota
+from kubetune_operator.runtime import events, kube, metrics
+from kubetune_operator.runtime.settings import OperatorSettings
+
+log = logging.getLogger("kubetune.queue")
+Body = dict[str, Any]
+
+
+@dataclass
+class Snapshot:
+    nodes: list[NodeGPUs]
+    waiting: list[Gang]
+    admitted: list[Gang]
+    quotas: list[Quota]
+    gpuquotas: list[GPUQuota]
+    ftjs: dict[tuple[str, str], Body]  # raw FineTuneJobs, for events
+
+
+def node_signature(node: Body, type_label: str) -> tuple[Any, ...]:
+    """What admission reads of a node: GPUs, GPU type, cordon and readiness."""
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (node.get("status") or {}).get("conditions") or [])
+    return (((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE),
+            ((node.get("metadata") or {}).get("labels") or {}).get(type_label),
+            bool((node.get("spec") or {}).get("unschedulable")), ready)
+
+
+def _finetunejobs(cfg: OperatorSettings) -> list[Body]:
+    if cfg.namespaces:
+        return [b for ns in cfg.namespaces for b in kube.list_objects(API_VERSION, "FineTuneJob", ns)]
+    return kube.list_objects(API_VERSION, "FineTuneJob")
+
+
+def read_snapshot(cfg: OperatorSettings) -> Snapshot:
+    """One consistent view: admitted Jobs are read after the FineTuneJobs, so a run admitted meanwhile
+    is counted as admitted (its Job), never as free capacity."""
+    raw_ftjs = _finetunejobs(cfg)
+    ftjs = []
+    for body in raw_ftjs:
+        try:
+            ftjs.append(FineTuneJob.model_validate(body))
+        except ValidationError:
+            continue  # its own controller reports it (InvalidSpec); it holds no queue place
+    pods = kube.list_objects("v1", "Pod")
+    jobs = kube.list_objects("batch/v1", "Job", None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
+    waiting, admitted = view.gangs(jobs, ftjs, pods)
+    if cfg.namespaces:  # admit only in watched namespaces; count GPUs held everywhere
+        waiting = [g for g in waiting if g.namespace in cfg.namespaces]
+    nodes = view.gpu_nodes(kube.list_objects("v1", "Node"), pods, cfg.gpu_type_label)
+    gpuquotas = []
+    for body in kube.list_objects(API_VERSION, "GPUQuota"):
+        try:
+            gpuquotas.append(GPUQuota.model_validate(body))
+        except ValidationError as e:
+            log.warning("GPUQuota %s is not valid and is ignored: %s", body["metadata"]["name"], e)
+    namespaces = kube.list_objects("v1", "Namespace") if any(q.spec.namespace_selector for q in gpuquotas) else []
+    return Snapshot(nodes, waiting, admitted, view.quotas(gpuquotas, namespaces), gpuquotas,
+                    {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in raw_ftjs})
+
+
+def admit(result: CycleResult, type_label: str) -> None:
+    """Annotate and un-suspend each admitted gang's Job in one patch (pinning an untyped gang to its type)."""
+    for gang, gpu_type in result.admit:
+        patch: Body = {"metadata": {"annotations": {
+            ANNOTATION_ADMITTED_GPUS: str(gang.gpus), ANNOTATION_GPU_TYPE: gpu_type,
+            ANNOTATION_PRIORITY: str(gang.priority), ANNOTATION_PREEMPTED: None}},
+            "spec": {"suspend": False}}
+        if gpu_type and gang.gpu_type is None and gang.gpus_per_node:
+            # Pin the gang to the type it was admitted on (allowed while the Job never ran).
+            patch["spec"]["template"] = {"spec": {"nodeSelector": {type_label: gpu_type}}}
+        _patch_job(gang, patch)
+
+
+def preempt(result: CycleResult, snapshot: Snapshot) -> None:
+    """Suspend each victim's Job (its trainers get SIGTERM, checkpoint and exit 42), with an event on both."""
+    for p in result.preempt:
+        _patch_job(p.victim, {"metadata": {"annotations": {
+            ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None, ANNOTATION_PREEMPTED: p.message}},
+            "spec": {"suspend": True}})
+        reason = "priority" if p.preemptor.priority > p.victim.priority else "reclaim"
+        metrics.PREEMPTIONS.labels(reason).inc()
+        victim = snapshot.ftjs.get((p.victim.namespace, p.victim.name))
+        if victim is not None:
+            events.post(victim, "Preempted", f"run {p.victim.run} preempted: {p.message}; it checkpoints, stops and "
+                        "waits in the queue, then resumes from the checkpoint", warning=True)
+        preemptor = snapshot.ftjs.get((p.preemptor.namespace, p.preemptor.name))
+        if preemptor is not None:
+            events.post(preemptor, "Preempting", f"run {p.preemptor.run} preempts {p.victim.label()}: {p.message}")
+
+
+def _patch_job(gang: Gang, patch: Body) -> None:
+    try:
+        kube.patch_merge("batch/v1", "Job", gang.job, gang.namespace, patch)
+    except ApiException as e:
+        if e.status != 404:  # gone meanwhile (deleted run): the next snapshot no longer has it
+            raise
+
+
+def publish_quotas(result: CycleResult, snapshot: Snapshot, now: datetime) -> None:
+    """Each GPUQuota's status: nominal, admitted, borrowed and used per type, pending runs, conditions."""
+    used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    owner = {ns: q.name for q in snapshot.quotas for ns in q.namespaces}
+    for g in snapshot.admitted:
+        if g.namespace in owner:
+            used[owner[g.namespace]][g.admitted_type or ""] += sum(c for _, c in g.placement)
+    for gq in snapshot.gpuquotas:
+        usage = result.quotas.get(str(gq.metadata.name))
+        if usage is None:
+            continue
+        old = gq.status
+        conditions = list(old.conditions)
+        if usage.conflict:
+            conditions = set_condition(conditions, "Active", False, "NamespaceConflict", usage.conflict,
+                                       gq.metadata.generation, now)
+        else:
+            selected = next((q.namespaces for q in snapshot.quotas if q.name == gq.metadata.name), frozenset())
+            conditions = set_condition(conditions, "Active", True, "Active",
+                                       f"admitting runs of {len(selected)} namespace(s): "
+                                       + (", ".join(sorted(selected)[:20]) or "none yet"), gq.metadata.generation, now)
+        admitted = {k: v for k, v in usage.admitted.items() if v}
+        new = GPUQuotaStatus.model_validate({
+            "conditions": [c.model_dump(by_alias=True) for c in conditions],
+            "observedGeneration": gq.metadata.generation,
+            "used": {k: v for k, v in used[str(gq.metadata.name)].items() if v},
+            "admitted": admitted, "borrowed": usage.borrowed,
+            "usedGPUs": sum(used[str(gq.metadata.name)].values()), "admittedGPUs": sum(admitted.values()),
+            "nominalGPUs": sum(usage.nominal.values()), "pendingJobCount": len(usage.pending),
+            "pendingJobs": [PendingJob(namespace=g.namespace, name=g.name, run=g.run, gpus=g.gpus, gpu_type=g.gpu_type,
+                                       priority=g.priority, position=v.position, reason=v.reason).model_dump(by_alias=True)
+                            for g, v in usage.pending[:50]],
+        })
+        before = old.model_dump(mode="json", by_alias=True, exclude_none=True)
+        after = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if before != after:
+            try:
+                kube.patch_status("GPUQuota", str(gq.metadata.name), None, merge_patch(before, after))
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def record_metrics(result: CycleResult, snapshot: Snapshot) -> None:
+    admitted: dict[tuple[str, str], int] = defaultdict(int)
+    for g in [*snapshot.admitted, *(g for g, _ in result.admit)]:
+        admitted[(g.namespace, g.admitted_type or "")] += g.gpus
+    metrics.GPUS_ADMITTED.clear()
+    for (ns, t), n in admitted.items():
+        metrics.GPUS_ADMITTED.labels(ns, t).set(n)
+    queues: dict[str, int] = defaultdict(int)
+    owner = {ns: q.name for q in snapshot.quotas for ns in q.namespaces}
+    for (ns, _, _), v in result.verdicts.items():
+        if not v.admitted:
+            queues[owner.get(ns, "")] += 1
+    metrics.QUEUE_LENGTH.clear()
+    for q, n in queues.items():
+        metrics.QUEUE_LENGTH.labels(q).set(n)
