@@ -84,21 +84,23 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
     run = max(current_run_number(ftj.status, jobs), 1)
     train = [j for j in jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_TRAIN
              and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)]
-    feasibility = verdict = None
+    preview = verdict = None
     res = ftj.spec.resources
+    request = GangRequest(ns, name, run, res.nodes, res.gpus_per_node, res.gpu_type, ftj.spec.run_policy.priority or 0)
     if not train and res.gpus_per_node:
-        feasibility = admission.feasibility(GangRequest(ns, name, run, res.nodes, res.gpus_per_node, res.gpu_type,
-                                                        ftj.spec.run_policy.priority or 0))
+        preview = admission.preview(request)
     elif train:
         newest = max(train, key=lambda j: int(j["metadata"]["labels"].get(LABEL_ATTEMPT, 0)))
         if job_state(newest) == "Suspended":
             verdict = admission.verdict(ns, name, run)
+            if verdict is None:  # the queue has not seen it yet: say what it will most likely say
+                preview = admission.preview(request)
     return Observed(
         created=parse_time(body["metadata"].get("creationTimestamp")), jobs=jobs, pods=pods,
         config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
         services=kube.list_objects("v1", "Service", ns, selector),
         job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
-        feasibility=feasibility, admission=verdict)
+        preview=preview, admission=verdict)
 
 
 def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:

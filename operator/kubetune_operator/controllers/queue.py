@@ -9,7 +9,7 @@ event that can change the answer (a training Job, a Node, a GPUQuota) and every
 (or a SIGKILL in the middle of a cycle) rebuilds the same queue and never over-admits.
 
 `Admission` is the seam a FineTuneJob reconcile uses: `verdict` for a run's waiting Job and
-`feasibility` before the Job exists. A Kueue backend implements the same two methods.
+`preview` before the queue has seen it (before its Job exists, or right after). A Kueue backend implements the same two methods.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -40,8 +41,9 @@ class Admission(Protocol):
     def verdict(self, namespace: str, name: str, run: int) -> Decision | None:
         """The last cycle's answer for run `run`'s waiting Job; None before any cycle saw it."""
 
-    def feasibility(self, request: GangRequest) -> Decision | None:
-        """Whether the gang could ever be admitted (Unschedulable when not); None when it could."""
+    def preview(self, request: GangRequest) -> Decision:
+        """What admission would say of the gang now, before the next cycle: Unschedulable when it could
+        never fit, else whether it fits the free GPUs as last seen."""
 
     def kick(self) -> None:
         """Run a cycle soon (something that changes the answer happened)."""
@@ -72,13 +74,14 @@ class GPUQueue:
         v = self.verdicts.get((namespace, name, run))
         return _decision(v) if v is not None else None
 
-    def feasibility(self, request: GangRequest) -> Decision | None:
+    def preview(self, request: GangRequest) -> Decision:
         snapshot = self.snapshot or io.read_snapshot(self.cfg)
         gang = cycle.Gang(request.namespace, request.job, request.run, "", request.nodes, request.gpus_per_node,
                           request.gpu_type, request.priority)
-        free = [cycle.NodeGPUs(n.name, n.gpu_type, n.allocatable) for n in snapshot.nodes]  # capacity, not usage
-        v = cycle.run_cycle([gang], [], free, snapshot.quotas, clock.now(), self.settings).verdicts[gang.key]
-        return _decision(v) if v.never else None
+        admitted = [g for g in snapshot.admitted if g.key != gang.key]
+        settings = cycle.Settings(self.settings.no_quota, self.settings.backfill_after, preemption=False)
+        v = cycle.run_cycle([gang], admitted, snapshot.nodes, snapshot.quotas, clock.now(), settings).verdicts[gang.key]
+        return _decision(v)
 
     def kick(self) -> None:
         if self._loop is not None and self._kicked is not None:
@@ -97,6 +100,10 @@ class GPUQueue:
             io.admit(result, self.cfg.gpu_type_label)
             io.preempt(result, snapshot)
             io.publish_quotas(result, snapshot, now)
+            # What the next preview sees: this cycle's admissions hold GPUs, its victims no longer do.
+            victims = {p.victim.key for p in result.preempt}
+            snapshot.admitted = [g for g in snapshot.admitted if g.key not in victims] + [
+                replace(g, admitted_type=t) for g, t in result.admit]
             self.snapshot = snapshot
             changed = {k for k, v in result.verdicts.items() if self.verdicts.get(k) != v}
             changed |= {g.key for g, _ in result.admit} | {p.victim.key for p in result.preempt}

@@ -11,7 +11,8 @@ from kubetune_trainer.contract.logformat import setup_logging
 # kopf handler ids whose successful runs are not logged: watch handlers that run on every event of
 # every object (a Deployment's status, a FineTuneJob's progress) would drown the log, one line each.
 QUIET_HANDLERS = ("modeldeployment_event", "finetunejob_versions_changed", "server_deployment_changed",
-                  "finetunejob_event", "child_job_event", "child_pod_event")
+                  "finetunejob_event", "child_job_event", "child_pod_event", "gpu_queue_node_event",
+                  "gpu_queue_quota_event")
 
 
 class QuietRoutineSuccess(logging.Filter):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ from typing import Any
 
 from kubetune_trainer.contract.config import TrainerConfig
 from kubetune_trainer.contract.gates import gate_verdict
+from kubetune_trainer.contract.results import DataQualitySummary
+from pydantic import ValidationError
 
 from kubetune_operator.api.common import SpecError
 from kubetune_operator.api.conditions import Condition, find_condition
@@ -505,7 +508,7 @@ class _Pass:
                             f"{spec.resources.nodes} nodes writes checkpoints from every node: use a "
                             "ReadWriteMany claim, or set spec.resources.nodes: 1")
                 return False
-        fit = self.obs.feasibility
+        fit = self.obs.preview
         if not self.run_jobs(run, COMPONENT_TRAIN) and fit is not None and fit.never:
             self.finish(run, "Failed", "Unschedulable", fit.message)
             return False
@@ -600,6 +603,9 @@ class _Pass:
         if report is None:  # nothing reported: no report at all, rather than the previous run's
             self.st.data_quality = None
             return
+        # The trainer's contract; a report of another shape (an older trainer) keeps the fields status knows.
+        with contextlib.suppress(ValidationError):
+            report = DataQualitySummary.model_validate(report).model_dump(by_alias=True, exclude_none=True)
         clean = DataQualityReport.model_validate(report)
         if clean.passed is None:
             clean.passed = passed
@@ -650,6 +656,8 @@ class _Pass:
             self.mark_suspended(run)
             return
         decision, current = self.obs.admission, self.current
+        if decision is None and self.obs.preview is not None and not self.obs.preview.admitted:
+            decision = self.obs.preview  # until the queue's own verdict: the wait it will most likely give
         self.st.phase = "Queued"
         self.condition("Suspended", False, "NotSuspended", "the run is not suspended")
         preempted = ((job or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_PREEMPTED)
@@ -784,14 +792,14 @@ class _Pass:
     def succeeded(self, run: int, job: Body) -> None:
         """Record the version of a completed run from rank 0's manifest."""
         self.note_resume()  # an attempt may resume and finish between two passes
-        manifest = _json_object(rank0_message(job, self.obs.pods)) or {}
+        summary = versions.read_summary(rank0_message(job, self.obs.pods))
         config = self.run_config(run)
-        entry = versions.version_entry(self.ftj, run, manifest, config, self.next_version(),
+        entry = versions.version_entry(self.ftj, run, summary, config, self.next_version(),
                                        self.current.base_model, self.now)
         versions.add_version(self.st, entry)
         gate = config.evaluation.gate if config is not None else self.ftj.spec.evaluation.gate
         message = f"run {run} produced model version {self.name}-v{entry.version}"
-        if not manifest:
+        if summary is None:
             message += (f" (Job {job['metadata']['name']} succeeded, but rank 0 reported no manifest in its "
                         "termination message: its metrics are not reported)")
         message += f"; {gate_verdict(gate, entry.metrics, entry.passed_gate)}"

@@ -286,7 +286,8 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
 
 def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], snap: _Snapshot, settings: Settings,
                reserved: dict[str, Gang], live: list[Gang], result: CycleResult, now: datetime) -> Verdict:
-    what = f"{gang.gpus} GPU(s) ({gang.nodes} × {gang.gpus_per_node})"
+    what = f"{gang.gpus} GPUs"
+    shape = f"{gang.nodes} pod(s) × {gang.gpus_per_node}"
     if gang.gpus_per_node == 0:
         result.admit.append((gang, ""))
         return Verdict(True, "Admitted", "CPU run: no GPUs to reserve")
@@ -303,7 +304,7 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
     if not candidates:
         have = ", ".join(t or "(unlabelled)" for t in types) or "none"
         where = f" that GPUQuota {quota.name} covers" if quota is not None else ""
-        return Verdict(False, "Unschedulable", f"needs {what} of type {gang.gpu_type or 'any'}: no node{where} "
+        return Verdict(False, "Unschedulable", f"needs {what} ({shape}) of type {gang.gpu_type or 'any'}: no node{where} "
                        f"has it; GPU types in the cluster: {have}. Set spec.resources.gpuType to one of them.",
                        never=True)
     possible = [t for t in candidates if not snap.never_fits(gang, t)]
@@ -317,13 +318,13 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
     for t in possible:
         held_for = reserved.get(t)
         if held_for is not None and held_for.key != gang.key:
-            waits.append(Verdict(False, "WaitingForHigherPriority", f"needs {what} of type {t}: held for "
+            waits.append(Verdict(False, "WaitingForHigherPriority", f"waiting for {what} of type {t} ({shape}): held for "
                                  f"{held_for.label()}, which has waited longer than the backfill limit", gpu_type=t))
             continue
         if quota is not None:
             ok, why = snap.quota_room(quota, t, gang.gpus)
             if not ok:
-                waits.append(Verdict(False, "QuotaExhausted", f"needs {what} of type {t}: {why}", gpu_type=t))
+                waits.append(Verdict(False, "QuotaExhausted", f"waiting for {what} of type {t} ({shape}): {why}", gpu_type=t))
                 continue
         if snap.place(gang, t, commit=True):
             snap.charge(quota, t, gang.gpus)
@@ -333,10 +334,10 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
                            gpu_type=t or None)
         free = snap.total_free(t)
         if free >= gang.gpus:
-            waits.append(Verdict(False, "NoNodeFits", f"needs {what} of type {t}: {free} are free in total but "
+            waits.append(Verdict(False, "NoNodeFits", f"waiting for {what} of type {t} ({shape}): {free} are free in total but "
                                  f"no {gang.nodes} node(s) have {gang.gpus_per_node} free each", gpu_type=t))
         else:
-            waits.append(Verdict(False, "InsufficientGPUs", f"needs {what} of type {t}: {free} free of "
+            waits.append(Verdict(False, "InsufficientGPUs", f"waiting for {what} of type {t} ({shape}): {free} free of "
                                  f"{sum(snap.capacity[n] for n in snap.nodes_of(t))}", gpu_type=t))
     if settings.preemption:
         for t in possible:
@@ -352,7 +353,7 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
                 snap.place(gang, t, commit=True)  # held for it while the victims checkpoint and stop
                 snap.charge(quota, t, gang.gpus)
                 names = ", ".join(v.label() for v in victims)
-                return Verdict(False, "WaitingForPreemption", f"needs {what} of type {t}: preempting {names} "
+                return Verdict(False, "WaitingForPreemption", f"waiting for {what} of type {t} ({shape}): preempting {names} "
                                "(they checkpoint and stop first)", gpu_type=t)
     capacity_waits = [w for w in waits if w.reason in ("InsufficientGPUs", "NoNodeFits")]
     if capacity_waits and gang.queued_at is not None and now - gang.queued_at >= settings.backfill_after:
