@@ -1,0 +1,229 @@
+"""The GPU queue against the real control plane and KWOK GPU nodes (4 × 8 H100 in the default topology):
+quotas, whole gangs, priority order, preemption and resume, many runs at once, and a SIGKILL in the
+middle of admissions. KWOK pods are ended on cue; the trainer's SIGTERM → checkpoint → exit 42
+contract is the trainer tests' (tests/trainer/test_resume.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.ftj_support import (
+    H100,
+    apply,
+    condition,
+    create_data,
+    finish_pods,
+    ftj,
+    jobs,
+    manifest,
+    pass_validation,
+    status,
+    train_selector,
+    wait_phase,
+)
+from tests.support import DevCluster, eventually
+
+pytestmark = pytest.mark.integration
+WHOLE_NODE = {"nodes": 1, "gpusPerNode": 8, "gpuType": H100}
+
+
+@pytest.fixture(autouse=True)
+def release_gpus(cluster: DevCluster, namespace: str) -> Iterator[None]:
+    """Every test here may hold the whole H100 pool: its training Jobs go before the next test starts
+    (a namespace being deleted keeps its Jobs, and their GPUs, for a while)."""
+    yield
+    cluster.kubectl("delete", "finetunejobs,jobs", "-n", namespace, "--all", "--wait=true", "--timeout=60s",
+                    check=False)
+
+
+@pytest.fixture
+def quota(cluster: DevCluster, namespace: str) -> Iterator[Any]:
+    """Create GPUQuotas for this test (cluster-scoped); all are deleted when it ends."""
+    names: list[str] = []
+
+    def create(name: str, namespaces: list[str], nominal: int, borrowing_limit: int | None = 0,
+               weight: int = 1) -> str:
+        entry: dict[str, Any] = {"gpuType": H100, "nominal": nominal}
+        if borrowing_limit is not None:
+            entry["borrowingLimit"] = borrowing_limit
+        full = f"{name}-{namespace}"[:60]
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "kubetune.io/v1alpha1", "kind": "GPUQuota", "metadata": {"name": full},
+            "spec": {"namespaces": namespaces, "gpus": [entry], "weight": weight}}))
+        names.append(full)
+        return full
+
+    yield create
+    for name in names:
+        cluster.kubectl("delete", "gpuquota", name, "--ignore-not-found", "--wait=false", check=False)
+
+
+def quota_status(cluster: DevCluster, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("get", "gpuquota", name, "-o", "json", check=False)
+    return json.loads(out.stdout).get("status") or {} if out.returncode == 0 else {}
+
+
+def to_queue(cluster: DevCluster, ns: str, name: str, **spec: Any) -> None:
+    """Apply a run and pass its data gate: from here on only admission decides."""
+    apply(cluster, ns, ftj(name, **spec))
+    wait_phase(cluster, ns, name, "Validating")
+    pass_validation(cluster, ns, name)
+
+
+def admitted_gpus(cluster: DevCluster, ns: str) -> int:
+    out = cluster.kubectl("get", "jobs", "-n", ns, "-l", "kubetune.io/component=train", "-o", "json")
+    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0))
+               for j in json.loads(out.stdout)["items"]
+               if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                          for c in (j.get("status") or {}).get("conditions") or []))
+
+
+def test_a_quota_caps_a_namespace_and_its_status_says_so(cluster: DevCluster, namespace: str, operator: Any,
+                                                          quota: Any) -> None:
+    name = quota("team", [namespace], nominal=8)
+    create_data(cluster, namespace)
+    to_queue(cluster, namespace, "first", resources=WHOLE_NODE)
+    wait_phase(cluster, namespace, "first", "Running")
+    to_queue(cluster, namespace, "second", resources=WHOLE_NODE)
+    st = eventually(lambda: (s := status(cluster, namespace, "second")).get("phase") == "Queued"
+                    and condition(s, "Admitted").get("reason") == "QuotaExhausted" and s, timeout=30,
+                    what="second waits on the quota")
+    assert f"GPUQuota {name} has 0 of 8 nominal" in st["currentRun"]["waitReason"]
+    assert st["currentRun"]["queuePosition"] == 0
+    qs = eventually(lambda: (q := quota_status(cluster, name)).get("pendingJobCount") == 1 and q, timeout=30,
+                    what="the quota's status")
+    assert qs["admitted"] == {H100: 8} and qs["nominalGPUs"] == 8 and qs["pendingJobs"][0]["name"] == "second"
+    assert qs["pendingJobs"][0]["reason"] == "QuotaExhausted"
+    printed = cluster.kubectl("get", "gq", name).stdout
+    assert name in printed
+
+    finish_pods(cluster, namespace, train_selector("first"), "Succeeded", count=1, message=manifest(1),
+                rank0_message_only=True)
+    wait_phase(cluster, namespace, "first", "Succeeded")
+    wait_phase(cluster, namespace, "second", "Running", timeout=30)
+    eventually(lambda: quota_status(cluster, name).get("pendingJobCount") == 0, timeout=30, what="queue drained")
+
+
+def test_a_gang_over_several_nodes_starts_whole(cluster: DevCluster, namespace: str, operator: Any) -> None:
+    create_data(cluster, namespace)
+    to_queue(cluster, namespace, "wide", resources={"nodes": 3, "gpusPerNode": 8, "gpuType": H100})
+    st = wait_phase(cluster, namespace, "wide", "Running", timeout=30)
+    assert st["currentRun"]["admittedGPUs"] == 24
+    (job,) = jobs(cluster, namespace, "wide", "train")
+    assert job["spec"]["parallelism"] == 3 and job["metadata"]["annotations"]["kubetune.io/admitted-gpus"] == "24"
+    # 8 H100s are left: a second 3-node gang waits whole, not one pod of it is created.
+    to_queue(cluster, namespace, "wide2", resources={"nodes": 3, "gpusPerNode": 8, "gpuType": H100})
+    st = wait_phase(cluster, namespace, "wide2", "Queued", timeout=30)
+    assert condition(st, "Admitted")["reason"] == "InsufficientGPUs"
+    assert "waiting for 24 GPUs of type" in st["currentRun"]["waitReason"] and "of 32" in st["currentRun"]["waitReason"]
+    (job,) = jobs(cluster, namespace, "wide2", "train")
+    assert job["spec"]["suspend"] is True
+
+
+def test_priority_decides_who_goes_first_when_gpus_free_up(cluster: DevCluster, namespace: str,
+                                                            operator_for: Any) -> None:
+    operator_for([namespace], env={"KUBETUNE_ADMISSION_PREEMPTION": "false"})
+    create_data(cluster, namespace)
+    to_queue(cluster, namespace, "holder", resources={"nodes": 4, "gpusPerNode": 8, "gpuType": H100})
+    wait_phase(cluster, namespace, "holder", "Running")
+    to_queue(cluster, namespace, "early-low", resources=WHOLE_NODE, runPolicy={"priority": 1})
+    wait_phase(cluster, namespace, "early-low", "Queued")
+    to_queue(cluster, namespace, "late-high", resources={"nodes": 4, "gpusPerNode": 8, "gpuType": H100},
+             runPolicy={"priority": 10})
+    st = wait_phase(cluster, namespace, "late-high", "Queued")
+    eventually(lambda: status(cluster, namespace, "late-high")["currentRun"].get("queuePosition") == 0
+               and status(cluster, namespace, "early-low")["currentRun"].get("queuePosition") == 1,
+               timeout=30, what="positions by priority")
+    finish_pods(cluster, namespace, train_selector("holder"), "Succeeded", count=4, message=manifest(1),
+                rank0_message_only=True)
+    wait_phase(cluster, namespace, "late-high", "Running", timeout=30)
+    st = status(cluster, namespace, "early-low")
+    assert st["phase"] == "Queued"  # all 32 H100s went to the higher priority, none to the older run
+
+
+def test_preemption_suspends_the_lower_priority_run_which_resumes_later(cluster: DevCluster, namespace: str,
+                                                                        operator: Any) -> None:
+    create_data(cluster, namespace)
+    to_queue(cluster, namespace, "batch", resources={"nodes": 4, "gpusPerNode": 8, "gpuType": H100},
+             runPolicy={"priority": 0})
+    wait_phase(cluster, namespace, "batch", "Running")
+    to_queue(cluster, namespace, "urgent", resources=WHOLE_NODE, runPolicy={"priority": 100})
+    st = eventually(lambda: (s := status(cluster, namespace, "batch")).get("phase") == "Queued" and s,
+                    timeout=30, what="the low-priority run preempted")
+    assert condition(st, "Admitted")["reason"] == "Preempted" and "preempted" in st["currentRun"]["waitReason"]
+    assert "urgent" in st["currentRun"]["waitReason"]
+    (victim,) = jobs(cluster, namespace, "batch", "train")
+    assert victim["spec"]["suspend"] is True and "kubetune.io/admitted-gpus" not in victim["metadata"]["annotations"]
+    wait_phase(cluster, namespace, "urgent", "Running", timeout=30)
+    reasons = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert '"Preempted"' in reasons and '"Preempting"' in reasons
+
+    finish_pods(cluster, namespace, train_selector("urgent"), "Succeeded", count=1, message=manifest(1),
+                rank0_message_only=True)
+    wait_phase(cluster, namespace, "urgent", "Succeeded")
+    st = wait_phase(cluster, namespace, "batch", "Running", timeout=30)
+    assert len(jobs(cluster, namespace, "batch", "train")) == 1  # the same attempt resumes from its checkpoint
+    assert st["currentRun"]["attempts"] == 1
+
+
+def _create_many(kubeconfig: str, kubectl: str, namespace: str, start: int, count: int) -> subprocess.Popen[bytes]:
+    """A separate process applying `count` runs, as several users' kubectl would."""
+    code = (
+        "import json, subprocess, sys\n"
+        f"from tests.integration.ftj_support import ftj\n"
+        f"for i in range({start}, {start + count}):\n"
+        "    body = ftj(f'r{i}', resources={'nodes': 1, 'gpusPerNode': 4, 'gpuType': '" + H100 + "'})\n"
+        f"    subprocess.run([{kubectl!r}, '--kubeconfig', {kubeconfig!r}, 'apply', '-n', {namespace!r}, '-f', '-'],\n"
+        "                   input=json.dumps(body).encode(), check=True, capture_output=True)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_many_runs_created_concurrently_never_over_admit(cluster: DevCluster, namespace: str,
+                                                          operator: Any) -> None:
+    """4 processes create 60 four-GPU runs at once; the 32 H100s are never over-admitted, sampled every
+    0.2 s, also across a SIGKILL of the operator in the middle of the admissions."""
+    create_data(cluster, namespace)
+    procs = [_create_many(str(cluster.kubeconfig), str(cluster.kubectl_path), namespace, k * 15, 15)
+             for k in range(4)]
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(admitted_gpus(cluster, namespace))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for p in procs:
+            assert p.wait(timeout=300) == 0
+        for i in range(60):
+            wait_phase(cluster, namespace, f"r{i}", "Validating", timeout=120)
+        pass_validation_all(cluster, namespace)
+        eventually(lambda: admitted_gpus(cluster, namespace) >= 16, timeout=120, what="admissions under way")
+        operator.kill()
+        operator.start()
+        eventually(lambda: admitted_gpus(cluster, namespace) == 32, timeout=120, what="every H100 admitted")
+        time.sleep(3)
+    finally:
+        stop.set()
+        sampler.join(timeout=10)
+    assert samples and max(samples) <= 32, f"over-admitted: {max(samples)} GPUs of 32"
+    queued = [status(cluster, namespace, f"r{i}").get("phase") for i in range(60)]
+    assert queued.count("Running") == 8 and queued.count("Queued") == 52
+
+
+def pass_validation_all(cluster: DevCluster, namespace: str) -> None:
+    report = {"rows": 20, "duplicates": 0, "empty": 0, "invalid": 0, "passed": True, "message": "ok"}
+    finish_pods(cluster, namespace, "kubetune.io/component=validate-data", "Succeeded", count=60,
+                message=json.dumps(report))
