@@ -214,13 +214,17 @@ def test_many_runs_created_concurrently_never_over_admit(cluster: DevCluster, na
         operator.kill()
         operator.start()
         eventually(lambda: admitted_gpus(cluster, namespace) == 32, timeout=120, what="every H100 admitted")
-        time.sleep(3)
+
+        def phases() -> Any:
+            seen = [status(cluster, namespace, f"r{i}").get("phase") for i in range(60)]
+            return (seen.count("Running"), seen.count("Queued")) == (8, 52) and seen
+
+        eventually(phases, timeout=120, what="8 runs Running and 52 Queued")
     finally:
         stop.set()
         sampler.join(timeout=10)
     assert samples and max(samples) <= 32, f"over-admitted: {max(samples)} GPUs of 32"
-    queued = [status(cluster, namespace, f"r{i}").get("phase") for i in range(60)]
-    assert queued.count("Running") == 8 and queued.count("Queued") == 52
+    assert admitted_gpus(cluster, namespace) == 32
 
 
 def pass_validation_all(cluster: DevCluster, namespace: str) -> None:
