@@ -76,11 +76,20 @@ def test_priority_before_age() -> None:
 def test_backfill_lets_a_small_gang_start_but_never_starves_the_head() -> None:
     held = [gang("x", gpn=4, ns="o", admitted=H100)]
     waiting = [gang("head", gpn=8, age_s=60), gang("small", gpn=4, age_s=30)]
-    r = run_cycle(waiting, held, nodes(1), [], NOW, Settings(preemption=False))
+    r = run_cycle(waiting, held, nodes(1), [], NOW, Settings(preemption=False, backfill_after=timedelta(minutes=10)))
     assert admitted_names(r) == ["small"]  # the head waited less than the backfill limit
     waiting = [gang("head", gpn=8, age_s=3600), gang("small", gpn=4, age_s=30)]
-    r = run_cycle(waiting, held, nodes(1), [], NOW, Settings(preemption=False))
+    r = run_cycle(waiting, held, nodes(1), [], NOW, Settings(preemption=False, backfill_after=timedelta(minutes=10)))
     assert admitted_names(r) == [] and r.verdicts[("team-a", "small", 1)].reason == "WaitingForHigherPriority"
+
+
+def test_a_held_head_leaves_the_rest_of_the_pool_to_backfill() -> None:
+    held = [gang("x", gpn=4, ns="o", admitted=H100, on=(("h0", 4),)),
+            gang("y", gpn=4, ns="o", admitted=H100, on=(("h1", 4),))]
+    waiting = [gang("head", gpn=8, age_s=3600), gang("small", gpn=4, age_s=30), gang("small2", gpn=4, age_s=20)]
+    r = run_cycle(waiting, held, nodes(2), [], NOW, Settings(preemption=False, backfill_after=timedelta(minutes=10)))
+    assert admitted_names(r) == ["small"]  # on h1; h0's 4 free GPUs are held for the head
+    assert r.verdicts[("team-a", "small2", 1)].reason == "WaitingForHigherPriority"
 
 
 def test_borrowing_up_to_the_limit_and_fair_share_by_weight() -> None:
@@ -145,3 +154,15 @@ def test_never_over_admits_many_gangs_in_one_cycle() -> None:
     assert sum(g.gpus for g, _ in r.admit) == 400  # 50 × 8, every GPU once
     positions = sorted(v.position for v in r.verdicts.values() if not v.admitted)
     assert positions == list(range(300))
+
+
+def test_priority_comes_from_run_policy_or_its_priority_class() -> None:
+    from kubetune_operator.api import FineTuneJob
+    from kubetune_operator.core.queue.admission import priority
+
+    from tests.unit.test_api_cases import LORA, load_example, patched
+
+    body = load_example(LORA)
+    assert priority(FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priority": 7})), {"high": 1000}) == 7
+    by_class = FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priorityClassName": "high"}))
+    assert priority(by_class, {"high": 1000}) == 1000 and priority(by_class, {}) == 0

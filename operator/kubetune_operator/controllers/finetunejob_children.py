@@ -62,16 +62,7 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
     pods = kube.list_objects("v1", "Pod", ns, selector)
     events = {j["metadata"]["name"]: kube.events_of(ns, "Job", j["metadata"]["name"]) for j in jobs
               if job_state(j) == "Active" and not live_pods(pods, j["metadata"]["name"])}
-
-    def read(ref: references.Reference) -> Any:
-        api_version, namespaced = references.KINDS[ref.kind]
-        return kube.read(api_version, ref.kind, ref.name, ns if namespaced else None)
-
-    def listing(kind: str) -> list[str]:
-        api_version, namespaced = references.KINDS[kind]
-        return kube.names(api_version, kind, ns if namespaced else None)
-
-    missing = references.find_missing(references.finetunejob_references(ftj), ns, read, listing)
+    missing = kube.find_missing(references.finetunejob_references(ftj), ns)
     secrets = {}
     for src in (ftj.spec.datasets.train, ftj.spec.datasets.validation):
         if src is not None and src.sql is not None:

@@ -9,7 +9,6 @@ deletes the ones the plan no longer wants. No decision is taken here (core.servi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from kubetune_operator.api import API_VERSION, ModelDeployment
 from kubetune_operator.api.wellknown import LABEL_MODELDEPLOYMENT
@@ -53,17 +52,7 @@ def resolve(md: ModelDeployment) -> Resolution:
 def missing_references(md: ModelDeployment) -> list[references.Missing]:
     """The objects `md` names (spec.pod, spec.auth, spec.tls, pvc:// models) that do not exist or do
     not hold the key it names, with a did-you-mean from the namespace's names of that kind."""
-    ns = str(md.metadata.namespace)
-
-    def read(ref: references.Reference) -> Any:
-        api_version, namespaced = references.KINDS[ref.kind]
-        return kube.read(api_version, ref.kind, ref.name, ns if namespaced else None)
-
-    def names(kind: str) -> list[str]:
-        api_version, namespaced = references.KINDS[kind]
-        return kube.names(api_version, kind, ns if namespaced else None)
-
-    return references.find_missing(references.modeldeployment_references(md), ns, read, names)
+    return kube.find_missing(references.modeldeployment_references(md), str(md.metadata.namespace))
 
 
 def server_pod_problem(namespace: str, name: str, *tracks: Track | None) -> ChildProblem | None:

@@ -75,7 +75,11 @@ def read_snapshot(cfg: OperatorSettings) -> Snapshot:
             continue  # its own controller reports it (InvalidSpec); it holds no queue place
     pods = kube.list_objects("v1", "Pod")
     jobs = kube.list_objects("batch/v1", "Job", None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
-    waiting, admitted = view.gangs(jobs, ftjs, pods)
+    classes = {}
+    if any(f.spec.run_policy.priority_class_name for f in ftjs):
+        classes = {c["metadata"]["name"]: int(c.get("value") or 0)
+                   for c in kube.list_objects("scheduling.k8s.io/v1", "PriorityClass")}
+    waiting, admitted = view.gangs(jobs, ftjs, pods, classes)
     if cfg.namespaces:  # admit only in watched namespaces; count GPUs held everywhere
         waiting = [g for g in waiting if g.namespace in cfg.namespaces]
     nodes = view.gpu_nodes(kube.list_objects("v1", "Node"), pods, cfg.gpu_type_label)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from kubernetes import client, config
@@ -16,6 +17,7 @@ from kubernetes.dynamic.exceptions import NotFoundError
 
 from kubetune_operator.api.common import GROUP, VERSION
 from kubetune_operator.api.wellknown import FIELD_MANAGER
+from kubetune_operator.core import references
 
 Body = dict[str, Any]
 
@@ -136,3 +138,19 @@ def api_error_message(e: ApiException) -> str:
         return str(json.loads(e.body or "{}").get("message") or e.reason)
     except ValueError:
         return str(e.reason)
+
+
+
+def find_missing(refs: Iterable[references.Reference], namespace: str) -> list[references.Missing]:
+    """`core.references.find_missing` over the cluster: the objects of `refs` that do not exist in
+    `namespace` (or cluster-wide, for cluster-scoped kinds) or lack the key they name."""
+
+    def read_ref(ref: references.Reference) -> Any:
+        api_version, namespaced = references.KINDS[ref.kind]
+        return read(api_version, ref.kind, ref.name, namespace if namespaced else None)
+
+    def listing(kind: str) -> list[str]:
+        api_version, namespaced = references.KINDS[kind]
+        return names(api_version, kind, namespace if namespaced else None)
+
+    return references.find_missing(refs, namespace, read_ref, listing)

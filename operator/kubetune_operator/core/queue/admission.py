@@ -84,7 +84,17 @@ def _finished(job: Body) -> bool:
                for c in (job.get("status") or {}).get("conditions") or [])
 
 
-def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body]) -> tuple[list[Gang], list[Gang]]:
+def priority(ftj: FineTuneJob, classes: dict[str, int]) -> int:
+    """A run's queue priority: runPolicy.priority, else the value of its runPolicy.priorityClassName
+    (scheduling.k8s.io PriorityClass), else 0."""
+    policy = ftj.spec.run_policy
+    if policy.priority is not None:
+        return policy.priority
+    return classes.get(policy.priority_class_name or "", 0)
+
+
+def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body],
+          priority_classes: dict[str, int] | None = None) -> tuple[list[Gang], list[Gang]]:
     """(waiting, admitted) gangs from the training Jobs. A Job with the admission annotations holds its
     GPUs until it finishes (read from the Job alone: its FineTuneJob may be in a namespace this operator
     does not watch); a suspended Job without them waits, if its FineTuneJob is known and not suspended."""
@@ -123,7 +133,7 @@ def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body]) -> tuple[
         waiting.append(Gang(
             namespace=meta["namespace"], name=str(ftj.metadata.name), run=run, job=meta["name"],
             nodes=res.nodes, gpus_per_node=res.gpus_per_node, gpu_type=res.gpu_type,
-            priority=ftj.spec.run_policy.priority or 0,
+            priority=priority(ftj, priority_classes or {}),
             queued_at=queued_at or parse_time(meta.get("creationTimestamp"))))
     return waiting, admitted
 

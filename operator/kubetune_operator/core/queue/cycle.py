@@ -17,9 +17,11 @@ Rules (docs/gpu-queue.md):
   cluster's free GPUs (`noQuota: allow`) or waits with `NoQuota` (`noQuota: deny`).
 - **Order.** Higher `priority` first; then the quota with the smaller weighted dominant share
   (admitted GPUs / nominal GPUs / weight, as in Kueue's fair sharing); then the earliest queued.
-- **Backfill.** A later gang that fits may start while an earlier one waits for capacity, unless the
-  earlier one has waited longer than `backfill_after`: then its GPU type is reserved for it (nothing
-  later starts on that type) until it is admitted, so a large gang is never starved by small ones.
+- **Backfill.** A later gang that fits may start while an earlier one waits for capacity. Once the
+  earlier one has waited longer than `backfill_after`, the free GPUs of the nodes it will most likely
+  start on (those with the most free GPUs, one pod's worth each) are held for it, every cycle: later
+  gangs backfill only around them, so a large gang is never starved by small ones, and the rest of
+  the pool stays busy (a reservation that needs no run durations).
 - **Preemption.** A gang that does not fit may suspend admitted gangs of lower priority, or gangs of
   other quotas that borrow on its type while its own quota is under nominal (reclaim). Victims are
   chosen to free the fewest GPUs that make it fit: lowest priority first, then the most recent
@@ -97,7 +99,7 @@ class Quota:
 @dataclass(frozen=True)
 class Settings:
     no_quota: Literal["allow", "deny"] = "allow"
-    backfill_after: timedelta = timedelta(minutes=10)
+    backfill_after: timedelta = timedelta(hours=4)
     preemption: bool = True
 
 
@@ -148,6 +150,8 @@ class _Snapshot:
         self.quotas = {q.name: q for q in quotas}
         self.used: dict[tuple[str, str], int] = defaultdict(int)  # (quota, entry) -> admitted GPUs
         self.placed: dict[Key, list[tuple[str, int]]] = {}
+        self.held: dict[str, int] = defaultdict(int)  # node -> free GPUs held for a starving gang
+        self.held_for: dict[str, Gang] = {}
 
     def types(self) -> list[str]:
         return sorted({t for n, t in self.type_of.items() if self.capacity[n] > 0})
@@ -155,9 +159,10 @@ class _Snapshot:
     def nodes_of(self, gpu_type: str) -> list[str]:
         return [n for n, t in self.type_of.items() if t == gpu_type]
 
-    def place(self, gang: Gang, gpu_type: str, commit: bool) -> bool:
-        """Whether each pod fits on a node of `gpu_type` (best fit: the fullest node that holds it)."""
-        free = {n: self.free[n] for n in self.nodes_of(gpu_type)}
+    def place(self, gang: Gang, gpu_type: str, commit: bool, with_held: bool = False) -> bool:
+        """Whether each pod fits on a node of `gpu_type` (best fit: the fullest node that holds it);
+        GPUs held for a starving gang count as free only `with_held`."""
+        free = {n: self.free[n] + (self.held[n] if with_held else 0) for n in self.nodes_of(gpu_type)}
         placed = []
         for _ in range(gang.nodes):
             fits = [n for n, f in free.items() if f >= gang.gpus_per_node]
@@ -170,6 +175,20 @@ class _Snapshot:
             self.free.update(free)
             self.placed[gang.key] = placed
         return True
+
+    def hold(self, gang: Gang, gpu_type: str) -> None:
+        """Only for the first such gang of each GPU type (the head): hold, for `gang`, the free GPUs of the nodes it will most likely start on (those with the most
+        free GPUs), up to one pod's worth per node: later gangs backfill only around them, so every GPU
+        freed there waits for `gang` (a reservation without known durations)."""
+        if any(self.type_of[n] == gpu_type for n in self.held_for):
+            return
+        targets = sorted(self.nodes_of(gpu_type), key=lambda n: (-self.free[n], n))[:gang.nodes]
+        for node in targets:
+            take = min(self.free[node], gang.gpus_per_node)
+            if take > 0:
+                self.free[node] -= take
+                self.held[node] += take
+                self.held_for.setdefault(node, gang)
 
     def release(self, gang: Gang) -> None:
         for node, gpus in self.placed.pop(gang.key, []):
@@ -259,12 +278,11 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
 
     order = sorted(pending, key=lambda g: (-g.priority, _share(quota_of(g.namespace), snap),
                                            g.queued_at or now, g.namespace, g.name, g.run))
-    reserved: dict[str, Gang] = {}  # GPU type -> the gang it is held for (backfill stops)
     positions: dict[str, int] = defaultdict(int)
     for gang in order:
         quota = quota_of(gang.namespace)
         queue = quota.name if quota is not None else ""
-        verdict = _admit_one(gang, quota, owner, snap, settings, reserved, live, result, now)
+        verdict = _admit_one(gang, quota, owner, snap, settings, live, result, now)
         if not verdict.admitted:
             verdict = Verdict(False, verdict.reason, verdict.message, positions[queue], verdict.gpu_type,
                               verdict.never)
@@ -285,7 +303,7 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
 
 
 def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], snap: _Snapshot, settings: Settings,
-               reserved: dict[str, Gang], live: list[Gang], result: CycleResult, now: datetime) -> Verdict:
+               live: list[Gang], result: CycleResult, now: datetime) -> Verdict:
     what = f"{gang.gpus} GPUs"
     shape = f"{gang.nodes} pod(s) × {gang.gpus_per_node}"
     if gang.gpus_per_node == 0:
@@ -316,11 +334,6 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
                        never=True)
     waits: list[Verdict] = []
     for t in possible:
-        held_for = reserved.get(t)
-        if held_for is not None and held_for.key != gang.key:
-            waits.append(Verdict(False, "WaitingForHigherPriority", f"waiting for {what} of type {t} ({shape}): held for "
-                                 f"{held_for.label()}, which has waited longer than the backfill limit", gpu_type=t))
-            continue
         if quota is not None:
             ok, why = snap.quota_room(quota, t, gang.gpus)
             if not ok:
@@ -332,6 +345,12 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
             live.append(gang)
             return Verdict(True, "Admitted", f"admitted {gang.gpus} GPUs of type {t or '(unlabelled)'}",
                            gpu_type=t or None)
+        held = [g for n, g in snap.held_for.items() if snap.type_of[n] == t]
+        if held and snap.place(gang, t, commit=False, with_held=True):
+            waits.append(Verdict(False, "WaitingForHigherPriority", f"waiting for {what} of type {t} ({shape}): the "
+                                 f"free GPUs are held for {held[0].label()}, which has waited longer than the "
+                                 "backfill limit", gpu_type=t))
+            continue
         free = snap.total_free(t)
         if free >= gang.gpus:
             waits.append(Verdict(False, "NoNodeFits", f"waiting for {what} of type {t} ({shape}): {free} are free in total but "
@@ -357,8 +376,7 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
                                "(they checkpoint and stop first)", gpu_type=t)
     capacity_waits = [w for w in waits if w.reason in ("InsufficientGPUs", "NoNodeFits")]
     if capacity_waits and gang.queued_at is not None and now - gang.queued_at >= settings.backfill_after:
-        for w in capacity_waits:  # this gang waited long enough: nothing later starts on its type
-            reserved.setdefault(w.gpu_type or "", gang)
+        snap.hold(gang, capacity_waits[0].gpu_type or "")  # waited long enough: later gangs backfill around it
     order = {"QuotaExhausted": 0, "NoNodeFits": 1, "InsufficientGPUs": 2, "WaitingForHigherPriority": 3}
     return min(waits, key=lambda w: order.get(w.reason, 9))
 
