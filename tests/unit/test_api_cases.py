@@ -109,6 +109,8 @@ BAD_CASES: list[BadCase] = [
         notes="API server: list-type set; pydantic: a validator",
     ),
     BadCase("qlora-without-gpu", SCHEDULED, {"spec.resources.gpusPerNode": 0}, "method.type qlora needs a GPU"),
+    BadCase("data-change-on-a-claim", LORA, {"spec.retrain": {"onDataChange": {"enabled": True}}},
+            "retrain.onDataChange watches ConfigMap data"),
     BadCase(
         "zero-stage-without-deepspeed", MULTINODE, {"spec.strategy.type": "ddp"}, "strategy.zeroStage and strategy.offload"
     ),

@@ -103,6 +103,8 @@ def passed_validation(run: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 V_OK, V_OK_POD = passed_validation()
+DATA_CHANGE = {"spec.datasets.train": {"configMap": {"name": "tickets", "key": "train.jsonl"}, "format": "jsonl"},
+               "spec.retrain": {"onDataChange": {"enabled": True, "checkIntervalSeconds": 60}}}
 
 
 @dataclass
@@ -235,6 +237,20 @@ ROWS = [
             annotations={"kubetune.io/retrain": "r-7"}),
         Observed(), "Pending", None, [], ["RunStarted"], wakeup=NOW,
         check=lambda p: p.status.current_run.trigger == "Manual" and p.status.last_retrain_request == "r-7"),
+    Row("the data changed after a success: one run starts, saying what changed",
+        ftj(DATA_CHANGE, {**running(), "phase": "Succeeded", "runs": [
+            {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_CHANGE)), "dataDigest": "sha256:old"}]}),
+        Observed(data_digest="sha256:new"), "Pending", None, [], ["DataChanged", "RunStarted"],
+        check=lambda p: p.status.current_run.trigger == "DataChange" and p.status.current_run.data_digest == "sha256:new"
+        and p.status.last_data_check == NOW),
+    Row("unchanged data starts nothing, and is checked again after the interval",
+        ftj(DATA_CHANGE, {**running(), "phase": "Succeeded", "runs": [
+            {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_CHANGE)), "dataDigest": "sha256:old"}]}),
+        Observed(data_digest="sha256:old"), "Succeeded", None, [], [], wakeup=NOW + timedelta(seconds=60)),
+    Row("a check inside the interval reads nothing new: it waits for the interval's end",
+        ftj(DATA_CHANGE, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-20), "runs": [
+            {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_CHANGE)), "dataDigest": "sha256:old"}]}),
+        Observed(data_digest="sha256:new"), "Succeeded", None, [], [], wakeup=NOW + timedelta(seconds=40)),
     Row("a scheduled job waits for its first tick, and wakes then",
         ftj(example=SCHEDULED), Observed(created=NOW - timedelta(minutes=1)), "Pending",
         ("Running", "False", "WaitingForSchedule"), check=lambda p: p.next_wakeup is not None and p.next_wakeup > NOW),

@@ -306,6 +306,21 @@ def _strategy_tuned_without_deepspeed(spec: FineTuneJobSpec) -> bool:
     return s.type != "deepspeed" and ("zero_stage" in s.model_fields_set or "offload" in s.model_fields_set)
 
 
+class OnDataChange(ApiModel):
+    """Start a run when the training data changes."""
+
+    enabled: bool = Field(False, description="Start a new run when the data changes (one run per change).")
+    check_interval_seconds: int = Field(
+        300, ge=10, le=86_400, description="How often the data is checked for a change, in seconds."
+    )
+
+
+class RetrainPolicy(ApiModel):
+    """Triggers of new runs besides creation, spec changes, spec.schedule and the kubetune.io/retrain annotation."""
+
+    on_data_change: OnDataChange = Field(default_factory=OnDataChange, description="Retrain when the data changes.")
+
+
 class FineTuneJobSpec(ApiModel):
     """A model to produce: task, base model, method, data, hyperparameters, evaluation, resources and output."""
 
@@ -321,6 +336,15 @@ class FineTuneJobSpec(ApiModel):
             message="labels are only for task classification; remove them or set task: classification",
             field_path=".labels",
             check=lambda m: m.task == Task.CLASSIFICATION or not m.labels,
+        ),
+        CelRule(
+            rule="!has(self.retrain) || !has(self.retrain.onDataChange) || !has(self.retrain.onDataChange.enabled) "
+                 "|| !self.retrain.onDataChange.enabled || has(self.datasets.train.configMap)",
+            message="retrain.onDataChange watches ConfigMap data in this version: put the training data in a "
+                    "ConfigMap (datasets.train.configMap), or retrain with spec.schedule or the kubetune.io/retrain "
+                    "annotation",
+            field_path=".retrain.onDataChange.enabled",
+            check=lambda m: not m.retrain.on_data_change.enabled or m.datasets.train.config_map is not None,
         ),
         CelRule(
             rule="!has(self.method) || self.method.type != 'qlora' || (has(self.resources) && self.resources.gpusPerNode >= 1)",
@@ -468,6 +492,7 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = Field(description="Where model versions and checkpoints are written.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, TTL, suspend and priority.")
     schedule: Schedule | None = Field(None, description="Retrain on a cron schedule; without it the job runs once.")
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy, description="Retrain when the data changes.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
 
     @field_validator("labels")
@@ -548,7 +573,7 @@ class CurrentRun(StatusModel):
     wait_reason: str | None = Field(None, description="Why the run waits (e.g. quota full, no node with that GPU type).")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job of the run's current attempt.")
     queued_at: datetime | None = Field(None, description="When the current attempt started waiting for admission.")
-    trigger: Literal["Create", "Schedule", "SpecChange", "Manual"] | None = Field(
+    trigger: Literal["Create", "Schedule", "SpecChange", "Manual", "DataChange"] | None = Field(
         None, description="What started the run."
     )
     resumed_from_step: int | None = Field(None, ge=0, description="Checkpoint step the run resumed from.")
@@ -559,6 +584,9 @@ class CurrentRun(StatusModel):
     spec_digest: str | None = Field(
         None, max_length=64,
         description="Digest of the spec that shapes the run (all but runPolicy and schedule) when it started.",
+    )
+    data_digest: str | None = Field(
+        None, max_length=80, description="Digest of the training data the run started with (retrain.onDataChange)."
     )
 
 
@@ -573,13 +601,14 @@ class RunRecord(StatusModel):
     completion_time: datetime | None = Field(None, description="When the run ended.")
     attempts: int = Field(0, ge=0, description="Attempts the run took.")
     version: int | None = Field(None, ge=1, description="Model version the run produced.")
-    trigger: Literal["Create", "Schedule", "SpecChange", "Manual"] | None = Field(
+    trigger: Literal["Create", "Schedule", "SpecChange", "Manual", "DataChange"] | None = Field(
         None, description="What started the run."
     )
     generation: int | None = Field(None, ge=0, description="metadata.generation of the spec the run started from.")
     spec_digest: str | None = Field(
         None, max_length=64, description="Digest of the spec that shaped the run (all but runPolicy and schedule)."
     )
+    data_digest: str | None = Field(None, max_length=80, description="Digest of the training data the run used.")
 
 
 class ModelVersion(StatusModel):
@@ -617,6 +646,9 @@ class FineTuneJobStatus(StatusModel):
     versions: list[ModelVersion] = Field(default_factory=list, description="Model versions, oldest first.")
     latest_version: int | None = Field(None, ge=1, description="Newest version.")
     latest_passing_version: int | None = Field(None, ge=1, description="Newest version that passed the evaluation gate.")
+    last_data_check: datetime | None = Field(
+        None, description="When the training data was last checked for a change (retrain.onDataChange)."
+    )
     last_schedule_time: datetime | None = Field(None, description="When the schedule last started a run.")
     next_schedule_time: datetime | None = Field(None, description="When the schedule starts the next run.")
     last_retrain_request: str | None = Field(

@@ -34,6 +34,7 @@ from kubetune_operator.builders.training import (
 from kubetune_operator.core import names, references
 from kubetune_operator.core.children import job_state, live_pods
 from kubetune_operator.core.conditions import parse_time
+from kubetune_operator.core.finetunejob import triggers
 from kubetune_operator.core.finetunejob.lifecycle import current_run_number
 from kubetune_operator.core.finetunejob.plan import (
     Action,
@@ -72,6 +73,10 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
     output_claim = None
     if claim and ftj.spec.resources.nodes > 1:
         output_claim = kube.get("v1", "PersistentVolumeClaim", claim[0], ns)
+    data_digest = None
+    train_cm = ftj.spec.datasets.train.config_map
+    if ftj.spec.retrain.on_data_change.enabled and train_cm is not None:
+        data_digest = triggers.data_digest(kube.read("v1", "ConfigMap", train_cm.name, ns), train_cm.key)
     run = max(current_run_number(ftj.status, jobs), 1)
     train = [j for j in jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_TRAIN
              and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)]
@@ -91,7 +96,7 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
         config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
         services=kube.list_objects("v1", "Service", ns, selector),
         job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
-        preview=preview, admission=verdict)
+        preview=preview, admission=verdict, data_digest=data_digest)
 
 
 def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:

@@ -254,7 +254,8 @@ class _Pass:
         if request:
             self.st.last_retrain_request = request
         return CurrentRun.model_validate({"number": number, "attempts": 0, "trigger": trigger,
-                                          "generation": self.generation, "specDigest": self.digest})
+                                          "generation": self.generation, "specDigest": self.digest,
+                                          "dataDigest": self.obs.data_digest})
 
     def start_run(self, number: int, trigger: str, message: str) -> None:
         self.st.current_run = self.begin_run(number, trigger)
@@ -275,6 +276,8 @@ class _Pass:
         if request is not None:
             self.start_run(run + 1, "Manual", f"run {run + 1} started by annotation {ANNOTATION_RETRAIN}={request}")
             return True
+        if self.data_changed(record):
+            return True
         if record.spec_digest is None:  # a run recorded before kubetune kept digests: never restarted on its own
             return False
         if record.spec_digest == self.digest:
@@ -287,6 +290,30 @@ class _Pass:
         self.condition("SpecApplied", False, "AppliesToNextRun", triggers.next_run_hint(
             self.ftj, f"the spec changed (generation {self.generation}) after run {run} succeeded"))
         return False
+
+    def data_changed(self, record: RunRecord) -> bool:
+        """retrain.onDataChange: every checkIntervalSeconds, compare the data's digest with the one the last
+        run trained on; a change starts one run (none starts while a run is active: this runs after one)."""
+        policy = self.ftj.spec.retrain.on_data_change
+        if not policy.enabled:
+            return False
+        interval = timedelta(seconds=policy.check_interval_seconds)
+        last = self.st.last_data_check
+        if last is not None and self.now < last + interval:
+            self.wake(last + interval)
+            return False
+        self.st.last_data_check = self.now
+        self.wake(self.now + interval)
+        now, then = self.obs.data_digest, record.data_digest
+        if now is None or then is None or now == then:
+            return False
+        ref = self.ftj.spec.datasets.train.config_map
+        where = f"ConfigMap {ref.name} key {ref.key}" if ref is not None else "the training data"
+        message = (f"the training data changed since run {record.number} ({where}: {then[:19]}… → {now[:19]}…): "
+                   f"run {record.number + 1} starts with it")
+        self.event("DataChanged", message)
+        self.start_run(record.number + 1, "DataChange", message)
+        return True
 
     def spec_changed_during(self, run: int) -> bool:
         """The spec changed during run `run`: a run that has not started training is replaced by a new
@@ -361,7 +388,7 @@ class _Pass:
             "number": run, "result": result, "reason": reason, "message": shorten(message),
             "startTime": current.start_time, "completionTime": self.now, "attempts": current.attempts,
             "trigger": current.trigger or "Create", "generation": current.generation,
-            "specDigest": current.spec_digest, "version": version,
+            "specDigest": current.spec_digest, "version": version, "dataDigest": current.data_digest,
         })
         self.st.runs = [*self.st.runs, rec][-history.RUN_HISTORY_LIMIT:]
         self.condition("Running", False, reason, message)

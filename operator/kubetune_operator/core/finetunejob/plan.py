@@ -41,6 +41,7 @@ class Observed:
     missing: list[Missing] = field(default_factory=list)  # referenced objects that do not exist
     secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
     output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
+    data_digest: str | None = None  # of the training data now (retrain.onDataChange), None when not read
     preview: Decision | None = None  # admission's answer as of its last snapshot, before the queue saw the Job
     admission: Decision | None = None  # the GPU queue's verdict for the current run's suspended Job
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.wellknown import ANNOTATION_RETRAIN
 
 
 def spec_digest(ftj: FineTuneJob) -> str:
-    """A digest (16 hex characters) of what shapes a run: the spec without runPolicy and schedule, which
-    apply at once. Defaults are left out, so a new defaulted field in a later kubetune is not a change."""
+    """A digest (16 hex characters) of what shapes a run: the spec without runPolicy, schedule and retrain,
+    which apply at once. Defaults are left out, so a new defaulted field in a later kubetune is not a change."""
     shaping = ftj.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True,
-                                  exclude={"run_policy", "schedule"})
+                                  exclude={"run_policy", "schedule", "retrain"})
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -41,3 +42,15 @@ def rerun_hint(ftj: FineTuneJob) -> str:
     """Appended to a failure: the two ways to run again."""
     return (f"; to run again, fix the spec (a change starts a new run) or "
             f"`kubectl annotate ftj {ftj.metadata.name} {ANNOTATION_RETRAIN}=<a new value>`")
+
+
+def data_digest(config_map: Any, key: str) -> str | None:
+    """sha256 of a ConfigMap key's content (`data` or `binaryData`), as `sha256:<hex>`; None when absent
+    (or when the ConfigMap could not be read)."""
+    if not isinstance(config_map, dict):
+        return None
+    for field in ("data", "binaryData"):
+        value = (config_map.get(field) or {}).get(key)
+        if value is not None:
+            return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
+    return None
