@@ -174,6 +174,39 @@ def test_preemption_suspends_the_lower_priority_run_which_resumes_later(cluster:
     assert st["currentRun"]["attempts"] == 1
 
 
+@pytest.fixture
+def other_namespace(cluster: DevCluster, api_client: Any, namespace: str) -> Iterator[str]:
+    """A second team's namespace, deleted (with its runs) afterwards."""
+    from kubernetes import client
+
+    name = f"{namespace[:50]}-b"
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
+    yield name
+    cluster.kubectl("delete", "finetunejobs,jobs", "-n", name, "--all", "--wait=true", "--timeout=60s", check=False)
+    client.CoreV1Api(api_client).delete_namespace(name)
+
+
+def test_a_quota_borrows_idle_gpus_and_the_owner_reclaims_them(cluster: DevCluster, namespace: str,
+                                                                other_namespace: str, operator_for: Any,
+                                                                quota: Any) -> None:
+    operator_for([namespace, other_namespace])
+    a = quota("a", [namespace], nominal=16, borrowing_limit=16)
+    quota("b", [other_namespace], nominal=16, borrowing_limit=0)
+    create_data(cluster, namespace)
+    create_data(cluster, other_namespace)
+    # Team a runs 32 GPUs on a quota of 16: it borrows b's idle 16.
+    to_queue(cluster, namespace, "greedy", resources={"nodes": 4, "gpusPerNode": 8, "gpuType": H100})
+    wait_phase(cluster, namespace, "greedy", "Running", timeout=30)
+    qs = eventually(lambda: (q := quota_status(cluster, a)).get("borrowed") and q, timeout=30, what="borrowed")
+    assert qs["borrowed"] == {H100: 16} and qs["admitted"] == {H100: 32}
+    # Team b wants its nominal back: the borrower is preempted (reclaim), b's run starts.
+    to_queue(cluster, other_namespace, "owner", resources=WHOLE_NODE)
+    st = eventually(lambda: (s := status(cluster, namespace, "greedy")).get("phase") == "Queued" and s,
+                    timeout=30, what="the borrower preempted")
+    assert condition(st, "Admitted")["reason"] == "Preempted"
+    wait_phase(cluster, other_namespace, "owner", "Running", timeout=30)
+
+
 def _create_many(kubeconfig: str, kubectl: str, namespace: str, start: int, count: int) -> subprocess.Popen[bytes]:
     """A separate process applying `count` runs, as several users' kubectl would."""
     code = (

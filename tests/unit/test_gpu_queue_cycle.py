@@ -105,7 +105,7 @@ def test_reclaim_preempts_the_borrower_with_the_newest_checkpoint() -> None:
     borrowed = [gang("a1", admitted=H100, checkpoint_s=600), gang("a2", admitted=H100, checkpoint_s=30)]
     r = run_cycle([gang("b1", ns="team-b")], borrowed, nodes(2), quotas, NOW)
     assert [p.victim.name for p in r.preempt] == ["a2"]  # the least work lost
-    assert r.verdicts[("team-b", "b1", 1)].reason == "WaitingForPreemption"
+    assert admitted_names(r) == ["b1"] and "by preempting team-a/a2 run 1" in r.verdicts[("team-b", "b1", 1)].message
 
 
 def test_preemption_frees_the_fewest_gpus() -> None:

@@ -26,7 +26,8 @@ Rules (docs/gpu-queue.md):
   other quotas that borrow on its type while its own quota is under nominal (reclaim). Victims are
   chosen to free the fewest GPUs that make it fit: lowest priority first, then the most recent
   checkpoint (least work lost), then the smallest; then every victim not needed is dropped again.
-  The preemptor waits (`WaitingForPreemption`) until the victims' pods are gone.
+  The preemptor is admitted in the same cycle (the victims' GPUs are its own from then on, so no
+  later cycle hands them back); its pods start as the victims' pods checkpoint and stop.
 """
 
 from __future__ import annotations
@@ -369,11 +370,15 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
                     why = (f"{gang.label()} (priority {gang.priority}) needs its {what} of type {t or '(unlabelled)'}"
                            f"; {v.label()} has priority {v.priority}")
                     result.preempt.append(Preemption(v, gang, why))
-                snap.place(gang, t, commit=True)  # held for it while the victims checkpoint and stop
+                # Admitted in the same cycle, so the victims' GPUs are its own from now on (a later cycle
+                # cannot give them back to the victims); its pods start as the victims' pods stop.
+                snap.place(gang, t, commit=True)
                 snap.charge(quota, t, gang.gpus)
+                result.admit.append((gang, t))
+                live.append(gang)
                 names = ", ".join(v.label() for v in victims)
-                return Verdict(False, "WaitingForPreemption", f"waiting for {what} of type {t} ({shape}): preempting {names} "
-                               "(they checkpoint and stop first)", gpu_type=t)
+                return Verdict(True, "Admitted", f"admitted {gang.gpus} GPUs of type {t or '(unlabelled)'} by preempting "
+                               f"{names} (they checkpoint and stop first)", gpu_type=t or None)
     capacity_waits = [w for w in waits if w.reason in ("InsufficientGPUs", "NoNodeFits")]
     if capacity_waits and gang.queued_at is not None and now - gang.queued_at >= settings.backfill_after:
         snap.hold(gang, capacity_waits[0].gpu_type or "")  # waited long enough: later gangs backfill around it
