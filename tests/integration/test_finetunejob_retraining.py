@@ -14,6 +14,7 @@ from tests.integration.ftj_support import (
     create_data,
     finish_pods,
     ftj,
+    jobs,
     manifest,
     pass_validation,
     status,
@@ -56,3 +57,29 @@ def test_changed_data_starts_exactly_one_run_and_unchanged_data_none(cluster: De
     assert sum(1 for e in events if e["reason"] == "DataChanged") == 1
     time.sleep(15)
     assert status(cluster, namespace, "fresh")["currentRun"]["number"] == 2  # one run per change, no storm
+
+
+def test_retention_deletes_old_versions_but_never_a_served_one(cluster: DevCluster, namespace: str,
+                                                                operator_for: Any) -> None:
+    operator_for([namespace], controllers="finetunejob")  # the ModelDeployment's status is written by the test
+    create_data(cluster, namespace)
+    apply(cluster, namespace, ftj("kept", output={"keepVersions": 1}))
+    complete_run(cluster, namespace, "kept", 1)
+    apply(cluster, namespace, {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "prod"},
+        "spec": {"model": {"fineTuneJobRef": {"name": "kept", "version": "1"}}, "runtime": {"type": "transformers"}}})
+    cluster.kubectl("patch", "modeldeployment", "prod", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"servedVersion": 1}}))
+    for run, request in ((2, "a"), (3, "b")):
+        cluster.kubectl("annotate", "ftj", "kept", "-n", namespace, f"kubetune.io/retrain={request}", "--overwrite")
+        complete_run(cluster, namespace, "kept", run)
+    # Newest (3, also the latest passing) and served (1) are kept; 2 goes, by a cleanup Job.
+    eventually(lambda: jobs(cluster, namespace, "kept", "prune-versions"), timeout=30, what="a cleanup Job")
+    (job,) = jobs(cluster, namespace, "kept", "prune-versions")
+    assert job["metadata"]["name"] == "kept-prune-v2"
+    assert "--versions" in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    finish_pods(cluster, namespace, "kubetune.io/finetunejob=kept,kubetune.io/component=prune-versions",
+                "Succeeded", message="deleted versions [2] of kept")
+    st = eventually(lambda: (s := status(cluster, namespace, "kept")) and [v["version"] for v in s["versions"]]
+                    == [1, 3] and s, timeout=30, what="version 2 gone from status")
+    assert st["latestVersion"] == 3

@@ -19,6 +19,7 @@ from kubetune_operator.api.conditions import find_condition
 from kubetune_operator.core.finetunejob.lifecycle import decide, fail_run
 from kubetune_operator.core.finetunejob.plan import (
     CreateAttempt,
+    CreatePrune,
     CreateValidation,
     Delete,
     EnsureRBAC,
@@ -103,6 +104,17 @@ def passed_validation(run: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 V_OK, V_OK_POD = passed_validation()
+RUNS_5 = [{"number": n, "result": "Succeeded", "specDigest": spec_digest(ftj()), "version": n} for n in range(1, 6)]
+# Version 3 is the latest that passed its gate; 4 and 5 failed it.
+VERSIONS_5 = [{"version": n, "uri": f"pvc://a/support-assistant/versions/{n}", "passedGate": n <= 3} for n in range(1, 6)]
+
+
+def prune_job(name: str, state: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"kubetune.io/finetunejob": "support-assistant",
+                                                  "kubetune.io/component": "prune-versions"}},
+            "spec": {}, "status": {"conditions": [{"type": state, "status": "True", "lastTransitionTime": ts(-1)}]}}
+
+
 DATA_CHANGE = {"spec.datasets.train": {"configMap": {"name": "tickets", "key": "train.jsonl"}, "format": "jsonl"},
                "spec.retrain": {"onDataChange": {"enabled": True, "checkIntervalSeconds": 60}}}
 
@@ -251,6 +263,16 @@ ROWS = [
         ftj(DATA_CHANGE, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-20), "runs": [
             {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_CHANGE)), "dataDigest": "sha256:old"}]}),
         Observed(data_digest="sha256:new"), "Succeeded", None, [], [], wakeup=NOW + timedelta(seconds=40)),
+    Row("keepVersions: older versions go by a cleanup Job, never the served or the latest passing one",
+        ftj({"spec.output.keepVersions": 1}, {**running(), "phase": "Succeeded", "runs": RUNS_5,
+                                              "versions": VERSIONS_5}),
+        Observed(served_versions=frozenset({2})), "Succeeded", None, [EnsureRBAC(), CreatePrune((1, 4))]),
+    Row("keepVersions: once the cleanup Job is done, the versions leave status",
+        ftj({"spec.output.keepVersions": 1}, {**running(), "phase": "Succeeded", "runs": RUNS_5,
+                                              "versions": VERSIONS_5}),
+        Observed(jobs=[prune_job("support-assistant-prune-v1-4", "Complete")], served_versions=frozenset({2})),
+        "Succeeded", None, [], ["VersionsDeleted"],
+        check=lambda p: [v.version for v in p.status.versions] == [2, 3, 5]),
     Row("a scheduled job waits for its first tick, and wakes then",
         ftj(example=SCHEDULED), Observed(created=NOW - timedelta(minutes=1)), "Pending",
         ("Running", "False", "WaitingForSchedule"), check=lambda p: p.next_wakeup is not None and p.next_wakeup > NOW),

@@ -105,6 +105,18 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prune_versions(args: argparse.Namespace) -> int:
+    from kubetune_trainer.publish.retention import prune_versions
+
+    versions = [int(v) for v in args.versions.split(",") if v]
+    deleted = prune_versions(args.root, args.job, versions)
+    message = f"deleted versions {deleted} of {args.job}" if deleted else f"no version of {versions} was left to delete"
+    log.info(message)
+    if args.termination_message:
+        write_termination_message(message)
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kubetune-train", description="kubetune trainer")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +132,12 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("--termination-message", action="store_true",
                      help="also write a compact report (status.dataQuality shape) as the termination message")
     val.set_defaults(func=cmd_validate_data)
+    prune = sub.add_parser("prune-versions", help="delete published versions the FineTuneJob no longer keeps")
+    prune.add_argument("--root", required=True, help="the output root (the path spec.output.uri is mounted at)")
+    prune.add_argument("--job", required=True, help="FineTuneJob name")
+    prune.add_argument("--versions", required=True, help="comma-separated version numbers")
+    prune.add_argument("--termination-message", action="store_true", help="say what was deleted in the termination message")
+    prune.set_defaults(func=cmd_prune_versions)
     return p
 
 

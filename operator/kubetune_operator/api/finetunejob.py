@@ -221,6 +221,12 @@ class OutputSpec(ApiModel):
     checkpoints: CheckpointPolicy = Field(
         default_factory=CheckpointPolicy, description="How often checkpoints are saved and how many are kept."
     )
+    keep_versions: int | None = Field(
+        None, ge=1, le=1000,
+        description="Keep the artifacts of the newest keepVersions versions; older ones are deleted by a small "
+                    "cleanup Job. A version a ModelDeployment serves, and the latest passing one, are never deleted. "
+                    "Unset: keep every version.",
+    )
     merge_adapter: bool | None = Field(
         None,
         description=(

@@ -14,6 +14,7 @@ LABEL_ATTEMPT = "kubetune.io/attempt"
 LABEL_COMPONENT = "kubetune.io/component"
 COMPONENT_TRAIN = "train"
 COMPONENT_VALIDATE = "validate-data"
+COMPONENT_PRUNE = "prune-versions"
 # On a training Job: what admission granted, read back to rebuild the GPU usage after a restart.
 ANNOTATION_ADMITTED_GPUS = "kubetune.io/admitted-gpus"
 ANNOTATION_GPU_TYPE = "kubetune.io/gpu-type"

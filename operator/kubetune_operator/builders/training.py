@@ -14,7 +14,13 @@ from kubetune_operator.api import wellknown
 from kubetune_operator.api.common import API_VERSION
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
-from kubetune_operator.builders.trainer_config import RenderedConfig, RunInputs, build_trainer_config
+from kubetune_operator.builders.storage import PodStorage
+from kubetune_operator.builders.trainer_config import (
+    RenderedConfig,
+    RunInputs,
+    build_trainer_config,
+    output_root,
+)
 from kubetune_operator.core import names
 
 CONFIG_DIR = "/etc/kubetune"
@@ -304,5 +310,44 @@ def build_validation_job(ftj: FineTuneJob, inputs: RunInputs, image: str,
                              "annotations": dict(ftj.spec.pod.annotations)},
                 "spec": pod_spec,
             },
+        },
+    }
+
+
+def build_prune_job(ftj: FineTuneJob, versions: list[int], image: str) -> Body:
+    """A small CPU Job that deletes the artifacts of `versions` from the output volume
+    (`kubetune-train prune-versions`); it removes itself 10 minutes after it ends."""
+    name = ftj.metadata.name or ""
+    storage = PodStorage()
+    root = output_root(ftj, storage)
+    labels = names.child_labels(name, None, wellknown.COMPONENT_PRUNE)
+    container = {
+        "name": "prune-versions",
+        "image": image,
+        "command": ["kubetune-train", "prune-versions", "--root", root, "--job", name,
+                    "--versions", ",".join(str(v) for v in sorted(versions)), "--termination-message"],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "volumeMounts": storage.mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: Body = {"restartPolicy": "Never", "serviceAccountName": pod_service_account(ftj),
+                      "containers": [container], "volumes": storage.volumes}
+    if ftj.spec.pod.node_selector:
+        pod_spec["nodeSelector"] = dict(ftj.spec.pod.node_selector)
+    if ftj.spec.pod.tolerations:
+        pod_spec["tolerations"] = list(ftj.spec.pod.tolerations)
+    if ftj.spec.pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in ftj.spec.pod.image_pull_secrets]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(ftj, names.prune_name(name, versions), labels),
+        "spec": {
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 600,
+            "template": {"metadata": {"labels": {**ftj.spec.pod.labels, **labels},
+                                      "annotations": dict(ftj.spec.pod.annotations)},
+                         "spec": pod_spec},
         },
     }

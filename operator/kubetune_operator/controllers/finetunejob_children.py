@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.contract.config import TrainerConfig
 
+from kubetune_operator.api.common import API_VERSION
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.uris import parse_pvc_uri
 from kubetune_operator.api.wellknown import (
@@ -27,6 +28,7 @@ from kubetune_operator.builders.training import (
     build_headless_service,
     build_progress_role,
     build_progress_role_binding,
+    build_prune_job,
     build_service_account,
     build_training_job,
     build_validation_job,
@@ -39,6 +41,7 @@ from kubetune_operator.core.finetunejob.lifecycle import current_run_number
 from kubetune_operator.core.finetunejob.plan import (
     Action,
     CreateAttempt,
+    CreatePrune,
     CreateValidation,
     Delete,
     EnsureRBAC,
@@ -77,6 +80,12 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
     train_cm = ftj.spec.datasets.train.config_map
     if ftj.spec.retrain.on_data_change.enabled and train_cm is not None:
         data_digest = triggers.data_digest(kube.read("v1", "ConfigMap", train_cm.name, ns), train_cm.key)
+    served: frozenset[int] = frozenset()
+    if ftj.spec.output.keep_versions is not None:
+        served = frozenset(v for md in kube.list_objects(API_VERSION, "ModelDeployment", ns)
+                           if (((md.get("spec") or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name") == name
+                           for v in ((md.get("status") or {}).get("servedVersion"),
+                                     (md.get("status") or {}).get("canaryVersion")) if isinstance(v, int))
     run = max(current_run_number(ftj.status, jobs), 1)
     train = [j for j in jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_TRAIN
              and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == str(run)]
@@ -96,7 +105,7 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
         config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
         services=kube.list_objects("v1", "Service", ns, selector),
         job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
-        preview=preview, admission=verdict, data_digest=data_digest)
+        preview=preview, admission=verdict, data_digest=data_digest, served_versions=served)
 
 
 def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:
@@ -118,6 +127,8 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             kube.apply(build_validation_job(ftj, inputs, image, rendered))
         elif isinstance(action, CreateAttempt):
             create_attempt(ftj, action, image, rendezvous_port)
+        elif isinstance(action, CreatePrune):
+            kube.apply(build_prune_job(ftj, list(action.versions), image))
         elif isinstance(action, SetSuspended):
             patch: Body = {"spec": {"suspend": action.suspend}}
             if action.release:

@@ -8,6 +8,8 @@ Role and RoleBinding `j-progress`. The API caps job names at 45 characters so th
 
 from __future__ import annotations
 
+import hashlib
+
 from kubetune_operator.api.wellknown import (
     LABEL_ATTEMPT,
     LABEL_COMPONENT,
@@ -28,6 +30,14 @@ def attempt_name(job: str, run: int, attempt: int) -> str:
 
 def validate_name(job: str, run: int) -> str:
     return f"{job}-r{run}-validate"
+
+
+def prune_name(job: str, versions: list[int]) -> str:
+    """The cleanup Job deleting `versions`: one per set, so a finished one is never re-run for it."""
+    name = f"{job}-prune-v{'-'.join(str(v) for v in sorted(versions))}"
+    if len(name) > 63:  # many versions at once: a digest of the set (job names have at most 45 characters)
+        name = f"{job}-prune-" + hashlib.sha256(",".join(map(str, sorted(versions))).encode()).hexdigest()[:10]
+    return name
 
 
 def service_account_name(job: str) -> str:

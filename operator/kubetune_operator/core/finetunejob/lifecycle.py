@@ -51,6 +51,7 @@ from kubetune_operator.api.wellknown import (
     ANNOTATION_GPU_TYPE,
     ANNOTATION_PREEMPTED,
     ANNOTATION_RETRAIN,
+    COMPONENT_PRUNE,
     COMPONENT_TRAIN,
     COMPONENT_VALIDATE,
     LABEL_ATTEMPT,
@@ -75,6 +76,7 @@ from kubetune_operator.core.finetunejob import history, retry, schedule, trigger
 from kubetune_operator.core.finetunejob.plan import (
     Action,
     CreateAttempt,
+    CreatePrune,
     CreateValidation,
     Delete,
     EnsureRBAC,
@@ -368,6 +370,7 @@ class _Pass:
 
     def finished(self, record: RunRecord) -> None:
         self.st.phase = "Failed" if record.result == "Cancelled" else record.result
+        self.retention()
         ttl = self.ftj.spec.run_policy.ttl_seconds_after_finished
         done = record.completion_time
         if ttl is None or done is None:
@@ -380,6 +383,31 @@ class _Pass:
         if removed:
             self.event("ChildrenCleanedUp", f"ttlSecondsAfterFinished={ttl} passed: removed {removed} "
                        "Jobs, ConfigMaps and Services of finished runs; model versions are kept")
+
+    def retention(self) -> None:
+        """spec.output.keepVersions: a cleanup Job deletes the artifacts of versions no longer kept; once it
+        has, they leave status.versions. Runs only between runs (this is called for finished runs)."""
+        keep = self.ftj.spec.output.keep_versions
+        if keep is None:
+            return
+        doomed = versions.prunable(self.st.versions, keep, self.obs.served_versions)
+        if not doomed:
+            return
+        name = names.prune_name(self.name, doomed)
+        job = next((j for j in self.obs.jobs if j["metadata"]["name"] == name), None)
+        if job is None:
+            self.act(EnsureRBAC())
+            self.act(CreatePrune(tuple(doomed)))
+            return
+        state = job_state(job)
+        if state == "Complete":
+            self.st.versions = [v for v in self.st.versions if v.version not in doomed]
+            self.event("VersionsDeleted", f"spec.output.keepVersions={keep}: deleted the artifacts of versions "
+                       f"{doomed}; kept {[v.version for v in self.st.versions]} (served and latest passing included)")
+        elif state == "Failed":
+            _, message = failure_of(job, self.obs.pods)
+            self.event("PruneFailed", f"Job {name} could not delete versions {doomed}: {message}; they are kept "
+                       "and deletion is tried again when the next version is published", warning=True, once=name)
 
     def finish(self, run: int, result: str, reason: str, message: str, version: int | None = None) -> None:
         current = self.current
@@ -476,6 +504,8 @@ class _Pass:
         for api_version, kind, objs in (("batch/v1", "Job", self.obs.jobs), ("v1", "ConfigMap", self.obs.config_maps),
                                         ("v1", "Service", self.obs.services)):
             for obj in objs:
+                if (obj["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_PRUNE:
+                    continue  # a cleanup Job removes itself (ttlSecondsAfterFinished); its result is still read
                 if doomed(history.run_of(obj)):
                     self.act(Delete(api_version, kind, obj["metadata"]["name"]))
                     removed += 1

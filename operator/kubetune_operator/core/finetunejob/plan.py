@@ -42,6 +42,7 @@ class Observed:
     secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
     output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
     data_digest: str | None = None  # of the training data now (retrain.onDataChange), None when not read
+    served_versions: frozenset[int] = frozenset()  # versions ModelDeployments serve or canary (never pruned)
     preview: Decision | None = None  # admission's answer as of its last snapshot, before the queue saw the Job
     admission: Decision | None = None  # the GPU queue's verdict for the current run's suspended Job
 
@@ -71,6 +72,13 @@ class CreateAttempt:
 
 
 @dataclass(frozen=True)
+class CreatePrune:
+    """The cleanup Job that deletes these versions' artifacts (spec.output.keepVersions)."""
+
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SetSuspended:
     """Suspend or resume a Job; `release` drops its admission annotations (the GPUs go back)."""
 
@@ -86,7 +94,7 @@ class Delete:
     name: str
 
 
-Action = EnsureRBAC | CreateValidation | CreateAttempt | SetSuspended | Delete
+Action = EnsureRBAC | CreateValidation | CreateAttempt | CreatePrune | SetSuspended | Delete
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,12 @@ def add_version(status: FineTuneJobStatus, entry: ModelVersion) -> None:
     if passing:
         status.latest_passing_version = max(passing)
     status.metrics = dict(entry.metrics)
+
+
+def prunable(versions: list[ModelVersion], keep: int, served: frozenset[int]) -> list[int]:
+    """Versions whose artifacts go under spec.output.keepVersions=`keep`: all but the newest `keep`, the
+    latest passing one and any a ModelDeployment serves (`served`), oldest first."""
+    numbers = sorted(v.version for v in versions)
+    passing = [v.version for v in versions if v.passed_gate]
+    kept = set(numbers[-keep:]) | served | ({max(passing)} if passing else set())
+    return [n for n in numbers if n not in kept]
