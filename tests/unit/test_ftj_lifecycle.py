@@ -308,3 +308,24 @@ def test_decide_is_idempotent_for_the_same_observation() -> None:
 def test_a_refused_child_fails_the_run_with_the_servers_words() -> None:
     plan = fail_run(ftj(), ftj(status=running()).status, "InvalidChild", "the API server rejected it", NOW)
     assert plan.status.phase == "Failed" and plan.status.runs[-1].reason == "InvalidChild"
+
+
+def test_enterprise_events_follow_the_transitions() -> None:
+    """run.started when a run begins (with who changed the spec), run.succeeded with the version and
+    gate, run.failed with the reason, data.changed with both digests; ids do not depend on the time."""
+    created = decide(ftj(), Observed(changed_by="kubectl-client-side-apply"), NOW, POLICY)
+    (started,) = created.audit
+    assert started.type == "io.kubetune.run.started" and started.data["changed_by"] == "kubectl-client-side-apply"
+    assert started.source == "/apis/kubetune.io/v1alpha1/namespaces/team/finetunejobs/support-assistant"
+    again = decide(ftj(), Observed(), NOW + timedelta(minutes=1), POLICY).audit[0]
+    assert again.id == started.id  # a pass repeated after a restart posts the same event
+    done = next(r for r in ROWS if r.name.startswith("succeeded"))
+    (succeeded,) = decide(done.job, done.observed, NOW, POLICY).audit
+    assert succeeded.type == "io.kubetune.run.succeeded" and succeeded.data["version"] == "1"
+    assert succeeded.data["metrics"] == {"perplexity": 9.5} and succeeded.data["gate"]["passed"] is True
+    failed = next(r for r in ROWS if r.name.startswith("config error"))
+    (ended,) = decide(failed.job, failed.observed, NOW, POLICY).audit
+    assert ended.type == "io.kubetune.run.failed" and ended.data["reason"] == "ConfigError"
+    changed = next(r for r in ROWS if r.name.startswith("the data changed"))
+    types = [e.type for e in decide(changed.job, changed.observed, NOW, POLICY).audit]
+    assert types == ["io.kubetune.data.changed", "io.kubetune.run.started"]

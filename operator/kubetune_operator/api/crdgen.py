@@ -113,6 +113,8 @@ KINDS: tuple[KindInfo, ...] = (
             PrinterColumn("Version", "integer", ".status.latestVersion", "Newest model version."),
             PrinterColumn("GPUs", "integer", ".status.currentRun.admittedGPUs", "GPUs admitted to the current run."),
             PrinterColumn("Run", "integer", ".status.currentRun.number", "Current run number.", priority=1),
+            PrinterColumn("Next Run", "date", ".status.nextScheduleTime", "When spec.schedule starts the next run.",
+                          priority=1),
             PrinterColumn("Waiting", "string", ".status.currentRun.waitReason", "Why the run waits, and the fix."),
             AGE,
         ),

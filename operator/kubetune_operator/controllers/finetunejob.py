@@ -25,6 +25,7 @@ from kubetune_operator.api.finetunejob import PLURAL, FineTuneJob
 from kubetune_operator.api.wellknown import COMPONENT_TRAIN, LABEL_COMPONENT, LABEL_JOB
 from kubetune_operator.builders.checks import check_spec, validation_problems
 from kubetune_operator.controllers import finetunejob_children as children
+from kubetune_operator.controllers.audit import sinks as audit_sinks
 from kubetune_operator.controllers.queue import Admission, GPUQueue
 from kubetune_operator.core.conditions import merge_patch
 from kubetune_operator.core.finetunejob import lifecycle, validity
@@ -48,6 +49,7 @@ class FineTuneJobController:
         self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds)
         # The built-in admission backend; a changed verdict wakes the run's FineTuneJob at once.
         self.admission: Admission = GPUQueue(cfg, lambda ns, name: self.wakeups.wake_at(ns, name, clock.now()))
+        self.audit = audit_sinks(cfg)
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.forget(namespace, name)
@@ -124,6 +126,8 @@ class FineTuneJobController:
             events.post(body, ev.reason, ev.message, ev.warning, ev.once)
         for counter in plan.counters:
             metrics.count(counter, ns)
+        for event in plan.audit:
+            self.audit.emit(event)
 
     def reject(self, body: Body, problem: str) -> None:
         """A spec kubetune can never act on: phase Failed, Failed=True/InvalidSpec and one Warning event."""

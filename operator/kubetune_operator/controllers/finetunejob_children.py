@@ -105,7 +105,21 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
         config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
         services=kube.list_objects("v1", "Service", ns, selector),
         job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
-        preview=preview, admission=verdict, data_digest=data_digest, served_versions=served)
+        preview=preview, admission=verdict, data_digest=data_digest, served_versions=served,
+        changed_by=spec_manager(body))
+
+
+def spec_manager(body: Body) -> str | None:
+    """The field manager that last changed the spec (metadata.managedFields), for audit trails: e.g.
+    kubectl-client-side-apply, argocd-controller, helm."""
+    latest: tuple[str, str] | None = None
+    for entry in body["metadata"].get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        if "f:spec" in fields and entry.get("manager"):
+            when = str(entry.get("time") or "")
+            if latest is None or when >= latest[0]:
+                latest = (when, str(entry["manager"]))
+    return latest[1] if latest is not None else None
 
 
 def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "KUBETUNE_"
@@ -70,6 +70,18 @@ class OperatorSettings(BaseSettings):
     )
     admission_period_seconds: float = Field(
         5.0, gt=0, le=600, description="Seconds between admission cycles without an event (nodes, Jobs, quotas).",
+    )
+    audit_cloudevents_url: str = Field(
+        "", max_length=2048,
+        description="HTTP(S) sink that receives every run, data and promotion event as a CloudEvent (structured "
+                    "JSON); empty: none (docs/audit.md).",
+    )
+    audit_cloudevents_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token for the CloudEvents sink (the chart sets it from a Secret)."
+    )
+    audit_sql_url: SecretStr = Field(
+        SecretStr(""), description="SQLAlchemy URL of the audit table's database (the chart sets it from a "
+                                   "Secret); empty: none (docs/audit.md).",
     )
     rendezvous_port: int = Field(29500, ge=1, le=65535, description="torchrun rendezvous port on rank 0.")
     leader_election: bool = Field(

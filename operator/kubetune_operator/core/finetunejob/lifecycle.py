@@ -58,7 +58,7 @@ from kubetune_operator.api.wellknown import (
     LABEL_COMPONENT,
     LABEL_RUN,
 )
-from kubetune_operator.core import names
+from kubetune_operator.core import audit, names
 from kubetune_operator.core.children import (
     STALL_AFTER,
     ChildProblem,
@@ -152,6 +152,7 @@ class _Pass:
     def __init__(self, ftj: FineTuneJob, observed: Observed, now: datetime, policy: Policy) -> None:
         self.ftj, self.obs, self.now, self.policy = ftj, observed, now, policy
         self.name = str(ftj.metadata.name)
+        self.namespace = str(ftj.metadata.namespace)
         self.generation = ftj.metadata.generation
         self.st = ftj.status.model_copy(deep=True)
         self.plan = RunPlan(status=self.st)
@@ -255,6 +256,9 @@ class _Pass:
         request = self.ftj.metadata.annotations.get(ANNOTATION_RETRAIN)
         if request:
             self.st.last_retrain_request = request
+        self.plan.audit.append(audit.run_started(
+            namespace=self.namespace, name=self.name, run=number, time=self.now, trigger=trigger,
+            changed_by=self.obs.changed_by))
         return CurrentRun.model_validate({"number": number, "attempts": 0, "trigger": trigger,
                                           "generation": self.generation, "specDigest": self.digest,
                                           "dataDigest": self.obs.data_digest})
@@ -314,6 +318,9 @@ class _Pass:
         message = (f"the training data changed since run {record.number} ({where}: {then[:19]}… → {now[:19]}…): "
                    f"run {record.number + 1} starts with it")
         self.event("DataChanged", message)
+        self.plan.audit.append(audit.data_changed(namespace=self.namespace, name=self.name, digest=now,
+                                                  previous_digest=then, time=self.now, run=record.number + 1,
+                                                  message=message, changed_by=self.obs.changed_by))
         self.start_run(record.number + 1, "DataChange", message)
         return True
 
@@ -419,6 +426,7 @@ class _Pass:
             "specDigest": current.spec_digest, "version": version, "dataDigest": current.data_digest,
         })
         self.st.runs = [*self.st.runs, rec][-history.RUN_HISTORY_LIMIT:]
+        self.plan.audit.append(self.audit_of(rec))
         self.condition("Running", False, reason, message)
         if result == "Cancelled":
             self.event(reason, message, warning=True)
@@ -440,6 +448,21 @@ class _Pass:
             self.event(reason, message + again, warning=True)
             self.stop_jobs(run)  # a failed run holds no GPUs: stop whatever still runs
         self.finished(rec)
+
+    def audit_of(self, rec: RunRecord) -> audit.AuditEvent:
+        """The enterprise event of a finished run: succeeded with its version, metrics and gate; or failed."""
+        if rec.result == "Succeeded" and rec.version is not None:
+            entry = next((v for v in self.st.versions if v.version == rec.version), None)
+            gate = self.ftj.spec.evaluation.gate
+            verdict = None
+            if entry is not None and entry.passed_gate is not None:
+                verdict = {"passed": entry.passed_gate, **({"metric": gate.metric} if gate is not None else {})}
+            return audit.run_succeeded(namespace=self.namespace, name=self.name, run=rec.number,
+                                       version=str(rec.version), time=self.now,
+                                       metrics=entry.metrics if entry is not None else None, gate=verdict,
+                                       trigger=rec.trigger, message=rec.message)
+        return audit.run_failed(namespace=self.namespace, name=self.name, run=rec.number, time=self.now,
+                                reason=rec.reason or rec.result, message=rec.message, trigger=rec.trigger)
 
     def stop_jobs(self, run: int) -> None:
         for job in self.obs.jobs:

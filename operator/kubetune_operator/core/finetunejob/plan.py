@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.api.finetunejob import FineTuneJobStatus
+from kubetune_operator.core.audit import AuditEvent
 from kubetune_operator.core.gang import Decision
 from kubetune_operator.core.references import Missing
 
@@ -43,6 +44,7 @@ class Observed:
     output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
     data_digest: str | None = None  # of the training data now (retrain.onDataChange), None when not read
     served_versions: frozenset[int] = frozenset()  # versions ModelDeployments serve or canary (never pruned)
+    changed_by: str | None = None  # the field manager that last changed the spec (managedFields)
     preview: Decision | None = None  # admission's answer as of its last snapshot, before the queue saw the Job
     admission: Decision | None = None  # the GPU queue's verdict for the current run's suspended Job
 
@@ -116,3 +118,4 @@ class RunPlan:
     events: list[Event] = field(default_factory=list)
     counters: list[tuple[Any, ...]] = field(default_factory=list)
     next_wakeup: datetime | None = None
+    audit: list[AuditEvent] = field(default_factory=list)  # for enterprise sinks (core.audit, docs/audit.md)
