@@ -465,3 +465,119 @@ def test_no_finalizer_so_deleting_while_the_operator_is_down_does_not_hang(
     op.kill()
     cluster.kubectl("delete", "mdep", "gone", "-n", ns, "--wait=true", "--timeout=20s")
     eventually(lambda: deployment(api_client, ns, "gone") is None, timeout=60, what="Deployment collected")
+
+
+def test_must_beat_served_holds_a_worse_version_then_promotes_a_better_one(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns, evaluation={"metrics": ["loss"], "gate": {"metric": "loss", "atMost": 2.0}})
+
+    def scored(n: int, loss: float) -> dict[str, Any]:
+        return {**version(ns, n), "metrics": {"loss": loss}}
+
+    publish_versions(api_client, ns, [scored(1, 1.0)])
+    apply_mdep(cluster, ns, "beat", {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "transformers"},
+                                     "promotion": {"mustBeat": "served", "minImprovement": 0.05}})
+    wait_status(api_client, ns, "beat", "version 1 served", served_version_is(1))
+
+    # Version 2 passed its gate (loss 1.2 <= 2) but is worse than the served version 1: it stays.
+    publish_versions(api_client, ns, [scored(1, 1.0), scored(2, 1.2)])
+    st = wait_status(api_client, ns, "beat", "NotBetterThanServed",
+                     lambda s: condition(s, "Progressing").get("reason") == "NotBetterThanServed")
+    message = condition(st, "Progressing")["message"]
+    assert condition(st, "Progressing")["status"] == "False" and st["servedVersion"] == 1
+    assert "loss 1.2 does not beat 1 of the served version 1" in message and "lower is better" in message
+    assert 'version: "2"' in message and "mustBeat: none" in message  # the fixes
+    assert served(deployment(api_client, ns, "beat"))["version"] == 1  # type: ignore[index]
+    assert condition(st, "Degraded")["status"] == "False" and st["phase"] == "Available"
+
+    def warnings(reason: str) -> list[dict[str, Any]]:
+        out = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
+                              f"involvedObject.kind=ModelDeployment,involvedObject.name=beat,reason={reason}",
+                              "-o", "json").stdout
+        return [e for e in json.loads(out)["items"] if e["type"] == "Warning"]
+
+    said = eventually(lambda: warnings("NotBetterThanServed"), timeout=10, what="a NotBetterThanServed Warning")
+    assert len(said) == 1 and "loss 1.2 does not beat 1" in said[0]["message"]
+
+    # Version 3 is better, but by less than minImprovement 0.05: still held, and said once more.
+    publish_versions(api_client, ns, [scored(1, 1.0), scored(2, 1.2), scored(3, 0.98)])
+    st = wait_status(api_client, ns, "beat", "version 3 held",
+                     lambda s: "version 3" in condition(s, "Progressing").get("message", ""))
+    assert "less than spec.promotion.minImprovement 0.05" in condition(st, "Progressing")["message"]
+    assert st["servedVersion"] == 1
+
+    # Version 4 beats it by more than minImprovement: promoted.
+    publish_versions(api_client, ns, [scored(1, 1.0), scored(2, 1.2), scored(3, 0.98), scored(4, 0.8)])
+    st = wait_status(api_client, ns, "beat", "version 4 served", served_version_is(4))
+    assert [(r["version"], r["result"]) for r in st["rolloutHistory"]] == [(1, "Succeeded"), (4, "Succeeded")]
+    assert len(warnings("NotBetterThanServed")) == 2  # one per candidate held back
+
+
+def test_a_failing_canary_is_rolled_back_and_not_tried_again(
+    cluster: DevCluster, api_client: Any, namespace: str, operator_for: Any, models_claim: str
+) -> None:
+    """KWOK pods always become Ready, so the test writes what a kubelet reports for a server that cannot
+    load its model (kubetune-serve exits 2, the container crash-loops) on the canary's pod."""
+    ns = namespace
+    start_operator(operator_for, ns)
+    create_job(api_client, ns)
+    publish_versions(api_client, ns, [version(ns, 1)])
+    spec = {"model": {"fineTuneJobRef": {"name": JOB}}, "runtime": {"type": "transformers"}, "replicas": 2,
+            "promotion": {"canaryWeight": 50, "canarySeconds": 3600}}
+    apply_mdep(cluster, ns, "cf", spec)
+    wait_status(api_client, ns, "cf", "version 1 served", served_version_is(1))
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2)])
+    wait_status(api_client, ns, "cf", "a running canary", lambda s: s.get("canaryVersion") == 2)
+
+    core = client.CoreV1Api(api_client)
+
+    def ready_canary_pods() -> list[Any]:
+        pods = core.list_namespaced_pod(ns, label_selector="kubetune.io/modeldeployment=cf,kubetune.io/track=canary")
+        return [p for p in pods.items if p.status.conditions and any(
+            c.type == "Ready" and c.status == "True" for c in p.status.conditions)]
+
+    pods = eventually(ready_canary_pods, timeout=30, what="the canary's pod")
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    for pod in pods:  # phase stays Running, so no KWOK stage rewrites it
+        core.patch_namespaced_pod_status(pod.metadata.name, ns, {"status": {
+            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now, "reason": "ContainersNotReady"},
+                           {"type": "ContainersReady", "status": "False", "lastTransitionTime": now}],
+            "containerStatuses": [{
+                "name": c.name, "image": c.image, "imageID": "", "ready": False, "started": False, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "startedAt": now, "finishedAt": now,
+                                             "message": "cannot serve this model: manifest.json missing"}},
+            } for c in pod.spec.containers],
+        }})
+
+    st = wait_status(api_client, ns, "cf", "canary rolled back",
+                     lambda s: (s.get("rolloutHistory") or [{}])[-1].get("reason") == "CanaryFailed", timeout=60)
+    entry = st["rolloutHistory"][-1]
+    assert (entry["version"], entry["result"]) == (2, "RolledBack") and "CrashLoopBackOff" in entry["message"]
+    assert entry["generation"] == mdep(api_client, ns, "cf")["metadata"]["generation"]
+    assert "canaryVersion" not in st and st["servedVersion"] == 1
+    eventually(lambda: deployment(api_client, ns, "cf-canary") is None, timeout=30, what="canary removed")
+    st = wait_status(api_client, ns, "cf", "the stable serves all replicas",
+                     lambda s: condition(s, "Progressing").get("reason") == "CanaryFailed"
+                     and s.get("readyReplicas") == 2 and s.get("replicas") == 2)
+    progressing = condition(st, "Progressing")
+    assert progressing["status"] == "False" and "exit code 2" in progressing["message"]
+    assert "not tried again until a newer version appears or the spec changes" in progressing["message"]
+    assert condition(st, "Available")["status"] == "True" and condition(st, "Degraded")["status"] == "False"
+    dep = deployment(api_client, ns, "cf")
+    assert dep is not None and dep["spec"]["replicas"] == 2 and served(dep)["version"] == 1  # type: ignore[index]
+    out = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
+                          "involvedObject.kind=ModelDeployment,involvedObject.name=cf,reason=CanaryRolledBack",
+                          "-o", "json").stdout
+    rolled = [e for e in json.loads(out)["items"] if e["type"] == "Warning"]
+    assert len(rolled) == 1 and "CrashLoopBackOff" in rolled[0]["message"]
+
+    # Not tried again: the reconciles that followed (the stable scaling back to 2) left no canary.
+    assert deployment(api_client, ns, "cf-canary") is None
+    # A newer version is tried: its canary starts.
+    publish_versions(api_client, ns, [version(ns, 1), version(ns, 2), version(ns, 3)])
+    st = wait_status(api_client, ns, "cf", "a canary of version 3", lambda s: s.get("canaryVersion") == 3)
+    assert [(r["version"], r["reason"]) for r in st["rolloutHistory"]][-2:] == [(2, "CanaryFailed"), (3, "CanaryStarted")]

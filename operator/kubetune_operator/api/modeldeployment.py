@@ -160,6 +160,25 @@ class Promotion(ApiModel):
     canary_seconds: int = Field(
         300, ge=0, le=86_400, description="How long a canary runs healthy before full promotion."
     )
+    must_beat: Literal["none", "served"] = Field(
+        "none",
+        description=(
+            "none: a new version that passed the FineTuneJob's evaluation gate is promoted; served: it is promoted "
+            "only if it is also better than the version now served on the gate's metric (spec.evaluation.gate of "
+            "the FineTuneJob: atMost means lower is better, atLeast higher), by at least minImprovement. A version "
+            "that does not beat it, or a pair of versions where either lacks the metric, is held back and the "
+            "served version stays (condition Progressing, a Warning event). Versions pinned by number are not "
+            "compared."
+        ),
+    )
+    min_improvement: float = Field(
+        0,
+        ge=0,
+        description=(
+            "With mustBeat served: how much better than the served version a new version must be, in the units "
+            "of the gate's metric (e.g. 0.05 of loss); 0: any improvement. An equal value never counts as better."
+        ),
+    )
 
 
 class Auth(ApiModel):
@@ -213,6 +232,17 @@ class Rollout(StatusModel):
     completion_time: datetime | None = Field(None, description="When it finished.")
     result: Literal["InProgress", "Succeeded", "Failed", "RolledBack"] | None = Field(None, description="Outcome.")
     reason: str | None = Field(None, description="CamelCase reason of the outcome.")
+    message: str | None = Field(
+        None, description="Why it ended so, for a canary rolled back because it failed (CanaryFailed)."
+    )
+    generation: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "metadata.generation of the ModelDeployment when a failed canary was rolled back: that version is not "
+            "tried again until a newer version appears or the spec changes."
+        ),
+    )
 
 
 class ModelDeploymentStatus(StatusModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kubetune_operator.api import API_VERSION, ModelDeployment
-from kubetune_operator.api.wellknown import LABEL_MODELDEPLOYMENT
+from kubetune_operator.api.wellknown import LABEL_MODEL_VERSION, LABEL_MODELDEPLOYMENT, LABEL_TRACK
 from kubetune_operator.builders.serving import (
     build_hpa,
     build_server_deployment,
@@ -23,6 +23,7 @@ from kubetune_operator.builders.serving import (
 from kubetune_operator.core import references
 from kubetune_operator.core.children import ChildProblem, first_problem
 from kubetune_operator.core.serving.model import Resolution, Waiting
+from kubetune_operator.core.serving.promotion import GateScores, gate_scores
 from kubetune_operator.core.serving.resolution import check_spec, parse_finetunejob, resolve_model
 from kubetune_operator.core.serving.rollout import RolloutPlan, Track, observe_track
 from kubetune_operator.runtime import kube
@@ -38,15 +39,16 @@ class ServerImages:
     fetch: str
 
 
-def resolve(md: ModelDeployment) -> Resolution:
-    """The model `md` asks for now, reading its FineTuneJob only when the spec itself is sound."""
+def resolve(md: ModelDeployment) -> tuple[Resolution, GateScores | None]:
+    """The model `md` asks for now, reading its FineTuneJob only when the spec itself is sound, and
+    that job's gate and versions' metrics (for promotion.mustBeat; None without a job)."""
     ref = md.spec.model.fine_tune_job_ref
     if ref is None or check_spec(md) is not None:
-        return resolve_model(md, None)
+        return resolve_model(md, None), None
     job = parse_finetunejob(kube.get(API_VERSION, "FineTuneJob", ref.name, md.metadata.namespace))
     if isinstance(job, Waiting):
-        return job
-    return resolve_model(md, job)
+        return job, None
+    return resolve_model(md, job), gate_scores(job) if job is not None else None
 
 
 def missing_references(md: ModelDeployment) -> list[references.Missing]:
@@ -55,11 +57,31 @@ def missing_references(md: ModelDeployment) -> list[references.Missing]:
     return kube.find_missing(references.modeldeployment_references(md), str(md.metadata.namespace))
 
 
-def server_pod_problem(namespace: str, name: str, *tracks: Track | None) -> ChildProblem | None:
-    """What a server pod is stuck on, read only while a Deployment has fewer ready replicas than wanted."""
-    if not any(t is not None and t.ready < t.replicas for t in tracks):
+def server_pod_problem(namespace: str, name: str, stable: Track | None, canary: Track | None = None
+                       ) -> ChildProblem | None:
+    """What a server pod of an existing track is stuck on, read only while that track's Deployment
+    has fewer ready replicas than wanted (the pods of a canary just removed do not count)."""
+    for track, observed in (("stable", stable), ("canary", canary)):
+        if observed is not None and observed.ready < observed.replicas:
+            problem = track_pod_problem(namespace, name, track)
+            if problem is not None:
+                return problem
+    return None
+
+
+def track_pod_problem(namespace: str, name: str, track: str, version: int | None = None) -> ChildProblem | None:
+    """What a pod of one track (stable or canary; of `version`, when given) is stuck on."""
+    selector = f"{LABEL_MODELDEPLOYMENT}={name},{LABEL_TRACK}={track}"
+    if version is not None:  # not the pods of a replaced canary that the garbage collector has yet to delete
+        selector += f",{LABEL_MODEL_VERSION}={version}"
+    return first_problem(kube.list_objects("v1", "Pod", namespace, selector))
+
+
+def canary_pod_problem(namespace: str, name: str, canary: Track | None) -> ChildProblem | None:
+    """What a canary pod is stuck on, read only while the canary has fewer ready replicas than wanted."""
+    if canary is None or canary.ready >= canary.replicas:
         return None
-    return first_problem(kube.list_objects("v1", "Pod", namespace, f"{LABEL_MODELDEPLOYMENT}={name}"))
+    return track_pod_problem(namespace, name, "canary", canary.model.version if canary.model is not None else None)
 
 
 def apply_children(md: ModelDeployment, plan: RolloutPlan, canary_before: Track | None, images: ServerImages

@@ -20,6 +20,7 @@ from kubetune_operator.builders.serving import deployment_name, endpoint
 from kubetune_operator.controllers.modeldeployment_children import (
     ServerImages,
     apply_children,
+    canary_pod_problem,
     missing_references,
     resolve,
     server_pod_problem,
@@ -114,7 +115,7 @@ class ModelDeploymentController:
         stable_before = observe_track(stable_body)
         canary_before = observe_track(kube.get("apps/v1", "Deployment", canary_name, ns))
 
-        target = resolve(md)
+        target, scores = resolve(md)
         missing = missing_references(md)
         if missing and not isinstance(target, InvalidSpec):
             target = Waiting("MissingReference", f"ModelDeployment {name} is waiting: "
@@ -123,7 +124,9 @@ class ModelDeploymentController:
         plan: RolloutPlan | None = None
         stable_after, canary_after = stable_before, canary_before
         if not isinstance(target, InvalidSpec):
-            plan = plan_rollout(md.spec, generation, target, stable_before, canary_before, now)
+            plan = plan_rollout(md.spec, generation, target, stable_before, canary_before, now, scores=scores,
+                                history=md.status.rollout_history, canary_name=canary_name,
+                                canary_problem=canary_pod_problem(ns, name, canary_before))
             auto = md.spec.autoscaling
             if auto is not None and plan.stable_replicas is None:
                 count = replicas_under_hpa(stable_body, auto.min_replicas, auto.max_replicas, wellknown.FIELD_MANAGER)

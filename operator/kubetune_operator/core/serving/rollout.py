@@ -13,21 +13,38 @@ killed half-way picks up where the cluster is.
   to it (maxUnavailable 0) and the canary goes when that rollout completes. Otherwise the stable
   Deployment rolls to it at once.
 - Manual policy: the model is resolved again only when the spec changes (a new generation).
-- A version that failed its evaluation gate is never promoted over a served one.
+- A version that failed its evaluation gate is never promoted over a served one; with
+  `promotion.mustBeat: served`, nor one that does not beat the served version on the gate's metric
+  (core.serving.promotion).
+- A canary that fails (`canary_verdict`: its Deployment reports a failure, a pod cannot pull its
+  image, start or stop crashing, a pod unschedulable for STALL_AFTER, or not available within
+  canarySeconds + CANARY_START_ALLOWANCE of its creation) is rolled back: its Deployment goes, the
+  stable one serves all requests, and the history remembers it (reason CanaryFailed, with the
+  generation), so that version is not tried again until a newer one appears or the spec changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune_operator.api import ModelDeploymentSpec, Rollout
 from kubetune_operator.api.wellknown import ANNOTATION_RESOLVED_GENERATION, ANNOTATION_SERVED_MODEL
-from kubetune_operator.core.conditions import parse_time
+from kubetune_operator.core.children import CONFIG_ERRORS, STALL_AFTER, ChildProblem
+from kubetune_operator.core.conditions import parse_time, shorten
 from kubetune_operator.core.serving.model import ServedModel, Waiting
+from kubetune_operator.core.serving.promotion import GateScores, must_beat_hold
 
 HISTORY_LIMIT = 10
+# How long past canarySeconds a canary may take to become available: the server Deployments'
+# progressDeadlineSeconds (builders.serving), as the startup probe allows 30 minutes of loading.
+CANARY_START_ALLOWANCE = timedelta(seconds=1800)
+# Pod problems (core.children) that waiting does not end: the canary fails at once. Others
+# (Unschedulable: a node may be added) fail it once stuck for STALL_AFTER.
+FAILS_AT_ONCE = frozenset({"ImagePullFailed", "CrashLoopBackOff", *CONFIG_ERRORS})
+CANARY_FAILED = "CanaryFailed"  # history reason and Progressing reason of a canary rolled back for failing
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class Track:
     updated: int = 0
     failure: str | None = None
     resolved_generation: int | None = None
+    created: datetime | None = None
 
 
 def observe_track(body: dict[str, Any] | None) -> Track | None:
@@ -80,6 +98,7 @@ def observe_track(body: dict[str, Any] | None) -> Track | None:
         updated=updated,
         failure=failure,
         resolved_generation=int(generation) if generation and generation.isdigit() else None,
+        created=parse_time(meta.get("creationTimestamp")),
     )
 
 
@@ -101,6 +120,53 @@ class RolloutPlan:
     hold: Waiting | None = None  # why the model asked for is not (yet) what is rolled out
     promote_in_seconds: float | None = None  # canary due for promotion after this long
     events: tuple[PlanEvent, ...] = field(default_factory=tuple)
+    rolled_back: ServedModel | None = None  # a canary removed because it failed (history: CanaryFailed)
+    rolled_back_why: str | None = None
+    canary_check_at: datetime | None = None  # when time alone may make the running canary count as failed
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    """`failure`: why the canary counts as failed (roll it back); else `check_at`, when time alone may
+    make it fail (a wakeup), or None."""
+
+    failure: str | None = None
+    check_at: datetime | None = None
+
+
+def canary_verdict(spec: ModelDeploymentSpec, canary: Track, problem: ChildProblem | None, now: datetime,
+                   name: str = "the canary Deployment") -> CanaryVerdict:
+    """Whether a canary that splits traffic has failed: its Deployment reports a failure
+    (ProgressDeadlineExceeded, ReplicaFailure), one of its pods cannot pull its image, start, or
+    keeps crashing (at once), a pod has been unschedulable for STALL_AFTER, or it is not available
+    canarySeconds + CANARY_START_ALLOWANCE after its Deployment was created."""
+    if canary.failure:
+        return CanaryVerdict(f"Deployment {name}: {canary.failure}")
+    if problem is not None and (problem.reason in FAILS_AT_ONCE or problem.stalled(now)):
+        return CanaryVerdict(f"{problem.reason}: {problem.message}")
+    due: list[datetime] = []
+    if problem is not None and problem.since is not None:
+        due.append(problem.since + STALL_AFTER)
+    if not canary.available and canary.created is not None:
+        allowed = timedelta(seconds=spec.promotion.canary_seconds) + CANARY_START_ALLOWANCE
+        deadline = canary.created + allowed
+        if now >= deadline:
+            return CanaryVerdict(
+                f"Deployment {name} is not available {int((now - canary.created).total_seconds())}s after it was "
+                f"created ({canary.ready}/{canary.replicas} replica(s) ready; spec.promotion.canarySeconds "
+                f"{spec.promotion.canary_seconds} + {int(CANARY_START_ALLOWANCE.total_seconds())}s to load)")
+        due.append(deadline)
+    return CanaryVerdict(check_at=min(due, default=None))
+
+
+def rolled_back_hold(model: ServedModel, served: ServedModel, why: str) -> Waiting:
+    """Why a version whose canary failed is not served (Progressing=False, CanaryFailed)."""
+    return Waiting(
+        CANARY_FAILED,
+        f"the canary of {model.label} failed and was rolled back: {why}; {served.label} keeps serving all requests. "
+        f"{model.label} is not tried again until a newer version appears or the spec changes: fix what the "
+        "message names (the version, or spec.runtime, spec.pod, spec.resources) and apply again",
+    )
 
 
 def replica_split(spec: ModelDeploymentSpec) -> tuple[int | None, int, int]:
@@ -142,8 +208,15 @@ def plan_rollout(
     stable: Track | None,
     canary: Track | None,
     now: datetime,
+    *,
+    scores: GateScores | None = None,
+    history: Sequence[Rollout] = (),
+    canary_problem: ChildProblem | None = None,
+    canary_name: str = "the canary Deployment",
 ) -> RolloutPlan:
-    """The next state of the stable and canary Deployments (see the module docstring)."""
+    """The next state of the stable and canary Deployments (see the module docstring). `scores`: the
+    FineTuneJob's gate and metrics (promotion.mustBeat); `history`: status.rolloutHistory (canaries
+    that failed at this generation); `canary_problem`: what a canary pod is stuck on."""
     full, stable_during_canary, canary_count = replica_split(spec)
     served = stable.model if stable is not None else None
     canary_model = canary.model if canary is not None else None
@@ -154,7 +227,7 @@ def plan_rollout(
             return RolloutPlan(stable=None, stable_replicas=full, hold=target)
         return RolloutPlan(stable=target, stable_replicas=full)
 
-    desired, hold = _desired(spec, generation, target, stable, served)
+    desired, hold = _desired(spec, generation, target, stable, served, scores, history)
     if canary_model is not None and canary_model.same_model(desired):
         desired = canary_model  # keep what was pinned when the canary started
     keep_finishing_canary = (
@@ -190,6 +263,15 @@ def plan_rollout(
         )
 
     if keep_finishing_canary and canary is not None:
+        verdict = canary_verdict(spec, canary, canary_problem, now, canary_name)
+        if verdict.failure is not None:
+            why = shorten(verdict.failure, 600)
+            back = rolled_back_hold(desired, served, why)
+            events.append(PlanEvent("Warning", "CanaryRolledBack", back.message))
+            return RolloutPlan(
+                stable=served, canary=None, stable_replicas=full, hold=back, events=tuple(events),
+                rolled_back=desired, rolled_back_why=why,
+            )
         healthy_for = (now - canary.available_since).total_seconds() if canary.available_since else None
         if canary.rolled_out and canary.available and healthy_for is not None:
             left = spec.promotion.canary_seconds - healthy_for
@@ -205,11 +287,11 @@ def plan_rollout(
                 )
             return RolloutPlan(
                 stable=served, canary=desired, stable_replicas=stable_during_canary if full is not None else None,
-                canary_replicas=canary_count, hold=hold, promote_in_seconds=left,
+                canary_replicas=canary_count, hold=hold, promote_in_seconds=left, canary_check_at=verdict.check_at,
             )
         return RolloutPlan(
             stable=served, canary=desired, stable_replicas=stable_during_canary if full is not None else None,
-            canary_replicas=canary_count, hold=hold,
+            canary_replicas=canary_count, hold=hold, canary_check_at=verdict.check_at,
         )
     events.append(PlanEvent(
         "Normal", "CanaryStarted",
@@ -223,13 +305,17 @@ def plan_rollout(
 
 
 def _desired(
-    spec: ModelDeploymentSpec, generation: int, target: ServedModel | Waiting, stable: Track, served: ServedModel
+    spec: ModelDeploymentSpec, generation: int, target: ServedModel | Waiting, stable: Track, served: ServedModel,
+    scores: GateScores | None = None, history: Sequence[Rollout] = (),
 ) -> tuple[ServedModel, Waiting | None]:
     """The model to converge on now that something is served, and why the target is held back, if it is."""
     if isinstance(target, Waiting):
         return served, target
     if target.same_model(served):
         return served, None  # keep what was pinned at its rollout
+    failed = failed_canary(history, target, generation)
+    if failed is not None:
+        return served, rolled_back_hold(target, served, failed.message or "see the CanaryRolledBack event")
     if spec.promotion.policy == "manual" and stable.resolved_generation == generation:
         return served, Waiting(
             "ManualPromotion",
@@ -244,7 +330,20 @@ def _desired(
             f"{served.label} keeps serving. To serve it anyway, set spec.model.fineTuneJobRef.version: "
             f'"{target.version}"',
         )
+    if ref is not None and not ref.version.isdigit():
+        beaten = must_beat_hold(spec.promotion, scores, target, served)
+        if beaten is not None:
+            return served, beaten
     return target, None
+
+
+def failed_canary(history: Sequence[Rollout], model: ServedModel, generation: int) -> Rollout | None:
+    """The history entry of `model`'s canary rolled back for failing at this generation, if any."""
+    for entry in reversed(history):
+        if (entry.version, entry.uri) == (model.version, model.uri) and entry.reason == CANARY_FAILED \
+                and entry.generation == generation:
+            return entry
+    return None
 
 
 def record_rollouts(
@@ -254,8 +353,10 @@ def record_rollouts(
     plan: RolloutPlan,
     stable_after: Track | None,
     now: datetime,
+    generation: int | None = None,
 ) -> list[Rollout]:
-    """status.rolloutHistory after this reconcile: starts, completions and roll-backs, newest last."""
+    """status.rolloutHistory after this reconcile: starts, completions and roll-backs, newest last. A
+    canary the plan rolled back for failing is marked CanaryFailed, with why and `generation`."""
     out = [r.model_copy() for r in history]
 
     def last_for(model: ServedModel) -> int | None:
@@ -281,17 +382,29 @@ def record_rollouts(
                                completion_time=now, result="Succeeded", reason="RolloutComplete"))
         elif out[i].result == "InProgress":
             out[i] = replace_rollout(out[i], result="Succeeded", reason="RolloutComplete", completion_time=now)
+    failed = plan.rolled_back
+    failed_recorded = False
     for i, entry in enumerate(out):
         if entry.result != "InProgress":
             continue
         live = [m for m in (plan.stable, plan.canary) if m is not None]
         if any((entry.version, entry.uri) == (m.version, m.uri) for m in live):
             continue
+        if failed is not None and (entry.version, entry.uri) == (failed.version, failed.uri):
+            out[i] = replace_rollout(entry, result="RolledBack", reason=CANARY_FAILED, completion_time=now,
+                                     message=plan.rolled_back_why, generation=generation)
+            failed_recorded = True
+            continue
         was_canary = entry.reason == "CanaryStarted"
         out[i] = replace_rollout(
             entry, result="RolledBack" if was_canary else "Failed",
             reason="CanaryRolledBack" if was_canary else "Superseded", completion_time=now,
         )
+    known = failed is not None and generation is not None and failed_canary(out, failed, generation) is not None
+    if failed is not None and not failed_recorded and not known:
+        # its start was not recorded (history lost): remember it all the same
+        out.append(Rollout(version=failed.version, uri=failed.uri, completion_time=now, result="RolledBack",
+                           reason=CANARY_FAILED, message=plan.rolled_back_why, generation=generation))
     return out[-HISTORY_LIMIT:]
 
 

@@ -26,10 +26,17 @@ from kubetune_operator.core.children import STALL_AFTER, ChildProblem
 from kubetune_operator.core.conditions import merge_patch, set_condition, shorten
 from kubetune_operator.core.references import RECHECK_AFTER
 from kubetune_operator.core.serving.model import InvalidSpec, Resolution, ServedModel, Waiting
-from kubetune_operator.core.serving.rollout import RolloutPlan, Track, record_rollouts
+from kubetune_operator.core.serving.promotion import HOLD_REASONS
+from kubetune_operator.core.serving.rollout import CANARY_FAILED, RolloutPlan, Track, record_rollouts
 
 # Progressing reasons a rollout event of the plan already announces (no second event for the flip).
 ROLLOUT_REASONS = {"RollingOut", "CanaryRunning"}
+# Progressing reasons the plan always announces itself (the Warning event CanaryRolledBack, posted when
+# the canary is removed): the flip to them posts no second event, even in a later reconcile.
+PLAN_ANNOUNCED = {CANARY_FAILED}
+# Progressing=False reasons that hold a newer version back with a Warning event; a new message (another
+# candidate) is news again.
+WARNING_HOLDS = {"VersionFailedGate", *HOLD_REASONS}
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,8 @@ def derive_status(old: ModelDeploymentStatus, obs: Observed, now: datetime) -> M
         served_version, served_uri = st.model.version, st.model.uri
     history = old.rollout_history
     if obs.plan is not None:
-        history = record_rollouts(old.rollout_history, obs.before_stable, obs.before_canary, obs.plan, st, now)
+        history = record_rollouts(old.rollout_history, obs.before_stable, obs.before_canary, obs.plan, st, now,
+                                  generation=obs.generation)
     tracks = [t for t in (st, obs.canary) if t is not None]
     canary = obs.plan.canary if obs.plan is not None and _is_canary(obs) else None
     return ModelDeploymentStatus(
@@ -202,20 +210,24 @@ def wait_reason(available_: tuple[str, str, str]) -> str | None:
 
 def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus, rollout_announced: bool
                       ) -> list[StatusEvent]:
-    """One event per condition whose status or reason changed."""
+    """One event per condition whose status or reason changed (and per new candidate a hold names)."""
     events = []
     for cond in new.conditions:
         before = find_condition(old.conditions, cond.type)
         if before is not None and (before.status, before.reason) == (cond.status, cond.reason):
-            continue
+            held_anew = cond.type == "Progressing" and cond.reason in HOLD_REASONS and before.message != cond.message
+            if not held_anew:
+                continue
         if before is None and cond.type == "Degraded" and cond.status == "False":
             continue  # "not degraded" on creation is not news
         if cond.type == "Progressing" and cond.reason in ROLLOUT_REASONS and rollout_announced:
             continue
+        if cond.type == "Progressing" and cond.reason in PLAN_ANNOUNCED:
+            continue
         warning = (
             (cond.type == "Degraded" and cond.status == "True")
             or (cond.type == "Available" and cond.status == "False" and before is not None and before.status == "True")
-            or cond.reason in ("ProgressDeadlineExceeded", "VersionFailedGate")
+            or cond.reason in ("ProgressDeadlineExceeded", *WARNING_HOLDS)
         )
         message = cond.message or f"{cond.type} is {cond.status}"
         events.append(StatusEvent("Warning" if warning else "Normal", cond.reason, shorten(message)))
@@ -237,13 +249,17 @@ def status_patch(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> dict
 
 def next_wakeup(obs: Observed, now: datetime) -> datetime | None:
     """When time alone, with no watch event to say so, changes what a reconcile decides: a running
-    canary's promotion (spec.promotion.canarySeconds after it became available), a stuck server
+    canary's promotion (spec.promotion.canarySeconds after it became available) or failure (a pod
+    unschedulable for STALL_AFTER, not available canarySeconds + the start allowance after its
+    creation), a stuck server
     pod turning Degraded (STALL_AFTER after it got stuck) and a missing Secret or claim, which nothing
     watches (re-read after references.RECHECK_AFTER). None when only an event can change it."""
     due = []
     plan = obs.plan
     if plan is not None and plan.promote_in_seconds is not None:
         due.append(now + timedelta(seconds=max(0, math.ceil(plan.promote_in_seconds))))
+    if plan is not None and plan.canary_check_at is not None:
+        due.append(max(now, plan.canary_check_at))
     problem = obs.problem
     if problem is not None and problem.since is not None and not problem.stalled(now):
         due.append(problem.since + STALL_AFTER)
