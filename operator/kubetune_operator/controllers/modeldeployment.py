@@ -22,6 +22,7 @@ import kopf
 
 from kubetune_operator.api import FINETUNEJOB_PLURAL, GROUP, MODELDEPLOYMENT_PLURAL, VERSION
 from kubetune_operator.api.wellknown import LABEL_MANAGED_BY, LABEL_MODELDEPLOYMENT, MANAGED_BY
+from kubetune_operator.controllers.audit import sinks as audit_sinks
 from kubetune_operator.controllers.modeldeployment_children import ServerImages
 from kubetune_operator.controllers.modeldeployment_reconcile import ModelDeploymentController, Reconciled
 from kubetune_operator.runtime.settings import OperatorSettings
@@ -35,7 +36,7 @@ def setup(cfg: OperatorSettings) -> ModelDeploymentController:
     """Create the controller with the operator's settings and register its kopf handlers and its
     wakeups loop. Call once per process, before kopf.operator runs."""
     controller = ModelDeploymentController(
-        ServerImages(serve=cfg.serve_image, vllm=cfg.vllm_image, fetch=cfg.trainer_image))
+        ServerImages(serve=cfg.serve_image, vllm=cfg.vllm_image, fetch=cfg.trainer_image), audit_sinks(cfg))
 
     def requeue(namespace: str, name: str) -> datetime | None:
         return controller.reconcile(namespace, name).wake_at

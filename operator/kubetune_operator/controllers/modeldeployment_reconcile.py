@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.api import API_VERSION, ModelDeployment, ModelDeploymentStatus, wellknown
+from kubetune_operator.audit import AuditSinks
 from kubetune_operator.builders.serving import deployment_name, endpoint
 from kubetune_operator.controllers.modeldeployment_children import (
     ServerImages,
@@ -26,6 +27,7 @@ from kubetune_operator.controllers.modeldeployment_children import (
     server_pod_problem,
 )
 from kubetune_operator.core import references
+from kubetune_operator.core.serving.audit_events import audit_events
 from kubetune_operator.core.serving.model import InvalidSpec, Waiting
 from kubetune_operator.core.serving.resolution import parse_modeldeployment
 from kubetune_operator.core.serving.rollout import (
@@ -61,8 +63,9 @@ class Reconciled:
 class ModelDeploymentController:
     """Converges ModelDeployments; one instance per operator process (controllers.modeldeployment.setup)."""
 
-    def __init__(self, images: ServerImages) -> None:
+    def __init__(self, images: ServerImages, sinks: AuditSinks | None = None) -> None:
         self.images = images
+        self.audit = sinks or AuditSinks()
         self._locks = ObjectLocks()
         self._available: set[tuple[str, str]] = set()  # the metric kubetune_modeldeployments_available
         self._job_versions: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -144,7 +147,10 @@ class ModelDeploymentController:
             problem=server_pod_problem(ns, name, stable_after, canary_after),
         )
         old = md.status
-        self._publish(body, old, derive_status(old, obs, now), rollout_announced=bool(plan and plan.events))
+        new = derive_status(old, obs, now)
+        self._publish(body, old, new, rollout_announced=bool(plan and plan.events))
+        for event in audit_events(ns, name, generation, old, new, plan, now):
+            self.audit.emit(event)
         return Reconciled(invalid=target if isinstance(target, InvalidSpec) else None, wake_at=next_wakeup(obs, now))
 
     def _announce_missing(self, body: Body, md: ModelDeployment, missing: list[references.Missing]) -> None:

@@ -65,6 +65,7 @@ class Waiting:
     reason: str
     message: str
     stuck: bool = False
+    version: int | None = None  # the version held back, when a promotion rule holds one
 
 
 @dataclass(frozen=True)

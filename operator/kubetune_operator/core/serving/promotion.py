@@ -90,6 +90,7 @@ def must_beat_hold(
             f"{candidate.label} of FineTuneJob {job} is not promoted: spec.promotion.mustBeat is served, but FineTuneJob "
             f"{job} has no spec.evaluation.gate, so no metric says which version is better; {keeps}. Set "
             f"spec.evaluation.gate on FineTuneJob {job} (metric and atMost or atLeast), or {anyway}",
+            version=candidate.version,
         )
     metric, direction = scores.metric, "lower" if scores.lower_is_better else "higher"
     new, old = scores.value(candidate), scores.value(served)
@@ -107,6 +108,7 @@ def must_beat_hold(
             f"{candidate.label} of FineTuneJob {job} is not promoted: spec.promotion.mustBeat is served and the gate "
             f"metric {metric} cannot be compared: {' and '.join(lacking)}; {keeps}. A newer version that reports "
             f"{metric} is compared again; {anyway}",
+            version=candidate.version,
         )
     if beats(new, old, scores.lower_is_better, promotion.min_improvement):
         return None
@@ -123,4 +125,5 @@ def must_beat_hold(
         f"{candidate.label} of FineTuneJob {job} is not promoted: its {metric} {_num(new)} does not beat "
         f"{_num(old)} of the served {served.label} ({how}; {direction} is better, gate {scores.rule}; "
         f"spec.promotion.mustBeat is served{need}); {keeps}. A newer version that beats it is promoted; {anyway}",
+        version=candidate.version,
     )
