@@ -35,10 +35,25 @@ pytestmark = pytest.mark.integration
 WHOLE_NODE = {"nodes": 1, "gpusPerNode": 8, "gpuType": H100}
 
 
+def held_anywhere(cluster: DevCluster) -> int:
+    """GPUs admitted to training Jobs that still run, in every namespace (earlier tests' included)."""
+    out = cluster.kubectl("get", "jobs", "-A", "-l", "kubetune.io/component=train", "-o", "json")
+    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0))
+               for j in json.loads(out.stdout)["items"]
+               if not j["metadata"].get("deletionTimestamp")
+               and not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                           for c in (j.get("status") or {}).get("conditions") or []))
+
+
 @pytest.fixture(autouse=True)
 def release_gpus(cluster: DevCluster, namespace: str) -> Iterator[None]:
-    """Every test here may hold the whole H100 pool: its training Jobs go before the next test starts
-    (a namespace being deleted keeps its Jobs, and their GPUs, for a while)."""
+    """Every test here may need the whole H100 pool: it starts once earlier tests' runs hold no GPU (a
+    namespace being deleted keeps its Jobs, and their GPUs, for a while), and its own go when it ends."""
+    for ns in json.loads(cluster.kubectl("get", "namespaces", "-o", "json").stdout)["items"]:
+        if ns["status"].get("phase") == "Terminating":  # their runs' GPUs: release them now
+            cluster.kubectl("delete", "jobs", "-n", ns["metadata"]["name"], "-l", "kubetune.io/component=train",
+                            "--wait=false", check=False)
+    eventually(lambda: held_anywhere(cluster) == 0, timeout=180, what="no GPU held by earlier tests' runs")
     yield
     cluster.kubectl("delete", "finetunejobs,jobs", "-n", namespace, "--all", "--wait=true", "--timeout=60s",
                     check=False)
