@@ -36,13 +36,17 @@ WHOLE_NODE = {"nodes": 1, "gpusPerNode": 8, "gpuType": H100}
 
 
 def held_anywhere(cluster: DevCluster) -> int:
-    """GPUs admitted to training Jobs that still run, in every namespace (earlier tests' included)."""
+    """GPUs the queue counts as taken, in every namespace (earlier tests' included): admitted training
+    Jobs that still run, and pods that ask for GPUs and have not ended."""
     out = cluster.kubectl("get", "jobs", "-A", "-l", "kubetune.io/component=train", "-o", "json")
-    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0))
-               for j in json.loads(out.stdout)["items"]
-               if not j["metadata"].get("deletionTimestamp")
-               and not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+    jobs_ = sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0))
+                for j in json.loads(out.stdout)["items"]
+                if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                            for c in (j.get("status") or {}).get("conditions") or []))
+    pods = json.loads(cluster.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
+    return jobs_ + sum(int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+                       for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")
+                       for c in p["spec"].get("containers") or [])
 
 
 @pytest.fixture(autouse=True)
@@ -50,9 +54,9 @@ def release_gpus(cluster: DevCluster, namespace: str) -> Iterator[None]:
     """Every test here may need the whole H100 pool: it starts once earlier tests' runs hold no GPU (a
     namespace being deleted keeps its Jobs, and their GPUs, for a while), and its own go when it ends."""
     for ns in json.loads(cluster.kubectl("get", "namespaces", "-o", "json").stdout)["items"]:
-        if ns["status"].get("phase") == "Terminating":  # their runs' GPUs: release them now
-            cluster.kubectl("delete", "jobs", "-n", ns["metadata"]["name"], "-l", "kubetune.io/component=train",
-                            "--wait=false", check=False)
+        if ns["status"].get("phase") == "Terminating":  # their GPUs: release them now
+            cluster.kubectl("delete", "jobs,deployments,pods", "-n", ns["metadata"]["name"], "--all",
+                            "--grace-period=0", "--force", "--wait=false", check=False)
     eventually(lambda: held_anywhere(cluster) == 0, timeout=180, what="no GPU held by earlier tests' runs")
     yield
     cluster.kubectl("delete", "finetunejobs,jobs", "-n", namespace, "--all", "--wait=true", "--timeout=60s",
