@@ -39,10 +39,7 @@ def held_anywhere(cluster: DevCluster) -> int:
     """GPUs the queue counts as taken, in every namespace (earlier tests' included): admitted training
     Jobs that still run, and pods that ask for GPUs and have not ended."""
     out = cluster.kubectl("get", "jobs", "-A", "-l", "kubetune.io/component=train", "-o", "json")
-    jobs_ = sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0))
-                for j in json.loads(out.stdout)["items"]
-                if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                           for c in (j.get("status") or {}).get("conditions") or []))
+    jobs_ = running_admitted(json.loads(out.stdout)["items"])
     pods = json.loads(cluster.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
     return jobs_ + sum(int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
                        for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")
@@ -97,12 +94,16 @@ def to_queue(cluster: DevCluster, ns: str, name: str, **spec: Any) -> None:
     pass_validation(cluster, ns, name)
 
 
-def admitted_gpus(cluster: DevCluster, ns: str) -> int:
-    out = cluster.kubectl("get", "jobs", "-n", ns, "-l", "kubetune.io/component=train", "-o", "json")
-    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0))
-               for j in json.loads(out.stdout)["items"]
+def running_admitted(jobs: list[dict[str, Any]]) -> int:
+    """GPUs admitted to the training Jobs among `jobs` that have not ended."""
+    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0)) for j in jobs
                if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                           for c in (j.get("status") or {}).get("conditions") or []))
+
+
+def admitted_gpus(cluster: DevCluster, ns: str) -> int:
+    out = cluster.kubectl("get", "jobs", "-n", ns, "-l", "kubetune.io/component=train", "-o", "json")
+    return running_admitted(json.loads(out.stdout)["items"])
 
 
 def test_a_quota_caps_a_namespace_and_its_status_says_so(cluster: DevCluster, namespace: str, operator: Any,

@@ -73,8 +73,10 @@ class FineTuneJobController:
         if validity.rejected_at_this_generation(body):
             return None  # no retry loop: the verdict stands until metadata.generation changes
         raw_status = body.get("status") or {}
+        status = dict(raw_status)
+        validity.forget_rejection(status)  # the spec changed since a rejection (else we returned above)
         try:
-            ftj = FineTuneJob.model_validate(body)
+            ftj = FineTuneJob.model_validate({**body, "status": status})
             check_spec(ftj)
         except ValidationError as e:
             self.reject(body, validation_problems(e))
@@ -82,9 +84,6 @@ class FineTuneJobController:
         except SpecError as e:
             self.reject(body, str(e))
             return None
-        status = dict(raw_status)
-        validity.forget_rejection(status)
-        ftj = ftj.model_copy(update={"status": type(ftj.status).model_validate(status)})
         observed = children.observe(ftj, body, self.admission)
         now = clock.now()
         plan = lifecycle.decide(ftj, observed, now, self.policy)

@@ -15,7 +15,6 @@ event that can change the answer (a training Job, a Node, a GPUQuota) and every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from kubetune_operator.core.gang import Decision, GangRequest
 from kubetune_operator.core.queue import cycle
 from kubetune_operator.runtime import clock, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
+from kubetune_operator.runtime.wakeups import wait_any
 
 log = logging.getLogger("kubetune.queue")
 
@@ -123,14 +123,7 @@ class GPUQueue:
             except Exception:  # a failed cycle is retried at the next kick or period; never crash
                 log.exception("admission cycle failed; retrying in %ss", self.cfg.admission_period_seconds)
             await asyncio.sleep(0.2)  # events arrive in bursts (a gang's pods): one cycle for the burst
-            with contextlib.suppress(TimeoutError):
-                waiters = {asyncio.ensure_future(kicked.wait()), asyncio.ensure_future(stop.wait())}
-                try:
-                    await asyncio.wait(waiters, timeout=self.cfg.admission_period_seconds,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waiters:
-                        w.cancel()
+            await wait_any(kicked, stop, timeout=self.cfg.admission_period_seconds)
 
     def register(self) -> None:
         """Start the cycle loop with the operator and stop it on shutdown; kick it on Node and GPUQuota events."""

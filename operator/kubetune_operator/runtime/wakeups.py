@@ -11,7 +11,6 @@ run again, and nothing polls objects that wait for an event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
@@ -25,6 +24,16 @@ log = logging.getLogger("kubetune.wakeups")
 Key = tuple[str, str]
 # A reconcile that fails is tried again after this long (kopf's own error delays cover watch events).
 ERROR_RETRY_SECONDS = 10.0
+
+
+async def wait_any(*events: asyncio.Event, timeout: float) -> None:
+    """Return when one of `events` is set or after `timeout` seconds, whichever comes first."""
+    waiters = {asyncio.ensure_future(e.wait()) for e in events}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 class Wakeups:
@@ -107,15 +116,7 @@ class Wakeups:
                     return
             until = min([next_sweep, *(at for at, _ in self._heap[:1])])
             changed.clear()
-            with contextlib.suppress(TimeoutError):
-                waiter = asyncio.ensure_future(changed.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, timeout=max(0.0, until - time.monotonic()),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
+            await wait_any(changed, stop, timeout=max(0.0, until - time.monotonic()))
 
     def register(self) -> None:
         """Start the loop with the operator and stop it on shutdown (kopf startup/cleanup handlers)."""

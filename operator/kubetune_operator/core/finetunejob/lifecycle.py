@@ -71,7 +71,7 @@ from kubetune_operator.core.children import (
     pods_of,
     rank0_message,
 )
-from kubetune_operator.core.conditions import is_status, set_condition, shorten
+from kubetune_operator.core.conditions import is_status, parse_time, set_condition, shorten
 from kubetune_operator.core.finetunejob import history, retry, schedule, triggers, versions
 from kubetune_operator.core.finetunejob.plan import (
     Action,
@@ -542,7 +542,7 @@ class _Pass:
             return self.current.start_time
         times = [(j.get("status") or {}).get("startTime") for j in self.run_jobs(self.current.number,
                                                                                    COMPONENT_VALIDATE)]
-        parsed = [datetime.fromisoformat(t.replace("Z", "+00:00")) if isinstance(t, str) else t for t in times if t]
+        parsed = [d for d in map(parse_time, times) if d is not None]
         return min(parsed, default=None)
 
     def deadline_passed(self) -> bool:

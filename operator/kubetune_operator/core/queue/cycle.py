@@ -256,8 +256,7 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
                                                   "spec.namespaceSelector of all but one")
 
     def quota_of(ns: str) -> Quota | None:
-        qs = owner.get(ns) or []
-        return qs[0] if len(qs) == 1 else None
+        return _only(owner, ns)
 
     live = []
     for g in [g for g in admitted if g.placement]:  # where the scheduler put them
