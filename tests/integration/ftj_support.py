@@ -133,3 +133,10 @@ def manifest(version: int = 1, loss: float = 1.2, passed: bool = True) -> str:
 def train_selector(job: str, attempt: int | None = None) -> str:
     sel = f"kubetune.io/finetunejob={job},kubetune.io/component=train"
     return sel + (f",kubetune.io/attempt={attempt}" if attempt else "")
+
+
+def running_admitted(jobs: list[dict[str, Any]]) -> int:
+    """GPUs admitted to the training Jobs among `jobs` that have not ended."""
+    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0)) for j in jobs
+               if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                          for c in (j.get("status") or {}).get("conditions") or []))

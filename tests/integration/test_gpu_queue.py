@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,61 +24,15 @@ from tests.integration.ftj_support import (
     jobs,
     manifest,
     pass_validation,
+    running_admitted,
     status,
     train_selector,
     wait_phase,
 )
 from tests.support import DevCluster, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("release_gpus")]
 WHOLE_NODE = {"nodes": 1, "gpusPerNode": 8, "gpuType": H100}
-
-
-def held_anywhere(cluster: DevCluster) -> int:
-    """GPUs the queue counts as taken, in every namespace (earlier tests' included): admitted training
-    Jobs that still run, and pods that ask for GPUs and have not ended."""
-    out = cluster.kubectl("get", "jobs", "-A", "-l", "kubetune.io/component=train", "-o", "json")
-    jobs_ = running_admitted(json.loads(out.stdout)["items"])
-    pods = json.loads(cluster.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"]
-    return jobs_ + sum(int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
-                       for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")
-                       for c in p["spec"].get("containers") or [])
-
-
-@pytest.fixture(autouse=True)
-def release_gpus(cluster: DevCluster, namespace: str) -> Iterator[None]:
-    """Every test here may need the whole H100 pool: it starts once earlier tests' runs hold no GPU (a
-    namespace being deleted keeps its Jobs, and their GPUs, for a while), and its own go when it ends."""
-    for ns in json.loads(cluster.kubectl("get", "namespaces", "-o", "json").stdout)["items"]:
-        if ns["status"].get("phase") == "Terminating":  # their GPUs: release them now
-            cluster.kubectl("delete", "jobs,deployments,pods", "-n", ns["metadata"]["name"], "--all",
-                            "--grace-period=0", "--force", "--wait=false", check=False)
-    eventually(lambda: held_anywhere(cluster) == 0, timeout=180, what="no GPU held by earlier tests' runs")
-    yield
-    cluster.kubectl("delete", "finetunejobs,jobs", "-n", namespace, "--all", "--wait=true", "--timeout=60s",
-                    check=False)
-
-
-@pytest.fixture
-def quota(cluster: DevCluster, namespace: str) -> Iterator[Any]:
-    """Create GPUQuotas for this test (cluster-scoped); all are deleted when it ends."""
-    names: list[str] = []
-
-    def create(name: str, namespaces: list[str], nominal: int, borrowing_limit: int | None = 0,
-               weight: int = 1) -> str:
-        entry: dict[str, Any] = {"gpuType": H100, "nominal": nominal}
-        if borrowing_limit is not None:
-            entry["borrowingLimit"] = borrowing_limit
-        full = f"{name}-{namespace}"[:60]
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "kubetune.io/v1alpha1", "kind": "GPUQuota", "metadata": {"name": full},
-            "spec": {"namespaces": namespaces, "gpus": [entry], "weight": weight}}))
-        names.append(full)
-        return full
-
-    yield create
-    for name in names:
-        cluster.kubectl("delete", "gpuquota", name, "--ignore-not-found", "--wait=false", check=False)
 
 
 def quota_status(cluster: DevCluster, name: str) -> dict[str, Any]:
@@ -92,13 +45,6 @@ def to_queue(cluster: DevCluster, ns: str, name: str, **spec: Any) -> None:
     apply(cluster, ns, ftj(name, **spec))
     wait_phase(cluster, ns, name, "Validating")
     pass_validation(cluster, ns, name)
-
-
-def running_admitted(jobs: list[dict[str, Any]]) -> int:
-    """GPUs admitted to the training Jobs among `jobs` that have not ended."""
-    return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0)) for j in jobs
-               if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                          for c in (j.get("status") or {}).get("conditions") or []))
 
 
 def admitted_gpus(cluster: DevCluster, ns: str) -> int:
@@ -192,18 +138,6 @@ def test_preemption_suspends_the_lower_priority_run_which_resumes_later(cluster:
     st = wait_phase(cluster, namespace, "batch", "Running", timeout=30)
     assert len(jobs(cluster, namespace, "batch", "train")) == 1  # the same attempt resumes from its checkpoint
     assert st["currentRun"]["attempts"] == 1
-
-
-@pytest.fixture
-def other_namespace(cluster: DevCluster, api_client: Any, namespace: str) -> Iterator[str]:
-    """A second team's namespace, deleted (with its runs) afterwards."""
-    from kubernetes import client
-
-    name = f"{namespace[:50]}-b"
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
-    yield name
-    cluster.kubectl("delete", "finetunejobs,jobs", "-n", name, "--all", "--wait=true", "--timeout=60s", check=False)
-    client.CoreV1Api(api_client).delete_namespace(name)
 
 
 def test_a_quota_borrows_idle_gpus_and_the_owner_reclaims_them(cluster: DevCluster, namespace: str,

@@ -98,6 +98,14 @@ def admitted_job(**kw: Any) -> dict[str, Any]:
     return j
 
 
+def kueue_admitted_job() -> dict[str, Any]:
+    """A training Job Kueue admitted: un-suspended, its flavor's node label written into the pod template."""
+    j = job("train")
+    j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "kubetune"
+    j["spec"]["template"] = {"spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}}}
+    return j
+
+
 def passed_validation(run: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     v = job("validate-data", run, state="Complete")
     return v, pod(v, 0, json.dumps({"rows": 240, "passed": True, "message": "240 rows passed the quality gate"}))
@@ -173,6 +181,10 @@ ROWS = [
         Observed(jobs=[V_OK, admitted_job()], pods=[V_OK_POD]), "Running", ("Admitted", "True", "Admitted"), [],
         ["Admitted"], check=lambda p: ("queue_wait", 30.0) in p.counters and ("runs_started",) in p.counters
         and p.status.current_run.start_time == NOW and p.status.current_run.gpu_type == "NVIDIA-L4"),
+    Row("admitted by Kueue: the gang's GPUs and the type from the flavor's node selector", ftj(status=running()),
+        Observed(jobs=[V_OK, kueue_admitted_job()], pods=[V_OK_POD]), "Running", ("Admitted", "True", "Admitted"), [],
+        ["Admitted"], check=lambda p: p.status.current_run.gpu_type == "NVIDIA-A100-SXM4-80GB"
+        and p.status.current_run.admitted_gpus == 1),
     Row("preempted: back in the queue, saying by whom", ftj(status=running(startTime=ts(-600))),
         Observed(jobs=[V_OK, preempted_job("team-b/urgent run 1 needs it")], pods=[V_OK_POD], admission=FULL),
         "Queued", ("Admitted", "False", "Preempted"),

@@ -146,3 +146,19 @@ def test_headless_service_publishes_not_ready_ranks() -> None:
     assert svc["metadata"]["name"] == "support-assistant-r4"
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"]["kubetune.io/run"] == "4"
+
+
+def test_kueue_mode_labels_the_job_for_its_local_queue_and_priority_class() -> None:
+    body = yaml.safe_load((REPO / "examples" / "finetunejob-deepspeed-multinode.yaml").read_text())
+    body.setdefault("spec", {}).setdefault("runPolicy", {}).update(priority=7)
+    body["spec"]["runPolicy"].pop("priorityClassName", None)
+    ftj = load(yaml.safe_dump(body))
+    job = build_training_job(ftj, RunInputs(run=1, version=1, attempt=1, resume=False), "img", kueue=True)
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "kubetune"
+    assert labels["kueue.x-k8s.io/priority-class"] == "kubetune-priority-7"
+    assert job["spec"]["suspend"] is True  # Kueue, not kubetune, un-suspends it
+    # The pods keep only kubetune's labels: the queue label belongs to the Job that Kueue admits.
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    plain = build_training_job(ftj, RunInputs(run=1, version=1, attempt=1, resume=False), "img")
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]

@@ -39,6 +39,17 @@ MANAGED_BY = "kubetune"
 # Server-side apply field manager of every object the operator writes.
 FIELD_MANAGER = "kubetune-operator"
 
+# Kueue (admission.backend: kueue): the API kubetune writes, the objects it owns and the labels Kueue's
+# batch/Job integration reads (sigs.k8s.io/kueue pkg/controller/constants).
+KUEUE_API_VERSION = "kueue.x-k8s.io/v1beta2"
+KUEUE_COHORT = "kubetune"
+KUEUE_LOCAL_QUEUE = "kubetune"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"
+FIELD_MANAGER_KUEUE = "kubetune-kueue"
+# On a Kueue object: the GPUQuota it was compiled from.
+LABEL_GPUQUOTA = "kubetune.io/gpuquota"
+
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # The metric a prometheus-adapter rule exposes per server pod (docs/serving.md, Autoscaling).

@@ -22,6 +22,7 @@ from kubetune_operator.builders.trainer_config import (
     output_root,
 )
 from kubetune_operator.core import names
+from kubetune_operator.core.queue.kueue import priority_class_name
 
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
@@ -216,14 +217,24 @@ def launch_args(ftj: FineTuneJob, job_name: str, service: str, rendezvous_port: 
 
 
 def build_training_job(ftj: FineTuneJob, inputs: RunInputs, image: str, rendezvous_port: int = 29500,
-                       gpu_type: str | None = None, rendered: RenderedConfig | None = None) -> Body:
-    """The Indexed Job of one attempt, created suspended: admission un-suspends the whole gang at once."""
+                       gpu_type: str | None = None, rendered: RenderedConfig | None = None,
+                       kueue: bool = False) -> Body:
+    """The Indexed Job of one attempt, created suspended: admission un-suspends the whole gang at once.
+
+    With `kueue`, the Job carries Kueue's queue-name label (LocalQueue `kubetune`) and, for a
+    `runPolicy.priority`, its WorkloadPriorityClass label, so Kueue's batch/Job integration admits it.
+    """
     rendered = rendered or build_trainer_config(ftj, inputs)
     name = ftj.metadata.name or ""
     res = ftj.spec.resources
     job_name = names.attempt_name(name, inputs.run, inputs.attempt)
     service = names.run_name(name, inputs.run)
     labels = names.child_labels(name, inputs.run, wellknown.COMPONENT_TRAIN, inputs.attempt)
+    job_labels = dict(labels)
+    if kueue:
+        job_labels[wellknown.KUEUE_QUEUE_LABEL] = wellknown.KUEUE_LOCAL_QUEUE
+        if ftj.spec.run_policy.priority is not None:
+            job_labels[wellknown.KUEUE_PRIORITY_CLASS_LABEL] = priority_class_name(ftj.spec.run_policy.priority)
     env = [
         *_downward_env(),
         {"name": "NCCL_DEBUG", "value": "WARN"},
@@ -246,7 +257,7 @@ def build_training_job(ftj: FineTuneJob, inputs: RunInputs, image: str, rendezvo
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(ftj, job_name, labels),
+        "metadata": _meta(ftj, job_name, job_labels),
         "spec": {
             "suspend": True,
             "completionMode": "Indexed",

@@ -26,6 +26,7 @@ from kubetune_operator.api.wellknown import COMPONENT_TRAIN, LABEL_COMPONENT, LA
 from kubetune_operator.builders.checks import check_spec, validation_problems
 from kubetune_operator.controllers import finetunejob_children as children
 from kubetune_operator.controllers.audit import sinks as audit_sinks
+from kubetune_operator.controllers.kueue import KueueAdmission, resolve_backend
 from kubetune_operator.controllers.queue import Admission, GPUQueue
 from kubetune_operator.core.conditions import merge_patch
 from kubetune_operator.core.finetunejob import lifecycle, validity
@@ -41,14 +42,19 @@ Body = dict[str, Any]
 class FineTuneJobController:
     """Converges FineTuneJobs; `reconcile` is safe to call any number of times, from any trigger."""
 
-    def __init__(self, cfg: OperatorSettings) -> None:
+    def __init__(self, cfg: OperatorSettings, backend: str = "builtin") -> None:
         self.cfg = cfg
         self.policy = lifecycle.Policy(retry_base_seconds=cfg.retry_base_seconds,
-                                       retry_max_seconds=cfg.retry_max_seconds)
+                                       retry_max_seconds=cfg.retry_max_seconds, gpu_type_label=cfg.gpu_type_label)
         self.locks = locks.ObjectLocks()
         self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds)
-        # The built-in admission backend; a changed verdict wakes the run's FineTuneJob at once.
-        self.admission: Admission = GPUQueue(cfg, lambda ns, name: self.wakeups.wake_at(ns, name, clock.now()))
+        # The admission backend (the built-in GPU queue, or Kueue); a changed verdict wakes the run's
+        # FineTuneJob at once.
+        def wake(ns: str, name: str) -> None:
+            self.wakeups.wake_at(ns, name, clock.now())
+
+        self.backend = backend
+        self.admission: Admission = KueueAdmission(cfg, wake) if backend == "kueue" else GPUQueue(cfg, wake)
         self.audit = audit_sinks(cfg)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -88,7 +94,7 @@ class FineTuneJobController:
         now = clock.now()
         plan = lifecycle.decide(ftj, observed, now, self.policy)
         try:
-            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
+            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue)
         except ApiException as e:
             if e.status == 409:  # a concurrent write; the next pass sees it
                 log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
@@ -101,9 +107,13 @@ class FineTuneJobController:
                 ftj, plan.status, "InvalidChild",
                 f"the API server rejected a child of this job: {kube.api_error_message(e)}; fix spec.pod "
                 "(or the field it names) and apply it: the spec change starts a new run", now, observed)
-            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port)
+            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue)
         self.write(body, raw_status, plan)
         return plan.next_wakeup
+
+    @property
+    def kueue(self) -> bool:
+        return self.backend == "kueue"
 
     def image(self, ftj: FineTuneJob) -> str:
         return ftj.spec.pod.image or self.cfg.trainer_image
@@ -143,9 +153,11 @@ _controller: FineTuneJobController | None = None
 def setup(cfg: OperatorSettings) -> FineTuneJobController:
     """Create the controller with the operator's settings and start its wakeups (called by main)."""
     global _controller
-    _controller = FineTuneJobController(cfg)
+    backend = resolve_backend(cfg)
+    log.info("admission backend: %s%s", backend, " (auto)" if cfg.admission_backend == "auto" else "")
+    _controller = FineTuneJobController(cfg, backend)
     _controller.wakeups.register()
-    if isinstance(_controller.admission, GPUQueue):
+    if isinstance(_controller.admission, GPUQueue | KueueAdmission):
         _controller.admission.register()
     return _controller
 

@@ -33,6 +33,7 @@ from kubetune_operator.builders.training import (
     build_training_job,
     build_validation_job,
 )
+from kubetune_operator.controllers import kueue_children as kio
 from kubetune_operator.core import names, references
 from kubetune_operator.core.children import job_state, live_pods
 from kubetune_operator.core.conditions import parse_time
@@ -122,8 +123,11 @@ def spec_manager(body: Body) -> str | None:
     return latest[1] if latest is not None else None
 
 
-def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int) -> None:
-    """Do `actions` in order. ApiException propagates (422: the server refused a child built from the spec)."""
+def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int, kueue: bool = False) -> None:
+    """Do `actions` in order. ApiException propagates (422: the server refused a child built from the spec).
+
+    With `kueue`, training Jobs carry Kueue's queue label and are suspended and resumed through their
+    Workload's `spec.active` (Kueue would un-suspend a Job whose Workload it admitted)."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
     rbac_done = False
     for action in actions:
@@ -140,10 +144,17 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             kube.apply(build_config_map(ftj, inputs, rendered))
             kube.apply(build_validation_job(ftj, inputs, image, rendered))
         elif isinstance(action, CreateAttempt):
-            create_attempt(ftj, action, image, rendezvous_port)
+            create_attempt(ftj, action, image, rendezvous_port, kueue)
         elif isinstance(action, CreatePrune):
             kube.apply(build_prune_job(ftj, list(action.versions), image))
         elif isinstance(action, SetSuspended):
+            if kueue and names.parse_attempt_name(action.job) is not None:
+                # Kueue starts and stops training Jobs; kubetune (de)activates their Workload, and its sync
+                # retries when Kueue has not made the Workload yet.
+                workload = kio.workload_of_job(ns, action.job)
+                if workload is not None:
+                    kio.set_active(workload, not action.suspend)
+                continue
             patch: Body = {"spec": {"suspend": action.suspend}}
             if action.release:
                 patch["metadata"] = {"annotations": {ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None}}
@@ -154,7 +165,8 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             raise TypeError(f"{name}: no I/O for action {action!r}")
 
 
-def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvous_port: int) -> None:
+def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvous_port: int,
+                   kueue: bool = False) -> None:
     """ConfigMap, headless Service and the suspended Indexed Job of one attempt."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
     inputs = RunInputs(run=action.run, version=action.version, attempt=action.attempt, resume=action.resume)
@@ -168,4 +180,4 @@ def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvo
                                                       "resume_from": rendered.config.resume_from})
     kube.apply(build_config_map(ftj, inputs, rendered))
     kube.apply(build_headless_service(ftj, action.run))
-    kube.apply(build_training_job(ftj, inputs, image, rendezvous_port, rendered=rendered))
+    kube.apply(build_training_job(ftj, inputs, image, rendezvous_port, rendered=rendered, kueue=kueue))

@@ -143,36 +143,43 @@ def publish_quotas(result: CycleResult, snapshot: Snapshot, now: datetime) -> No
         usage = result.quotas.get(str(gq.metadata.name))
         if usage is None:
             continue
-        old = gq.status
-        conditions = list(old.conditions)
-        if usage.conflict:
-            conditions = set_condition(conditions, "Active", False, "NamespaceConflict", usage.conflict,
-                                       gq.metadata.generation, now)
-        else:
-            selected = next((q.namespaces for q in snapshot.quotas if q.name == gq.metadata.name), frozenset())
-            conditions = set_condition(conditions, "Active", True, "Active",
-                                       f"admitting runs of {len(selected)} namespace(s): "
-                                       + (", ".join(sorted(selected)[:20]) or "none yet"), gq.metadata.generation, now)
-        admitted = {k: v for k, v in usage.admitted.items() if v}
-        new = GPUQuotaStatus.model_validate({
-            "conditions": [c.model_dump(by_alias=True) for c in conditions],
-            "observedGeneration": gq.metadata.generation,
-            "used": {k: v for k, v in used[str(gq.metadata.name)].items() if v},
-            "admitted": admitted, "borrowed": usage.borrowed,
-            "usedGPUs": sum(used[str(gq.metadata.name)].values()), "admittedGPUs": sum(admitted.values()),
-            "nominalGPUs": sum(usage.nominal.values()), "pendingJobCount": len(usage.pending),
-            "pendingJobs": [PendingJob(namespace=g.namespace, name=g.name, run=g.run, gpus=g.gpus, gpu_type=g.gpu_type,
-                                       priority=g.priority, position=v.position, reason=v.reason).model_dump(by_alias=True)
-                            for g, v in usage.pending[:50]],
-        })
-        before = old.model_dump(mode="json", by_alias=True, exclude_none=True)
-        after = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if before != after:
-            try:
-                kube.patch_status("GPUQuota", str(gq.metadata.name), None, merge_patch(before, after))
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+        selected = next((q.namespaces for q in snapshot.quotas if q.name == gq.metadata.name), frozenset())
+        active = (False, "NamespaceConflict", usage.conflict) if usage.conflict else (
+            True, "Active", f"admitting runs of {len(selected)} namespace(s): "
+            + (", ".join(sorted(selected)[:20]) or "none yet"))
+        write_quota_status(gq, active, now, used=used[str(gq.metadata.name)], admitted=usage.admitted,
+                           borrowed=usage.borrowed, nominal=usage.nominal,
+                           pending=[PendingJob(namespace=g.namespace, name=g.name, run=g.run, gpus=g.gpus,
+                                               gpu_type=g.gpu_type, priority=g.priority, position=v.position,
+                                               reason=v.reason) for g, v in usage.pending])
+
+
+def write_quota_status(gq: GPUQuota, active: tuple[bool, str, str], now: datetime, *, used: dict[str, int],
+                       admitted: dict[str, int], borrowed: dict[str, int], nominal: dict[str, int],
+                       pending: list[PendingJob]) -> None:
+    """Patch a GPUQuota's status (GPUs per type, the first 50 pending runs, the Active condition `active`:
+    status, reason, message) when it changed. Both admission backends write it."""
+    old = gq.status
+    conditions = set_condition(list(old.conditions), "Active", active[0], active[1], active[2],
+                               gq.metadata.generation, now)
+    admitted = {k: v for k, v in admitted.items() if v}
+    used = {k: v for k, v in used.items() if v}
+    new = GPUQuotaStatus.model_validate({
+        "conditions": [c.model_dump(by_alias=True) for c in conditions],
+        "observedGeneration": gq.metadata.generation,
+        "used": used, "admitted": admitted, "borrowed": {k: v for k, v in borrowed.items() if v},
+        "usedGPUs": sum(used.values()), "admittedGPUs": sum(admitted.values()),
+        "nominalGPUs": sum(nominal.values()), "pendingJobCount": len(pending),
+        "pendingJobs": [p.model_dump(by_alias=True) for p in pending[:50]],
+    })
+    before = old.model_dump(mode="json", by_alias=True, exclude_none=True)
+    after = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if before != after:
+        try:
+            kube.patch_status("GPUQuota", str(gq.metadata.name), None, merge_patch(before, after))
+        except ApiException as e:
+            if e.status != 404:
+                raise
 
 
 def record_metrics(result: CycleResult, snapshot: Snapshot) -> None:

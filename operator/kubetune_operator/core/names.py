@@ -9,6 +9,7 @@ Role and RoleBinding `j-progress`. The API caps job names at 45 characters so th
 from __future__ import annotations
 
 import hashlib
+import re
 
 from kubetune_operator.api.wellknown import (
     LABEL_ATTEMPT,
@@ -26,6 +27,15 @@ def run_name(job: str, run: int) -> str:
 
 def attempt_name(job: str, run: int, attempt: int) -> str:
     return f"{job}-r{run}-a{attempt}"
+
+
+def parse_attempt_name(name: str) -> tuple[str, int, int] | None:
+    """(job, run, attempt) from an attempt's name (`attempt_name`'s inverse); None for any other name."""
+    match = _ATTEMPT.match(name)
+    return (match[1], int(match[2]), int(match[3])) if match else None
+
+
+_ATTEMPT = re.compile(r"^(.+)-r(\d+)-a(\d+)$")
 
 
 def validate_name(job: str, run: int) -> str:

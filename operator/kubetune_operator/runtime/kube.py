@@ -39,12 +39,13 @@ def resource(api_version: str, kind: str) -> Any:
     return dynamic().resources.get(api_version=api_version, kind=kind)
 
 
-def apply(body: Body) -> Body:
-    """Server-side apply `body` as kubetune's field manager (idempotent; creates or updates)."""
+def apply(body: Body, field_manager: str = FIELD_MANAGER) -> Body:
+    """Server-side apply `body` as `field_manager` (kubetune's by default; idempotent: creates or updates)."""
     res = resource(body["apiVersion"], body["kind"])
     meta = body["metadata"]
     out = res.server_side_apply(
-        body=body, name=meta["name"], namespace=meta.get("namespace"), field_manager=FIELD_MANAGER, force_conflicts=True
+        body=body, name=meta["name"], namespace=meta.get("namespace"), field_manager=field_manager,
+        force_conflicts=True,
     )
     return dict(out.to_dict())
 

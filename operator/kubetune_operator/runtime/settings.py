@@ -57,6 +57,12 @@ class OperatorSettings(BaseSettings):
         "nvidia.com/gpu.product", min_length=1, max_length=317,
         description="Node label that names a node's GPU type (GPU feature discovery's, by default).",
     )
+    admission_backend: Literal["builtin", "kueue", "auto"] = Field(
+        "builtin",
+        description="Who admits GPU runs: kubetune's own queue (builtin), Kueue (kueue: GPUQuotas are compiled to "
+                    "ClusterQueues and Kueue admits the Jobs; docs/kueue.md), or kueue when Kueue's CRDs are "
+                    "installed and builtin otherwise (auto).",
+    )
     admission_no_quota: Literal["allow", "deny"] = Field(
         "allow", description="GPU runs in a namespace no GPUQuota selects: admitted against free GPUs (allow), "
                              "or kept waiting with reason NoQuota (deny).",

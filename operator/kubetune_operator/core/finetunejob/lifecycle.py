@@ -759,8 +759,12 @@ class _Pass:
     def admitted_now(self, run: int, job: Body) -> None:
         """The queue un-suspended the Job since the last pass: record the admission once."""
         current, ann = self.current, job["metadata"].get("annotations") or {}
-        gpus = int(ann.get(ANNOTATION_ADMITTED_GPUS) or 0)
-        gpu_type = ann.get(ANNOTATION_GPU_TYPE) or None
+        res = self.ftj.spec.resources
+        # The built-in queue records its grant on the Job; Kueue admits the whole gang and writes its
+        # flavor's node label into the pod template instead.
+        gpus = int(ann.get(ANNOTATION_ADMITTED_GPUS) or res.nodes * res.gpus_per_node)
+        selector = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+        gpu_type = ann.get(ANNOTATION_GPU_TYPE) or selector.get(self.policy.gpu_type_label) or None
         message = (f"admitted {gpus} GPUs of type {gpu_type or '(unlabelled)'}" if gpus
                    else "CPU run: no GPUs to reserve")
         if current.queued_at is not None:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.api.finetunejob import FineTuneJobStatus
+from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL
 from kubetune_operator.core.audit import AuditEvent
 from kubetune_operator.core.gang import Decision
 from kubetune_operator.core.references import Missing
@@ -27,6 +28,9 @@ class Policy:
 
     retry_base_seconds: float = 10.0
     retry_max_seconds: float = 600.0
+    # Node label naming the GPU type: where an admitted Job's type is read when no annotation records it
+    # (Kueue writes the flavor's node labels into the pod template's nodeSelector instead).
+    gpu_type_label: str = GPU_PRODUCT_LABEL
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,22 @@ def _share(quota: Quota | None, snap: _Snapshot) -> float:
     return max(ratios, default=0.0) / quota.weight
 
 
+def namespace_conflicts(quotas: list[Quota]) -> dict[str, str]:
+    """Quota name -> why it conflicts: a namespace selected by two quotas belongs to neither (both say so)."""
+    owner: dict[str, list[str]] = defaultdict(list)
+    for q in quotas:
+        for ns in q.namespaces:
+            owner[ns].append(q.name)
+    out: dict[str, str] = {}
+    for ns, names in sorted(owner.items()):
+        if len(names) > 1:
+            for name in names:
+                out.setdefault(name, f"namespace {ns} is selected by GPUQuotas {', '.join(names)}: a namespace "
+                                     "may belong to one quota; change spec.namespaces or "
+                                     "spec.namespaceSelector of all but one")
+    return out
+
+
 def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], quotas: list[Quota],
               now: datetime, settings: Settings = Settings()) -> CycleResult:
     """Admit, preempt and explain, in one pass. `pending` gangs wait (suspended Jobs); `admitted` hold GPUs."""
@@ -247,13 +263,8 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
         for ns in q.namespaces:
             owner[ns].append(q)
         result.quotas[q.name] = QuotaUsage(nominal=dict(q.nominal))
-    for ns, qs in owner.items():
-        if len(qs) > 1:
-            names = ", ".join(q.name for q in qs)
-            for q in qs:
-                result.quotas[q.name].conflict = (f"namespace {ns} is selected by GPUQuotas {names}: a namespace "
-                                                  "may belong to one quota; change spec.namespaces or "
-                                                  "spec.namespaceSelector of all but one")
+    for name, message in namespace_conflicts(quotas).items():
+        result.quotas[name].conflict = message
 
     def quota_of(ns: str) -> Quota | None:
         return _only(owner, ns)
