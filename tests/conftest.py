@@ -51,6 +51,20 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def kueue(local_cluster: Any) -> Iterator[Any]:
+    """Kueue running against the session's control plane (its CRDs applied, built from the pinned module
+    on first use; see docs/kueue-dev.md), stopped at the end of the session. Returns the LocalCluster.
+
+    A failed build or start is an error, never a skip: CI must go red.
+    """
+    local_cluster.start_kueue(timeout=180)
+    try:
+        yield local_cluster
+    finally:
+        local_cluster.stop_kueue()
+
+
+@pytest.fixture(scope="session")
 def cluster(local_cluster: Any) -> DevCluster:
     """The session's control plane, as tests reach it (kubeconfig, server, kubectl)."""
     from kubetune_operator.dev.cluster.cluster import kubectl_binary

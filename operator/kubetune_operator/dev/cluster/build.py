@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -32,8 +33,25 @@ def binary_path(component: Component, binary: str) -> Path:
     return component_dir(component) / "bin" / binary
 
 
+def module_files_dir(component: Component, name: str) -> Path:
+    """Where the files listed in `component.module_files[name]` are cached (e.g. Kueue's CRDs)."""
+    return component_dir(component) / name
+
+
+def _patches_stamp(component: Component) -> Path:
+    return component_dir(component) / "bin" / ".patches.json"
+
+
 def is_built(component: Component) -> bool:
-    return all(binary_path(component, b).is_file() for b in component.packages)
+    """Binaries present, with their module files and (for patched builds) the very patches asked for."""
+    if not all(binary_path(component, b).is_file() for b in component.packages):
+        return False
+    if not all(any(module_files_dir(component, name).glob("*")) for name in component.module_files):
+        return False
+    if component.patches:
+        stamp = _patches_stamp(component)
+        return stamp.is_file() and stamp.read_text() == json.dumps(component.patches)
+    return True
 
 
 def go_env() -> dict[str, str]:
@@ -109,8 +127,15 @@ def _build_locked(component: Component, say: Callable[[str], None]) -> float:
     cmd = ["go", "build", "-trimpath", "-ldflags", " ".join(component.ldflags), "-o", str(staging) + "/"]
     if component.tags:
         cmd += ["-tags", ",".join(component.tags)]
-    cmd += list(component.packages.values())
+    # A patched main package is built from a patched copy inside the wrapper module (go refuses
+    # `-overlay` for files in the module cache); its imports still resolve to the pinned module.
+    local = _copy_patched_packages(component, src, label) if component.patches else {}
+    cmd += [local.get(pkg, pkg) for pkg in component.packages.values()]
     _run_with_progress(cmd, src, f"{label}: go build", say)
+    if component.module_files:
+        _copy_module_files(component, _module_dir(component, src, label), label)
+    if component.patches:
+        _patches_stamp(component).write_text(json.dumps(component.patches))
     # Go names each binary after its package's last element; rename to what we call it.
     for binary, pkg in component.packages.items():
         produced = staging / pkg.rstrip("/").split("/")[-1]
@@ -126,10 +151,62 @@ def _build_locked(component: Component, say: Callable[[str], None]) -> float:
     return took
 
 
+def _module_dir(component: Component, src: Path, label: str) -> Path:
+    """The pinned module's source folder in the module cache (read-only)."""
+    out = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", component.module], cwd=src, env=go_env(),
+                         capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise BuildError(f"{label}: cannot find the module's source folder: {out.stderr.strip()}")
+    return Path(out.stdout.strip())
+
+
+def _copy_patched_packages(component: Component, src: Path, label: str) -> dict[str, str]:
+    """Copy each main package that a patch touches (its non-test .go files) from the pinned module into
+    the wrapper module, apply the patches there, and return {package path: local ./path to build}."""
+    module_dir = _module_dir(component, src, label)
+    local: dict[str, str] = {}
+    for i, (rel, old, new) in enumerate(component.patches):
+        rel_dir = Path(rel).parent.as_posix()
+        pkg = f"{component.module}/{rel_dir}"
+        if pkg not in component.packages.values():
+            raise BuildError(f"{label}: patch {i} touches {rel}, which is not a main package this build makes")
+        if pkg not in local:
+            dest = src / rel_dir
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            for f in sorted((module_dir / rel_dir).glob("*.go")):
+                if not f.name.endswith("_test.go"):
+                    shutil.copyfile(f, dest / f.name)  # plain copies: the module cache is read-only
+            local[pkg] = f"./{rel_dir}"
+        text = (src / rel).read_text()
+        if text.count(old) != 1:
+            raise BuildError(f"{label}: patch {i} expects {old!r} exactly once in {rel}, found "
+                             f"{text.count(old)}; the pinned version changed, so review the patch in pins.py")
+        (src / rel).write_text(text.replace(old, new))
+    return local
+
+
+def _copy_module_files(component: Component, module_dir: Path, label: str) -> None:
+    """Copy files of the module's own source (the version just built) into the component's cache dir."""
+    for name, pattern in component.module_files.items():
+        found = sorted(module_dir.glob(pattern))
+        if not found:
+            raise BuildError(f"{label}: no {pattern} in {module_dir}")
+        dest = module_files_dir(component, name)
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for f in found:
+            shutil.copyfile(f, partial / f.name)  # plain copies: the module cache is read-only
+        shutil.rmtree(dest, ignore_errors=True)
+        partial.replace(dest)
+
+
 def build_all(say: Callable[[str], None] = print, only: list[str] | None = None) -> float:
+    """Build `only` these components, or every one that is not built on demand (Kueue)."""
     total = 0.0
     for name, component in components().items():
-        if only is None or name in only:
+        if (only is None and not component.on_demand) or (only is not None and name in only):
             total += build(component, say)
     return total
 

@@ -32,11 +32,15 @@ def dev() -> None:
 
 
 @dev.command()
-def build() -> None:
+@click.option("--kueue", "with_kueue", is_flag=True, default=False,
+              help="Also build Kueue (otherwise built on demand by `dev up --with-kueue`).")
+def build(with_kueue: bool) -> None:
     """Build (or find cached) etcd, kube-apiserver, controller-manager, scheduler, kwok and helm."""
     start = time.monotonic()
     try:
         took = build_all(say=_say)
+        if with_kueue:
+            took += build_all(say=_say, only=["kueue"])
     except BuildError as e:
         raise click.ClickException(str(e)) from e
     _say(f"components ready ({took:.0f}s building, {time.monotonic() - start:.0f}s in all)")
@@ -54,12 +58,15 @@ def build() -> None:
 @click.option("--operator", "with_operator", is_flag=True, default=False,
               help="Also install the CRDs and run the operator as a process of this cluster, with the "
                    "Helm chart's ServiceAccount; `dev down` stops it (log under the state folder).")
+@click.option("--with-kueue", "with_kueue", is_flag=True, default=False,
+              help="Also run Kueue (built from its pinned module on first use) as a process of this "
+                   "cluster, with its CRDs; `dev down` stops it (see docs/kueue-dev.md).")
 def up(name: str, state_dir: Path | None, topology: str | None, timeout: float, local_node: bool,
-       with_operator: bool) -> None:
+       with_operator: bool, with_kueue: bool) -> None:
     """Start the cluster (building components first when their pins changed)."""
     cluster = LocalCluster(name, state_dir, say=_say)
     try:
-        state = cluster.up(load_topology(topology), timeout=timeout, local_node=local_node)
+        state = cluster.up(load_topology(topology), timeout=timeout, local_node=local_node, kueue=with_kueue)
     except (BuildError, ClusterError) as e:
         raise click.ClickException(str(e)) from e
     if with_operator:

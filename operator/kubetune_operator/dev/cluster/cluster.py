@@ -1,5 +1,6 @@
 """Start, stop and inspect a local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok,
-and optionally the local node (`kubetune_operator.dev.localnode`, node `local-0`) that runs pods as processes.
+and optionally the local node (`kubetune_operator.dev.localnode`, node `local-0`) that runs pods as processes
+and Kueue (`start_kueue`, docs/kueue-dev.md).
 
 Everything binds 127.0.0.1 on free ports, so several clusters run side by side; each cluster keeps
 its certificates, logs, etcd data, kubeconfig and the pids it started in one state folder. TLS is
@@ -27,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from kubetune_operator.dev.cluster import kueue as kq
 from kubetune_operator.dev.cluster import pki
-from kubetune_operator.dev.cluster.build import binary_path, build_all
-from kubetune_operator.dev.cluster.pins import components
+from kubetune_operator.dev.cluster.build import binary_path, build, build_all
+from kubetune_operator.dev.cluster.pins import KUEUE_METRICS_CERT_DIR_ENV, components
 from kubetune_operator.dev.cluster.topology import Topology, load_topology, node_manifests
 
 # helm is built on demand (chart tests, docs); a cluster needs only these.
@@ -58,6 +61,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (each socket stays bound until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def kubectl_binary() -> str:
@@ -97,6 +109,7 @@ class ClusterState:
     started_at: float = 0.0
     ready_seconds: float = 0.0
     local_node: bool = False
+    kueue_ports: dict[str, int] = field(default_factory=dict)  # webhook, metrics, health; empty: no Kueue
 
     @property
     def local_node_dir(self) -> Path:
@@ -138,20 +151,25 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ public verbs
 
-    def up(self, topology: Topology | None = None, timeout: float = 120.0, local_node: bool = False) -> ClusterState:
-        """Start the cluster; with `local_node`, also node `local-0`, which runs the pods bound to it."""
+    def up(self, topology: Topology | None = None, timeout: float = 120.0, local_node: bool = False,
+           kueue: bool = False) -> ClusterState:
+        """Start the cluster; with `local_node`, also node `local-0`, which runs the pods bound to it;
+        with `kueue`, also Kueue (built first when its pin changed)."""
         existing = ClusterState.load(self.root)
-        if existing and all(p.alive() for p in existing.processes):
+        # Kueue is optional: a Kueue that exited does not make the cluster "partly running".
+        if existing and all(p.alive() for p in existing.processes if p.name != kq.KUEUE_PROCESS):
             self.say(f"cluster {self.name!r} already running")
             if local_node and not existing.local_node:
                 self._start_local_node(existing, time.monotonic() + timeout)
+            if kueue:
+                return self.start_kueue(timeout)  # starts it, restarts it if it exited, or says it runs
             return existing
         if existing:
             self.say(f"cluster {self.name!r} was partly running: stopping it first")
             self.down()
 
         build_start = time.monotonic()
-        built = build_all(say=self.say, only=list(CLUSTER_COMPONENTS))
+        built = build_all(say=self.say, only=[*CLUSTER_COMPONENTS, *(["kueue"] if kueue else [])])
         if built:
             self.say(f"cold build took {time.monotonic() - build_start:.0f}s")
         start = time.monotonic()
@@ -165,6 +183,8 @@ class LocalCluster:
             self._start(state, topology or load_topology(None), deadline=start + timeout)
             if local_node:
                 self._start_local_node(state, deadline=start + timeout)
+            if kueue:
+                self._start_kueue(state, deadline=start + timeout)
         except BaseException:
             self.say(f"start failed: stopping what was started; logs are in {self.root}/logs")
             self._stop_processes(state)
@@ -189,7 +209,7 @@ class LocalCluster:
         if state is None:
             return {"name": self.name, "running": False}
         procs = {p.name: {"pid": p.pid, "alive": p.alive(), "log": p.log} for p in state.processes}
-        return {
+        info: dict[str, object] = {
             "name": self.name,
             "running": all(p["alive"] for p in procs.values()),
             "server": state.server,
@@ -197,6 +217,9 @@ class LocalCluster:
             "ready": self._readyz(state),
             "processes": procs,
         }
+        if state.kueue_ports:
+            info["kueue"] = {**state.kueue_ports, "config": str(self.root / "kueue" / "config.yaml")}
+        return info
 
     def state(self) -> ClusterState | None:
         return ClusterState.load(self.root)
@@ -341,7 +364,136 @@ class LocalCluster:
         self._start_local_node(state, time.monotonic() + timeout)
         return state
 
-    def _spawn(self, state: ClusterState, name: str, binary: str, args: list[str]) -> None:
+    # ------------------------------------------------------------------ Kueue
+
+    def start_kueue(self, timeout: float = 120.0) -> ClusterState:
+        """Start Kueue on this running cluster, building it first when its pin changed (a failed build
+        raises BuildError). Applies Kueue's CRDs, writes its Configuration, starts the process (stopped by
+        `down` or `stop_kueue` through its pid) and waits until its controllers run. See docs/kueue-dev.md."""
+        state = self.state()
+        if state is None:
+            raise ClusterError(f"cluster {self.name!r} is not running: start it with `kubetune dev up`")
+        others = [p for p in state.processes if p.name != kq.KUEUE_PROCESS]
+        if not others or not all(p.alive() for p in others):
+            raise ClusterError(f"cluster {self.name!r} is not (fully) running: `kubetune dev status --name "
+                               f"{self.name}` says which process stopped")
+        mine = [p for p in state.processes if p.name == kq.KUEUE_PROCESS]
+        if mine and all(p.alive() for p in mine):
+            self.say(f"kueue already running on cluster {self.name!r}")
+            return state
+        if mine:
+            self.say(f"kueue had exited (log: {mine[0].log}): starting it again")
+            self.stop_kueue()
+            state = self.state()
+            assert state is not None
+        build_start = time.monotonic()
+        if build(components()["kueue"], say=self.say):
+            self.say(f"kueue cold build took {time.monotonic() - build_start:.0f}s")
+        try:
+            self._start_kueue(state, time.monotonic() + timeout)
+        except BaseException:
+            self.say(f"kueue did not start: stopping it; its log is {self.root}/logs/kueue.log")
+            self.stop_kueue()
+            raise
+        return state
+
+    def stop_kueue(self) -> bool:
+        """Stop the Kueue process by pid (SIGTERM, SIGKILL after 30 s). Its CRDs and objects stay; a later
+        `start_kueue` picks them up. Returns whether a Kueue process was known."""
+        state = self.state()
+        if state is None:
+            return False
+        mine = [p for p in state.processes if p.name == kq.KUEUE_PROCESS]
+        for p in mine:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while p.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, 0 if not p.alive() else os.WNOHANG)
+            state.processes.remove(p)
+        state.kueue_ports = {}
+        state.save()
+        return bool(mine)
+
+    def _start_kueue(self, state: ClusterState, deadline: float) -> None:
+        component = components()["kueue"]
+        pki_dir, kdir = self.root / "pki", self.root / "kueue"
+        if not (pki_dir / "kueue.crt").exists():
+            raise ClusterError(f"cluster {self.name!r} was created without Kueue's certificate: recreate it "
+                               "(`kubetune dev down`, then `kubetune dev up --with-kueue`)")
+        # controller-runtime's webhook server and Kueue's metrics server both want tls.crt/tls.key.
+        certs = kdir / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pki_dir / "kueue.crt", certs / "tls.crt")
+        shutil.copyfile(pki_dir / "kueue.key", certs / "tls.key")
+        (certs / "tls.key").chmod(0o600)
+
+        crds = kq.crd_manifests(component)
+        for crd in crds:
+            self._server_side_apply(state, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        names = [crd["metadata"]["name"] for crd in crds]
+        self._wait(lambda: self._crds_established(state, names), deadline, "Kueue CRDs Established", state)
+        try:
+            self._api(state, "POST", "/api/v1/namespaces", {"metadata": {"name": kq.KUEUE_NAMESPACE}})
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise ClusterError(f"creating namespace {kq.KUEUE_NAMESPACE}: {e.read().decode()}") from e
+
+        ports = kq.KueuePorts(*free_ports(3))
+        config = kdir / "config.yaml"
+        config.write_text(yaml.safe_dump(kq.configuration(ports, certs), sort_keys=False))
+        log = self.root / "logs" / f"{kq.KUEUE_PROCESS}.log"
+        log_from = log.stat().st_size if log.exists() else 0  # the log is appended to across restarts
+        self._spawn(state, kq.KUEUE_PROCESS, str(binary_path(component, "kueue")),
+                    [f"--config={config}", f"--kubeconfig={state.kubeconfig}"],
+                    env={KUEUE_METRICS_CERT_DIR_ENV: str(certs)})
+        state.kueue_ports = asdict(ports)
+        state.save()
+        self._wait(lambda: self._kueue_ready(state, ports, log, log_from), deadline,
+                   f"kueue /readyz, its metrics, and the workers of {', '.join(kq.KUEUE_CONTROLLERS)}", state)
+        self.say(f"kueue {component.version} ready (config {config})")
+
+    def _crds_established(self, state: ClusterState, names: list[str]) -> bool:
+        for name in names:
+            crd = self._api(state, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            assert isinstance(crd, dict)
+            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            if conds.get("Established") != "True":
+                return False
+        return True
+
+    def _kueue_ready(self, state: ClusterState, ports: kq.KueuePorts, log: Path, log_from: int) -> bool:
+        """/healthz and /readyz (the webhook server listens) on the probe port; the metrics server
+        answers over TLS (cluster CA) with the admin token (it authenticates and authorizes through the
+        apiserver); and every controller of `kq.KUEUE_CONTROLLERS` has started its workers."""
+        for path in ("healthz", "readyz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports.health}/{path}", timeout=2) as r:
+                if r.status != 200:
+                    return False
+        req = urllib.request.Request(f"https://127.0.0.1:{ports.metrics}/metrics",
+                                     headers={"Authorization": f"Bearer {state.token}"})
+        with urllib.request.urlopen(req, context=self._ssl_context(), timeout=5) as r:
+            if r.status != 200:
+                return False
+        with log.open("rb") as f:
+            f.seek(log_from)
+            return not kq.controllers_not_running(f.read().decode(errors="replace"))
+
+    def _server_side_apply(self, state: ClusterState, collection: str, obj: dict[str, Any]) -> None:
+        path = f"{collection}/{obj['metadata']['name']}?fieldManager=kubetune-dev&force=true"
+        try:
+            self._api(state, "PATCH", path, obj, content_type="application/apply-patch+yaml", timeout=60)
+        except urllib.error.HTTPError as e:
+            raise ClusterError(f"applying {obj['kind']} {obj['metadata']['name']}: {e.read().decode()[:2000]}") from e
+
+    def _spawn(self, state: ClusterState, name: str, binary: str, args: list[str],
+               env: dict[str, str] | None = None) -> None:
         if not Path(binary).exists():
             raise ClusterError(f"{name}: binary {binary} missing; run `kubetune dev build`")
         log = self.root / "logs" / f"{name}.log"
@@ -349,6 +501,7 @@ class LocalCluster:
             proc = subprocess.Popen(
                 [binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives the CLI; stopped by `down` through its pid
+                env=None if env is None else {**os.environ, **env},
             )
         state.processes.append(Process(name=name, pid=proc.pid, binary=binary, log=str(log)))
         state.save()
@@ -376,13 +529,14 @@ class LocalCluster:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _api(self, state: ClusterState, method: str, path: str, body: object | None = None) -> object:
+    def _api(self, state: ClusterState, method: str, path: str, body: object | None = None,
+             content_type: str = "application/json", timeout: float = 10) -> object:
         req = urllib.request.Request(
             f"{state.server}{path}", method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {state.token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {state.token}", "Content-Type": content_type},
         )
-        with urllib.request.urlopen(req, context=self._ssl_context(), timeout=10) as r:
+        with urllib.request.urlopen(req, context=self._ssl_context(), timeout=timeout) as r:
             return json.loads(r.read() or b"null")
 
     def _create_nodes(self, state: ClusterState, topology: Topology) -> None:

@@ -12,6 +12,10 @@ KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.14"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+# Kueue (optional admission backend): built only when asked for (`dev up --with-kueue`, `dev build --kueue`).
+# v0.17.0's go.mod has no replace directives and declares `go 1.25.0` and no godebug line, so the wrapper
+# needs no replaces and keeps `go 1.25.0` (the GODEBUG defaults upstream's own build gets).
+KUEUE_VERSION = "v0.17.0"
 
 # The staging modules of k8s.io/kubernetes v1.36: each is `require … v0.0.0` + a local replace
 # upstream, so a wrapper module must replace every one of them with its published tag
@@ -38,6 +42,15 @@ class Component:
     replaces: dict[str, str] = field(default_factory=dict)
     ldflags: tuple[str, ...] = ("-s", "-w")
     tags: tuple[str, ...] = ()
+    # Files of the module's source copied next to the binaries at build time, so they are cached with
+    # exactly the version they belong to: destination folder (under the component's cache dir) -> glob
+    # relative to the module's root (e.g. Kueue's CRDs).
+    module_files: dict[str, str] = field(default_factory=dict)
+    # Not built by a plain `kubetune dev build` / `dev up`; only when a feature asks for it.
+    on_demand: bool = False
+    # Build-time source patches of main packages, built from a patched copy in the wrapper module:
+    # (file relative to the module root, exact text that must occur once, replacement).
+    patches: tuple[tuple[str, str, str], ...] = ()
 
     def go_mod(self) -> str:
         lines = [f"module local.kubetune/{self.name}", "", f"go {self.go_directive}", ""]
@@ -83,8 +96,35 @@ def _kubernetes() -> Component:
     )
 
 
+# Kueue v0.17.0 reads its metrics-server certificate from the fixed path /etc/kueue/metrics/certs
+# whenever `internalCertManagement` is off, and exits when it is missing (cmd/kueue/main.go). A local
+# process cannot rely on writing /etc, so the build lets an environment variable name that folder; the
+# default path stays upstream's. If an upgrade changes that line, the build fails and says so.
+KUEUE_METRICS_CERT_DIR_ENV = "KUBETUNE_KUEUE_METRICS_CERT_DIR"
+_KUEUE_METRICS_CERT_LINE = 'metricsCertPath := "/etc/kueue/metrics/certs"'
+
+
+def _kueue() -> Component:
+    return Component(
+        name="kueue",
+        version=KUEUE_VERSION,
+        module="sigs.k8s.io/kueue",
+        packages={"kueue": "sigs.k8s.io/kueue/cmd/kueue"},
+        go_directive="1.25.0",
+        # Upstream's Makefile sets these; without them the log says gitVersion v0.0.0-main.
+        ldflags=("-s", "-w", f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}"),
+        module_files={"crds": "config/components/crd/bases/*.yaml"},
+        on_demand=True,
+        patches=((
+            "cmd/kueue/main.go", _KUEUE_METRICS_CERT_LINE,
+            f'{_KUEUE_METRICS_CERT_LINE}; if d := os.Getenv("{KUEUE_METRICS_CERT_DIR_ENV}"); d != "" '
+            "{ metricsCertPath = d }",
+        ),),
+    )
+
+
 def components() -> dict[str, Component]:
-    """Every component `kubetune dev` needs, in build order (smallest first)."""
+    """Every component `kubetune dev` knows, in build order (smallest first; on-demand ones last)."""
     return {
         "etcd": Component(
             name="etcd",
@@ -106,4 +146,5 @@ def components() -> dict[str, Component]:
             module="helm.sh/helm/v3",
             packages={"helm": "helm.sh/helm/v3/cmd/helm"},
         ),
+        "kueue": _kueue(),
     }
