@@ -42,7 +42,7 @@ SUMMARY = {
     "passed": True, "message": "21 usable rows; all quality checks passed",
 }
 MANIFEST = {
-    "schemaVersion": 1, "jobName": "bot", "run": 2, "attempt": 1, "version": 3, "versionName": "bot-v3",
+    "schemaVersion": 1, "jobName": "bot", "run": 2, "attempt": 1, "trigger": "Schedule", "version": 3, "versionName": "bot-v3",
     "objective": "", "task": "instruction", "method": "lora", "baseModel": "/models/base", "baseModelGgufFile": None,
     "baseModelShape": {"model_type": "llama", "hidden_size": 64}, "baseModelDigest": "sampled-sha256:00",
     "teacher": None, "adapter": True, "format": "adapter", "labels": [], "metrics": {"loss": 1.5, "perplexity": 4.48},

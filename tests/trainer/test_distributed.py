@@ -1,7 +1,9 @@
-"""Two processes under torchrun with gloo: DDP, DeepSpeed ZeRO-2 and ZeRO-3 really train and save."""
+"""Two processes under torchrun with gloo: DDP, DeepSpeed ZeRO-2 and ZeRO-3 and FSDP really train and save,
+and every rank leaves the process group only once rank 0 has published."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -13,6 +15,19 @@ from kubetune_trainer.data.synthetic import codeword_instructions, write_jsonl
 from tests.trainer.conftest import make_config, read_manifest, run_torchrun, write_config
 
 pytestmark = pytest.mark.training
+
+
+def assert_every_rank_left_after_rank_0_published(stderr: str) -> None:
+    """No rank ends while rank 0 still publishes: each one leaves the process group after rank 0 said
+    "version published" (the workers share torchrun's stderr, so the lines are in time order)."""
+    said = []
+    for line in stderr.splitlines():
+        with contextlib.suppress(ValueError):
+            said.append(json.loads(line))
+    messages = [(e.get("message"), e.get("rank")) for e in said if isinstance(e, dict)]
+    published = messages.index(("version published", 0))
+    left = {rank: i for i, (message, rank) in enumerate(messages) if message == "left the process group"}
+    assert sorted(left) == [0, 1] and min(left.values()) > published, stderr[-5000:]
 
 
 @pytest.mark.parametrize(
@@ -33,6 +48,7 @@ def test_two_process_instruction_tuning(tmp_path: Path, tiny_lm: Path, strategy:
                       output={"root": str(tmp_path / "out"), "checkpoints": {"everySteps": 3, "keep": 1}})
     proc = run_torchrun(2, "train", "--config", str(write_config(tmp_path / "c.json", cfg)))
     assert proc.returncode == EXIT_OK, proc.stderr[-5000:]
+    assert_every_rank_left_after_rank_0_published(proc.stderr)
 
     version = tmp_path / "out" / "tiny" / "versions" / "1"
     m = read_manifest(version)
@@ -61,6 +77,7 @@ def test_two_process_fsdp_on_cpu_shards_trains_and_publishes_a_loadable_model(tm
     proc = run_torchrun(2, "train", "--config", str(write_config(tmp_path / "c.json", cfg)))
     assert proc.returncode == EXIT_OK, proc.stderr[-5000:]
     assert "FSDP2 on CPU over gloo" in proc.stderr
+    assert_every_rank_left_after_rank_0_published(proc.stderr)
 
     # The checkpoint was written by accelerate's FSDP path (plain DDP would leave optimizer.pt).
     checkpoint = tmp_path / "out" / "tiny" / "runs" / "1" / "checkpoints" / "checkpoint-4"

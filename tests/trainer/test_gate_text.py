@@ -70,3 +70,10 @@ def test_the_model_card_uses_the_same_words_for_both_manifest_spellings() -> Non
     none = _manifest({"metric": None, "atLeast": None, "atMost": None}, {}, True)
     assert "No evaluation gate: every version passes." in render_model_card(VersionManifest.model_validate(none), "")
     assert gate_from_manifest(none["gate"]) is None  # type: ignore[arg-type]
+
+
+def test_model_card_says_what_started_the_run() -> None:
+    manifest = _manifest({"metric": None, "atLeast": None, "atMost": None}, {}, True)
+    card = render_model_card(VersionManifest.model_validate({**manifest, "trigger": "DataChange"}), "")
+    assert "; started by a change of its training data (spec.retrain.onDataChange))" in card
+    assert "started by" not in render_model_card(VersionManifest.model_validate(manifest), "")

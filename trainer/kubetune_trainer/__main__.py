@@ -15,12 +15,9 @@ contract/results.py's: a VersionSummary after `train`, a DataQualitySummary from
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 from pydantic import ValidationError
 
@@ -28,7 +25,8 @@ from kubetune_trainer.contract.config import EXIT_OK, EXIT_PREEMPTED, TrainerCon
 from kubetune_trainer.errors import ConfigError, write_termination_message
 from kubetune_trainer.launcher import add_arguments as add_launch_arguments
 from kubetune_trainer.launcher import record_exit, under_launcher
-from kubetune_trainer.log_setup import get_logger, json_formatter, route_library_logs, setup_logging
+from kubetune_trainer.log_setup import get_logger, route_library_logs, setup_logging
+from kubetune_trainer.train.stages import STARTING, exit_on_sigterm
 
 log = get_logger("cli")
 
@@ -141,21 +139,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm_before_training(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM while still importing and reading the config: nothing to checkpoint, leave as preempted.
-
-    run_training() replaces this handler with the checkpointing one (train/preemption.py) before loading
-    data and model. No exit record is written: a launcher that was itself stopped maps it to 42; one
-    whose torchrun stopped this worker because another one failed keeps that failure.
-
-    The JSON line is written with os.write, not through logging: a handler's lock may be held by the
-    code the signal interrupted."""
-    record = logging.LogRecord(log.name, logging.WARNING, __file__, 0, "SIGTERM before training started: nothing "
-                               f"to checkpoint, exiting {EXIT_PREEMPTED}", None, None)
-    os.write(2, (json_formatter().format(record) + "\n").encode())
-    os._exit(EXIT_PREEMPTED)
-
-
 def report_exit(code: int, message: str) -> None:
     """Under `launch`, record the code and message for the launcher; otherwise write the termination log."""
     if under_launcher():
@@ -169,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parser().parse_args(argv)
     if args.command == "train":
-        signal.signal(signal.SIGTERM, _sigterm_before_training)
+        # SIGTERM while still importing and reading the config: nothing to checkpoint, exit 42 at once.
+        # run_training() replaces this handler with the checkpointing one (train/preemption.py) before
+        # loading data and model, and that one, once training is over, with the one naming the stage.
+        exit_on_sigterm(STARTING)
     if args.command in ("train", "validate-data"):
         # The first line at once: importing torch, transformers and datasets takes seconds to minutes.
         log.info(f"kubetune-train {args.command} --config {args.config}: importing torch and transformers")

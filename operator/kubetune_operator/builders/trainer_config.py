@@ -35,6 +35,7 @@ class RunInputs:
     version: int
     attempt: int = 1
     resume: bool = False  # attempts after a failure resume from the run's newest checkpoint
+    trigger: str | None = None  # what started the run (status.currentRun.trigger)
 
 
 @dataclass
@@ -108,6 +109,7 @@ def build_trainer_config(ftj: FineTuneJob, inputs: RunInputs) -> RenderedConfig:
         "attempt": inputs.attempt,
         "resumeFrom": checkpoints_dir(root, name, inputs.run) if inputs.resume else None,
         "objective": spec.objective,
+        "trigger": inputs.trigger,
         "task": spec.task,
         "labels": list(spec.labels),
         "baseModel": _model_source(spec.base_model, storage),

@@ -139,7 +139,7 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
                 kube.apply(build_progress_role_binding(ftj))
                 rbac_done = True
         elif isinstance(action, CreateValidation):
-            inputs = RunInputs(run=action.run, version=action.version, attempt=1, resume=False)
+            inputs = RunInputs(run=action.run, version=action.version, attempt=1, resume=False, trigger=action.trigger)
             rendered = build_trainer_config(ftj, inputs)
             kube.apply(build_config_map(ftj, inputs, rendered))
             kube.apply(build_validation_job(ftj, inputs, image, rendered))
@@ -169,7 +169,8 @@ def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvo
                    kueue: bool = False) -> None:
     """ConfigMap, headless Service and the suspended Indexed Job of one attempt."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
-    inputs = RunInputs(run=action.run, version=action.version, attempt=action.attempt, resume=action.resume)
+    inputs = RunInputs(run=action.run, version=action.version, attempt=action.attempt, resume=action.resume,
+                       trigger=action.trigger)
     rendered = build_trainer_config(ftj, inputs)
     first = kube.get("v1", "ConfigMap", names.attempt_name(name, action.run, 1), ns)
     if action.attempt > 1 and first is not None:

@@ -371,6 +371,10 @@ class TrainerConfig(SpecModel):
         ),
     )
     objective: str = Field("", max_length=4096, description="Free text, copied into the model card.")
+    trigger: Literal["Create", "Schedule", "SpecChange", "Manual", "DataChange"] | None = Field(
+        None, description="What started the run (FineTuneJob status.currentRun.trigger); in manifest.json and the "
+                          "model card.",
+    )
     task: Task
     labels: list[str] = Field(default_factory=list, description="Class labels (task classification).")
     base_model: ModelSource

@@ -184,6 +184,8 @@ class VersionManifest(WireModel):
     job_name: str = Field(description="The FineTuneJob.")
     run: int | None = None
     attempt: int | None = Field(None, description="Attempt of the run that published it (1 + retries).")
+    trigger: str | None = Field(None, description="What started the run: Create, Schedule, SpecChange, Manual or "
+                                                  "DataChange (null for versions published before it was recorded).")
     version: int | str = Field(description="Version number (`<job>-v<N>`); older manifests may hold a name.")
     version_name: str | None = Field(None, description="`<job>-v<version>`.")
     objective: str = ""

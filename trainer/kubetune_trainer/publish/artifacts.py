@@ -136,6 +136,7 @@ def build_manifest(config: TrainerConfig, *, adapter: bool, metrics: dict[str, f
         job_name=config.job_name,
         run=config.run,
         attempt=config.attempt,
+        trigger=config.trigger,
         version=config.version,
         version_name=f"{config.job_name}-v{config.version}",
         objective=config.objective,
@@ -172,7 +173,10 @@ def build_manifest(config: TrainerConfig, *, adapter: bool, metrics: dict[str, f
 def publish_version(trainer: Any, tokenizer: Any, config: TrainerConfig, *, metrics: dict[str, float],
                     data_digest: str, strategy: dict[str, Any], data_counts: dict[str, int],
                     training: dict[str, Any]) -> Path | None:
-    """Every rank calls this (ZeRO-3 gathers weights collectively); rank 0 writes and returns the path."""
+    """Every rank calls this (ZeRO-3 gathers weights collectively); rank 0 writes and returns the path.
+
+    The other ranks return None once the weights are saved; run_training keeps them until rank 0 is
+    done (training.leave_process_group), so that no rank ends while another still publishes."""
     staging = staging_dir(config)
     if trainer.is_world_process_zero() and staging.exists():
         shutil.rmtree(staging)

@@ -9,6 +9,11 @@ from typing import Any
 from kubetune_trainer.contract.gates import gate_from_manifest, gate_verdict
 from kubetune_trainer.contract.results import VersionManifest
 
+# The run's trigger (FineTuneJob status.currentRun.trigger) in words.
+_TRIGGERS = {"Create": "the job's creation", "Schedule": "its schedule (spec.schedule)",
+             "SpecChange": "a spec change", "Manual": "an on-demand request (kubetune.io/retrain)",
+             "DataChange": "a change of its training data (spec.retrain.onDataChange)"}
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -43,7 +48,7 @@ tags: [kubetune, {m.task}, {m.method}]
 
 | | |
 | --- | --- |
-| job | `{m.job_name}` (run {m.run}, version {m.version}) |
+| job | `{m.job_name}` (run {m.run}, version {m.version}{f"; started by {_TRIGGERS.get(m.trigger, m.trigger)}" if m.trigger else ""}) |
 | task | {m.task} |
 | method | {m.method} ({m.format}) |
 | base model | `{m.base_model}` |

@@ -4,6 +4,10 @@ Kubernetes sends SIGTERM to every container and waits terminationGracePeriodSeco
 SIGKILL; under torchrun the agent forwards it to every rank. Ranks may see it at different steps,
 so at each step end the flag is max-reduced across ranks: they all stop after the same step, and
 the Trainer's regular save path writes a consistent (ZeRO-sharded if need be) checkpoint.
+
+The handler is in force from loading data to the end of training (run_training installs it). It is
+not restored to the one before when training ends: that one says "before training started". After
+training, run_training installs the handler of the stage (train/stages.py: exit 42 at once).
 """
 
 from __future__ import annotations
@@ -23,15 +27,9 @@ class PreemptionCallback(TrainerCallback):
     def __init__(self) -> None:
         self.requested = False
         self.preempted_at: int | None = None
-        self._previous: Any = None
 
     def install(self) -> None:
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:

@@ -3,13 +3,15 @@
 Data → quality gate → augmentation → tokenisation → TrainingArguments (strategy) → model and
 method → transformers Trainer (DistillationTrainer with a teacher) → resume from the newest
 complete checkpoint → train → evaluate → publish the version. Every rank runs this; rank 0
-alone reports progress and writes the version's files.
+alone reports progress and writes the version's files. At the end every rank leaves the process
+group together (leave_process_group).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,7 @@ from kubetune_trainer.data.records import Record
 from kubetune_trainer.data.sources import load_source
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.log_setup import get_logger
-from kubetune_trainer.train.stages import announce
+from kubetune_trainer.train.stages import announce, exit_on_sigterm
 from kubetune_trainer.train.strategy import StrategyChoice, choose_strategy, deepspeed_config, fsdp_arguments
 
 log = get_logger(__name__)
@@ -159,6 +161,44 @@ def final_metrics(trainer: Any, config: TrainerConfig, has_eval: bool) -> dict[s
     return metrics
 
 
+RANK0_DONE_KEY = "kubetune/rank0-done"
+RANK0_POLL_SECONDS = 0.5
+
+
+def leave_process_group(poll_seconds: float = RANK0_POLL_SECONDS) -> None:
+    """Every rank, after its last collective: wait until rank 0 is done, meet at a barrier, destroy the group.
+
+    Rank 0 publishes alone after the last collective (publish_version). The other ranks used to
+    return at once and tear their interpreter down while gloo's worker threads could still be
+    releasing the tensors of the last collectives (a worker frees a finished work after the waiting
+    rank has moved on). Freeing a tensor Python also owns takes the GIL, and CPython 3.11 ends a
+    thread that asks for the GIL during finalization with pthread_exit, whose unwinding through that
+    C++ destructor calls std::terminate: "terminate called without an active exception", SIGABRT,
+    and torchrun then SIGTERMs every other rank. Destroying the group does not join those threads
+    here (DeepSpeed, imported after init_process_group, keeps the group as a default argument), so
+    what counts is that no rank ends right after a collective: the others wait for rank 0 with the
+    GIL free, then all ranks meet at a barrier, which holds no Python tensors, and destroy the group
+    (for NCCL this also stops its watchdog threads).
+
+    The others poll the store (check and sleep) rather than wait in a collective or store.wait: a
+    SIGTERM must reach their handler while they wait (Python runs handlers between bytecodes, never
+    inside a blocking C++ call), and rank 0's part (merging a large adapter, hashing the files) may
+    take longer than a collective's timeout. If rank 0 fails instead, torchrun stops them."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    store = dist.distributed_c10d._get_default_store()
+    if dist.get_rank() == 0:
+        store.set(RANK0_DONE_KEY, "1")
+    else:
+        while not store.check([RANK0_DONE_KEY]):
+            time.sleep(poll_seconds)
+    dist.barrier()
+    dist.destroy_process_group()
+    log.info("left the process group")
+
+
 def run_training(config: TrainerConfig) -> int:
     """Train, evaluate and publish; returns the process exit code (EXIT_OK or EXIT_PREEMPTED)."""
     from datasets import Dataset
@@ -257,6 +297,8 @@ def run_training(config: TrainerConfig) -> int:
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except Exception as e:
+        # Failing: no step will end, so the checkpointing handler could not act on a SIGTERM any more.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if resume is not None and not guard.stepped and rank == 0:
             # Loading it failed: a deterministic failure. The next attempt resumes from the one before.
             mark_unloadable(resume, f"attempt {config.attempt} failed to load it: {type(e).__name__}: {e}")
@@ -264,13 +306,17 @@ def run_training(config: TrainerConfig) -> int:
                       "from the one before it", extra={"checkpoint": str(resume), "error": str(e)})
         raise
     finally:
-        preemption.uninstall()
         progress.close()
     if preemption.preempted_at is not None:
+        # The checkpointing handler stays: a second SIGTERM changes nothing, every rank exits 42.
         log.warning("preempted: checkpoint saved, exiting", extra={"step": preemption.preempted_at,
                                                                   "exit_code": EXIT_PREEMPTED})
+        leave_process_group()
         return EXIT_PREEMPTED
 
+    # Training is over: no step will end to act on a SIGTERM. The handler naming the stage replaces the
+    # checkpointing one directly (restoring the one before would say "before training started").
+    exit_on_sigterm("evaluating")
     announce("evaluating", validation_examples=len(data.validation))
     metrics = final_metrics(trainer, config, has_eval)
     gate = config.evaluation.gate
@@ -288,10 +334,12 @@ def run_training(config: TrainerConfig) -> int:
     }
     if teacher is not None and getattr(trainer, "last_kl", None) is not None:
         training["lastDistillationKl"] = trainer.last_kl
+    exit_on_sigterm("publishing")
     announce("publishing", version=f"{config.job_name}-v{config.version}")
     path = publish_version(trainer, tokenizer, config, metrics=metrics, data_digest=data.digest,
                            strategy=choice.to_manifest(), data_counts=data.counts, training=training)
     if path is not None:
         metrics_cb.write_textfile()
         log.info("version published", extra={"path": str(path), "metrics": metrics})
+    leave_process_group()  # the other ranks wait here until rank 0 has published
     return EXIT_OK

@@ -628,7 +628,7 @@ class _Pass:
             if self.run_jobs(run, COMPONENT_TRAIN):
                 return True  # validated earlier; its Job was cleaned up
             self.act(EnsureRBAC())
-            self.act(CreateValidation(run, self.next_version()))
+            self.act(CreateValidation(run, self.next_version(), self.current.trigger or "Create"))
             self.st.phase = "Validating"
             self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
             self.event("ValidatingData", f"run {run}: checking the training data against the quality gate")
@@ -723,7 +723,7 @@ class _Pass:
 
     def create_attempt(self, run: int, attempt: int, resume: bool) -> None:
         self.act(EnsureRBAC())
-        self.act(CreateAttempt(run, attempt, self.next_version(), resume))
+        self.act(CreateAttempt(run, attempt, self.next_version(), resume, self.current.trigger or "Create"))
         self.current.attempts = attempt
         self.current.job_name = names.attempt_name(self.name, run, attempt)
         if attempt == 1:  # retries keep the first attempt's config, so its base model is the run's

@@ -65,6 +65,7 @@ class EnsureRBAC:
 class CreateValidation:
     run: int
     version: int
+    trigger: str | None = None  # what started the run, for the trainer's manifest and model card
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class CreateAttempt:
     attempt: int
     version: int
     resume: bool
+    trigger: str | None = None
 
 
 @dataclass(frozen=True)
