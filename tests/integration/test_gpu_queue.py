@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.ftj_support import (
     H100,
+    HOLD,
     apply,
     condition,
     create_data,
@@ -218,3 +219,63 @@ def pass_validation_all(cluster: DevCluster, namespace: str) -> None:
     report = {"rows": 20, "duplicates": 0, "empty": 0, "invalid": 0, "passed": True, "message": "ok"}
     finish_pods(cluster, namespace, "kubetune.io/component=validate-data", "Succeeded", count=60,
                 message=json.dumps(report))
+
+
+def _other_gpu_pod(cluster: DevCluster, ns: str, name: str, node: str, gpus: int) -> None:
+    """A pod kubetune did not admit (a notebook, another team's job) holding `gpus` on `node`."""
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": HOLD},
+        "spec": {"nodeName": node, "restartPolicy": "Never",
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                 "containers": [{"name": "c", "image": "busybox",
+                                 "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}}))
+
+
+def test_enough_gpus_in_total_but_no_node_that_fits_a_pod_waits_with_that_reason(
+        cluster: DevCluster, namespace: str, operator: Any) -> None:
+    """Fragmentation: other pods hold 4 of the 8 H100 on every node, so 16 are free in total, but a pod
+    of 8 fits nowhere; freeing one node admits the run."""
+    for i in range(4):
+        _other_gpu_pod(cluster, namespace, f"notebook-{i}", f"kwok-h100-{i}", 4)
+    try:
+        _fragmented(cluster, namespace)
+    finally:
+        cluster.kubectl("delete", "pods", "-n", namespace, "-l", "!kubetune.io/finetunejob", "--grace-period=0",
+                        "--force", check=False)
+
+
+def _fragmented(cluster: DevCluster, namespace: str) -> None:
+    create_data(cluster, namespace)
+    to_queue(cluster, namespace, "whole", resources=WHOLE_NODE)
+    st = eventually(lambda: (s := status(cluster, namespace, "whole")).get("phase") == "Queued"
+                    and condition(s, "Admitted").get("reason") == "NoNodeFits" and s, timeout=30,
+                    what="the run waits: no node fits")
+    assert "16 are free in total but no 1 node(s) have 8 free each" in st["currentRun"]["waitReason"]
+    cluster.kubectl("delete", "pod", "notebook-2", "-n", namespace, "--grace-period=0", "--force")
+    st = wait_phase(cluster, namespace, "whole", "Running", timeout=30)
+    (pod,) = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", train_selector("whole"),
+                                        "-o", "json").stdout)["items"]
+    eventually(lambda: json.loads(cluster.kubectl("get", "pod", pod["metadata"]["name"], "-n", namespace,
+                                                  "-o", "json").stdout)["spec"].get("nodeName") == "kwok-h100-2",
+               timeout=30, what="the scheduler places it on the freed node")
+
+
+def test_cordoned_and_not_ready_nodes_take_their_gpus_out_of_the_queue(
+        cluster: DevCluster, namespace: str, operator: Any) -> None:
+    """A cordoned node's GPUs are not admitted against; uncordoning brings them back."""
+    nodes = [f"kwok-h100-{i}" for i in range(4)]
+    try:
+        for node in nodes[1:]:
+            cluster.kubectl("cordon", node)
+        create_data(cluster, namespace)
+        to_queue(cluster, namespace, "two-nodes", resources={"nodes": 2, "gpusPerNode": 8, "gpuType": H100})
+        st = eventually(lambda: (s := status(cluster, namespace, "two-nodes")).get("phase") == "Queued"
+                        and condition(s, "Admitted").get("reason") == "InsufficientGPUs" and s, timeout=30,
+                        what="the run waits: one node left")
+        assert "8 free of 8" in st["currentRun"]["waitReason"]
+        cluster.kubectl("uncordon", nodes[1])
+        st = wait_phase(cluster, namespace, "two-nodes", "Running", timeout=30)
+        assert st["currentRun"]["admittedGPUs"] == 16
+    finally:
+        for node in nodes:
+            cluster.kubectl("uncordon", node, check=False)

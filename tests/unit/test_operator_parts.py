@@ -63,9 +63,17 @@ def test_finished_jobs_hold_no_gpus_and_running_ones_do() -> None:
     assert gangs([job], [], []) == ([], [])
 
 
-def test_unready_and_cordoned_nodes_hold_no_capacity() -> None:
-    nodes = [node("h0", 8, H100, ready=False), node("h1", 8, H100, unschedulable=True)]
-    assert gpu_nodes(nodes, [], "nvidia.com/gpu.product") == []
+def test_unready_and_cordoned_nodes_admit_nothing_but_still_say_a_gang_could_fit() -> None:
+    nodes = [node("h0", 8, H100, ready=False), node("h1", 8, H100, unschedulable=True), node("h2", 8, H100)]
+    seen = gpu_nodes(nodes, [], "nvidia.com/gpu.product")
+    assert [(n.name, n.schedulable) for n in seen] == [("h0", False), ("h1", False), ("h2", True)]
+    wide = Gang("ns", "wide", 1, "wide-r1-a1", 2, 8, H100)
+    verdict = run_cycle([wide], [], seen, [], NOW, Settings(preemption=False)).verdicts[wide.key]
+    # Not Unschedulable (the run would fail): a cordon or a NotReady spell is expected to end.
+    assert (verdict.admitted, verdict.reason, verdict.never) == (False, "InsufficientGPUs", False)
+    assert "8 free of 8 (16 more on cordoned or NotReady nodes)" in verdict.message
+    one = Gang("ns", "one", 1, "one-r1-a1", 1, 8, H100)
+    assert run_cycle([one], [], seen, [], NOW, Settings(preemption=False)).admit == [(one, H100)]
 
 
 def test_gpus_of_pods_kubetune_did_not_admit_are_subtracted() -> None:

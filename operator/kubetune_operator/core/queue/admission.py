@@ -51,8 +51,9 @@ def ready_nodes(nodes: list[Body]) -> list[Body]:
 
 
 def gpu_nodes(nodes: list[Body], pods: list[Body], type_label: str) -> list[NodeGPUs]:
-    """Ready, schedulable nodes with their allocatable GPUs, the GPU type from `type_label`, and the GPUs
-    held by running pods kubetune did not admit (anything without the FineTuneJob label)."""
+    """Every node with its allocatable GPUs, the GPU type from `type_label`, the GPUs held by running pods
+    kubetune did not admit (anything without the FineTuneJob label), and whether it is schedulable
+    (Ready, not cordoned): only those are admitted against; the others still say a gang could fit."""
     others: dict[str, int] = defaultdict(int)
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
@@ -62,11 +63,12 @@ def gpu_nodes(nodes: list[Body], pods: list[Body], type_label: str) -> list[Node
             continue
         others[node] += pod_gpus(pod)
     out = []
-    for node in ready_nodes(nodes):
+    schedulable = {n["metadata"]["name"] for n in ready_nodes(nodes)}
+    for node in nodes:
         alloc = quantity(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, 0))
         labels = (node.get("metadata") or {}).get("labels") or {}
         name = node["metadata"]["name"]
-        out.append(NodeGPUs(name, labels.get(type_label) or "", alloc, others.get(name, 0)))
+        out.append(NodeGPUs(name, labels.get(type_label) or "", alloc, others.get(name, 0), name in schedulable))
     return out
 
 

@@ -72,12 +72,15 @@ class Gang:
 
 @dataclass(frozen=True)
 class NodeGPUs:
-    """A node's GPUs: `allocatable` minus `used_by_others` (pods kubetune did not admit) may be admitted."""
+    """A node's GPUs: `allocatable` minus `used_by_others` (pods kubetune did not admit) may be admitted
+    while it is `schedulable` (Ready and not cordoned). A cordoned or NotReady node still counts for
+    whether a gang could ever fit (it is expected back), never for what is free now."""
 
     name: str
     gpu_type: str  # "" when the node has no GPU product label
     allocatable: int
     used_by_others: int = 0
+    schedulable: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,9 @@ class _Snapshot:
     """Free GPUs per node and usage per quota entry, updated as the cycle admits and preempts."""
 
     def __init__(self, nodes: list[NodeGPUs], quotas: list[Quota]) -> None:
-        self.free = {n.name: max(n.allocatable - n.used_by_others, 0) for n in nodes}
+        self.free = {n.name: max(n.allocatable - n.used_by_others, 0) if n.schedulable else 0 for n in nodes}
         self.capacity = {n.name: n.allocatable for n in nodes}
+        self.schedulable = {n.name: n.schedulable for n in nodes}
         self.type_of = {n.name: n.gpu_type for n in nodes}
         self.quotas = {q.name: q for q in quotas}
         self.used: dict[tuple[str, str], int] = defaultdict(int)  # (quota, entry) -> admitted GPUs
@@ -196,7 +200,15 @@ class _Snapshot:
             self.free[node] += gpus
 
     def total_free(self, gpu_type: str) -> int:
-        return sum(self.free[n] for n in self.nodes_of(gpu_type))
+        # Pods still running on a cordoned node take its free count below zero; that is not a debt of
+        # the other nodes.
+        return sum(max(self.free[n], 0) for n in self.nodes_of(gpu_type))
+
+    def capacity_note(self, gpu_type: str) -> str:
+        """`of N` (the schedulable capacity of `gpu_type`), and how many more are on cordoned or NotReady nodes."""
+        up = sum(self.capacity[n] for n in self.nodes_of(gpu_type) if self.schedulable[n])
+        down = sum(self.capacity[n] for n in self.nodes_of(gpu_type) if not self.schedulable[n])
+        return f"of {up}" + (f" ({down} more on cordoned or NotReady nodes)" if down else "")
 
     def never_fits(self, gang: Gang, gpu_type: str) -> bool:
         slots = sum(self.capacity[n] // gang.gpus_per_node for n in self.nodes_of(gpu_type))
@@ -367,8 +379,8 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
             waits.append(Verdict(False, "NoNodeFits", f"waiting for {what} of type {t} ({shape}): {free} are free in total but "
                                  f"no {gang.nodes} node(s) have {gang.gpus_per_node} free each", gpu_type=t))
         else:
-            waits.append(Verdict(False, "InsufficientGPUs", f"waiting for {what} of type {t} ({shape}): {free} free of "
-                                 f"{sum(snap.capacity[n] for n in snap.nodes_of(t))}", gpu_type=t))
+            waits.append(Verdict(False, "InsufficientGPUs", f"waiting for {what} of type {t} ({shape}): {free} free "
+                                 f"{snap.capacity_note(t)}", gpu_type=t))
     if settings.preemption:
         for t in possible:
             victims = _victims(gang, quota, t, snap, live, owner)
