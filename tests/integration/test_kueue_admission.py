@@ -235,3 +235,12 @@ def test_many_runs_created_concurrently_are_never_over_admitted_by_kueue(
         sampler.join(timeout=10)
     assert samples and max(samples) <= 32, f"over-admitted: {max(samples)} GPUs of 32"
     assert started_gpus(cluster, namespace) == 32
+
+
+def test_auto_picks_kueue_where_kueue_is_installed(cluster: DevCluster, kueue: Any, namespace: str,
+                                                   operator_for: Any, quota: Any) -> None:
+    op = operator_for([namespace], env={"KUBETUNE_ADMISSION_BACKEND": "auto"})
+    eventually(lambda: "admission backend: kueue (auto)" in op.logs(), timeout=30, what="the backend chosen")
+    name = quota("team", [namespace], nominal=8)
+    eventually(lambda: kueue_obj(cluster, "clusterqueue", f"kubetune-{name}"), timeout=30,
+               what="the quota compiled to a ClusterQueue")
