@@ -34,8 +34,9 @@ def release_gpus(cluster: DevCluster, namespace: str) -> Iterator[None]:
                             "--grace-period=0", "--force", "--wait=false", check=False)
     eventually(lambda: held_anywhere(cluster) == 0, timeout=180, what="no GPU held by earlier tests' runs")
     yield
-    cluster.kubectl("delete", "finetunejobs,jobs", "-n", namespace, "--all", "--wait=true", "--timeout=60s",
-                    check=False)
+    # Hundreds of runs (the many-runs tests) take minutes to delete.
+    cluster.kubectl("delete", "finetunejobs,jobs", "-n", namespace, "--all", "--wait=true", "--timeout=240s",
+                    check=False, timeout=300)
 
 
 @pytest.fixture
