@@ -1,22 +1,31 @@
-"""GPU admission at scale: N FineTuneJobs through kubetune against bare Jobs on the same API server.
+"""GPU admission at scale: N FineTuneJobs through kubetune (built-in queue, Kueue) against bare Jobs.
 
-    .venv/bin/python benchmarks/admission_scale.py                  # 100 runs, 25 nodes x 8 GPUs: ~4 min on 2 cores
+    .venv/bin/python benchmarks/admission_scale.py                  # 100 runs, 25 nodes x 8 GPUs: ~6 min on 2 cores
     .venv/bin/python benchmarks/admission_scale.py --runs 200 --nodes 50 --gpus-per-node 8 [--gpus-per-run 2]
-                                                                    # ~7 min; --keep keeps the logs and audit log
+                                                                    # --keep keeps the logs and audit log
+    .venv/bin/python benchmarks/admission_scale.py --backends builtin   # without Kueue (it is not even started)
 
 One run of the script starts its own local control plane (`LocalCluster`: etcd, kube-apiserver,
 controller-manager, scheduler, kwok; state under a fresh /tmp folder) with `--nodes` KWOK nodes of
 `--gpus-per-node` GPUs each (product NVIDIA-H100-80GB-HBM3), then measures, one after the other on
 that same API server:
 
-- kubetune: the real operator (`python -m kubetune_operator --controllers finetunejob -n bench-kt`,
-  default settings), and N FineTuneJobs (1 node x `--gpus-per-run` GPUs, LoRA, a ConfigMap dataset,
-  output on a pre-bound PersistentVolumeClaim) created by `--workers` threads. Every pod of a run
-  (the data-validation pod, then the training pod) carries `spec.pod.annotations` that make KWOK end
-  it Succeeded after `--pod-seconds` with one termination message that is both a data-quality
-  report and a version manifest, so nobody has to annotate pods: the driver only creates the
-  FineTuneJobs. A run is admitted when its training Job carries `kubetune.io/admitted-gpus` and
-  `spec.suspend: false`; it has ended when the FineTuneJob's phase is Succeeded (or Failed).
+- kubetune (`--backends` builtin): the real operator (`python -m kubetune_operator --controllers
+  finetunejob -n bench-kt`, default settings: the built-in GPU queue), and N FineTuneJobs (1 node x
+  `--gpus-per-run` GPUs, LoRA, a ConfigMap dataset, output on a pre-bound PersistentVolumeClaim)
+  created by `--workers` threads. Every pod of a run (the data-validation pod, then the training pod)
+  carries `spec.pod.annotations` that make KWOK end it Succeeded after `--pod-seconds` with one
+  termination message that is both a data-quality report and a version manifest, so nobody has to
+  annotate pods: the driver only creates the FineTuneJobs. A run is admitted when its training Job
+  carries `kubetune.io/admitted-gpus` and `spec.suspend: false`; it has ended when the FineTuneJob's
+  phase is Succeeded (or Failed).
+- kubetune+kueue (`--backends` kueue): the same N FineTuneJobs in namespace bench-kq, with the
+  operator started with `KUBETUNE_ADMISSION_BACKEND=kueue` (`-n bench-kq`, otherwise default
+  settings) and a real Kueue (v0.17, `LocalCluster.start_kueue`, docs/kueue-dev.md) started on the
+  same cluster just before the phase and stopped right after it. A GPUQuota `bench-kq` (nominal: all
+  the cluster's GPUs, no borrowing) selects bench-kq; the phase starts once the operator compiled it
+  into a ClusterQueue and the LocalQueue `kubetune` and Kueue reports both Active. A run is admitted
+  when its training Job has `spec.suspend: false` (Kueue un-suspends it; there is no annotation).
 - limit: a minimal script that creates the same number of bare Indexed Jobs (same GPU request,
   node selector and pod annotations) suspended, and un-suspends each at once (2 requests a Job);
   they have ended when Complete.
@@ -25,24 +34,48 @@ that same API server:
   un-suspends it. This is a kubetune run's shape, so its creation -> admitted includes the same
   validation pod; the plain limit's does not.
 
+What differs under Kueue: each training Job goes through Kueue's batch/Job integration, which
+creates a Workload for it, reserves quota in its scheduling cycle (the Workload's status gets
+QuotaReserved and Admitted), then un-suspends the Job and writes the flavor's node selector into its
+pod template, and posts events on the Job; when the Job completes it marks the Workload Finished.
+The operator does not admit: its Kueue sync (after GPUQuota, Workload and ClusterQueue events, and
+every 5 s) lists the Workloads, applies the compiled Kueue objects and writes the GPUQuota's status,
+and each run's reconcile takes the verdict of the last sync. So a run's admission is a chain of two
+controllers and three objects (Job, Workload, FineTuneJob) instead of one patch, and its API
+requests are the operator's plus Kueue's: the report shows both, apart and summed. Kueue's client
+is rate-limited to 50 requests/s (burst 100) by the Configuration `start_kueue` writes.
+
 How it is measured: admission and completion are seen by one list+watch per kind in the driver
 (the same code for every side), timed with the driver's clock; creation is when the create call
-returned. "All admitted" and "end to end" count from the first create call. API requests come
+returned. "All admitted" and "end to end" count from the first create call. "creation -> train Job
+seen" is the path before admission (validation pod, data gate, the reconciles that create the
+training Job); "train Job seen -> admitted" starts when the driver's watch first sees a run's training Job (created suspended), so it
+is the admission backend's own latency (the built-in queue's cycle; Kueue's Workload, its scheduling
+and its un-suspend), without the validation pod and the reconciles before it; for the limits, whose
+script un-suspends at once, it is the time between two watch events. API requests come
 from the API server's audit log (level Metadata, started with the cluster), grouped by user agent:
-the operator's (kopf's `kopf/...` and the kubernetes client's `OpenAPI-Generator/...`), the
-driver's and the limit script's (each its own user agent); the watches of the measuring side are
-not counted. Per run: requests between the first create and the last admission (resp. the last
-end), divided by the runs admitted (resp. ended); the operator's start-up requests are not in them,
-nor the user's one create a FineTuneJob. Peak RSS is the operator's
-VmHWM; CPU seconds are utime+stime of each process over a phase; "other processes" is the
-machine's busy CPU time (/proc/stat) over the phase minus those: work that is not the benchmark's,
-which slows the side it falls on (the load average before and after is printed too).
+the operator's (kopf's `kopf/...` and the kubernetes client's `OpenAPI-Generator/...`), Kueue's
+(`kueue/v0.17.0 (linux/amd64) ...`), the driver's and the limit script's (each its own user
+agent); the watches of the measuring side are not counted. Per run: requests between the first
+create and the last admission (resp. the last end), divided by the runs admitted (resp. ended); the
+start-up requests of the operator and of Kueue are not in them, nor the user's one create a
+FineTuneJob. Peak RSS is the operator's (and Kueue's) VmHWM; CPU seconds are utime+stime of each
+process over a phase; "other processes" is the machine's busy CPU time (/proc/stat) over the phase
+minus those: work that is not the benchmark's, which slows the side it falls on (the load average
+before and after is printed too).
+
+Run order, and why: kubetune (builtin), kubetune+kueue, limit, limit+v, each in its own namespace
+and each after the previous one has ended. Kueue runs only during its phase, so it costs the other
+sides no CPU, and the builtin operator is stopped before Kueue starts. Objects of earlier phases
+stay in etcd, and both operators list the cluster's Pods and training Jobs (not only their
+namespace's) in every admission cycle / Kueue sync, so the Kueue side reads the builtin side's
+finished Jobs and pods too (about 2N small objects more; the limits list nothing); its cluster also
+holds the Workloads. The limits come last, as before, so they are measured on the fullest etcd.
 
 Known limits: everything shares one machine (2 cores here), so the control plane's own work
-(job controller, scheduler, kwok) slows kubetune and the limit alike, and the figures are those of
-this machine, not of a real cluster. The audit log costs the API server some work on every side.
-kubetune runs first, then the limits, in their own namespaces; objects of earlier phases stay in
-etcd. The driver's create threads and watches share one Python process (the GIL) with each other.
+(job controller, scheduler, kwok) slows every side alike, and the figures are those of this
+machine, not of a real cluster. The audit log costs the API server some work on every side.
+The driver's create threads and watches share one Python process (the GIL) with each other.
 KWOK pods take `--pod-seconds` plus KWOK's own delay to end, so "end to end" has a floor of about
 two pod lifetimes for kubetune and limit+v, one for the plain limit. kubetune cannot run without
 its data-validation step (every run creates a validate-data Job before its training Job, and no
@@ -87,10 +120,13 @@ from kubetune_operator.api.wellknown import (
     COMPONENT_TRAIN,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
+    KUEUE_LOCAL_QUEUE,
     LABEL_COMPONENT,
     LABEL_JOB,
 )
+from kubetune_operator.core.queue.kueue import cluster_queue_name
 from kubetune_operator.dev.cluster.cluster import ClusterState, LocalCluster, free_port, kubectl_binary
+from kubetune_operator.dev.cluster.kueue import KUEUE_PROCESS
 from kubetune_operator.dev.cluster.topology import Pool, Topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,9 +135,29 @@ UA_DRIVER = "kubetune-bench-driver"
 UA_LIMIT = "kubetune-bench-limit"
 UA_OBSERVER = "kubetune-bench-observer"
 OPERATOR_UAS = ("kopf/", "OpenAPI-Generator/")
+KUEUE_UAS = ("kueue/",)  # Kueue's useragent.Default(): "kueue/<version> (<os>/<arch>) <commit>"
 BENCH_LABEL = "bench.kubetune.io/run"
 BENCH_KIND = "bench.kubetune.io/kind"
-NS_KUBETUNE, NS_LIMIT, NS_LIMIT_V = "bench-kt", "bench-limit", "bench-limit-v"
+NS_KUBETUNE, NS_KUEUE, NS_LIMIT, NS_LIMIT_V = "bench-kt", "bench-kq", "bench-limit", "bench-limit-v"
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+BACKENDS = ("builtin", "kueue")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One kubetune side: its admission backend, phase name, short name (ratios), namespace and settings."""
+
+    backend: str
+    phase: str
+    short: str
+    namespace: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+SIDES = {
+    "builtin": Side("builtin", "kubetune", "builtin", NS_KUBETUNE, (("KUBETUNE_ADMISSION_BACKEND", "builtin"),)),
+    "kueue": Side("kueue", "kubetune+kueue", "kueue", NS_KUEUE, (("KUBETUNE_ADMISSION_BACKEND", "kueue"),)),
+}
 # One termination message both readers accept: the data-quality report (validation pod) and the
 # version manifest (training pod); each ignores the other's fields.
 POD_MESSAGE = json.dumps({
@@ -123,6 +179,12 @@ def untyped(body: dict[str, Any]) -> Any:
     return body
 
 
+def as_dict(obj: object) -> dict[str, Any]:
+    """A custom object as the untyped client returns it (typed `object`)."""
+    assert isinstance(obj, dict)
+    return obj
+
+
 def pod_annotations(seconds: float) -> dict[str, str]:
     return {"kwok.kubetune.io/outcome": "Succeeded", "kwok.kubetune.io/delay": f"{int(seconds * 1000)}ms",
             "kwok.kubetune.io/message": POD_MESSAGE}
@@ -138,13 +200,14 @@ class AuditedCluster(LocalCluster):
         super().__init__(name, state_root, say=lambda s: print(f"  [cluster] {s}", flush=True))
         self.audit_log = audit_log
 
-    def _spawn(self, state: ClusterState, name: str, binary: str, args: list[str]) -> None:
+    def _spawn(self, state: ClusterState, name: str, binary: str, args: list[str],
+               env: dict[str, str] | None = None) -> None:
         if name == "kube-apiserver":
             policy = self.audit_log.with_name("audit-policy.yaml")
             policy.write_text(AUDIT_POLICY)
             args = [*args, f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
                     "--audit-log-format=json", "--audit-log-maxsize=0"]
-        super()._spawn(state, name, binary, args)
+        super()._spawn(state, name, binary, args, env)
 
 
 def api_client(kubeconfig: Path, user_agent: str) -> client.ApiClient:
@@ -225,16 +288,20 @@ class Phase:
 
     name: str
     n: int
+    clients: dict[str, tuple[str, ...]]  # the side's own clients: group -> user-agent prefixes
+    side: str | None = None  # builtin / kueue (a kubetune side, in the ratios); None: a limit
     t0: float = 0.0
     created: dict[str, float] = field(default_factory=dict)
+    queued: dict[str, float] = field(default_factory=dict)  # training Job first seen (by the watch)
     admitted: dict[str, float] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     t_all_admitted: float | None = None
     t_all_ended: float | None = None
-    requests_admitted: int | None = None  # API requests (the side's own) from t0 to the last admission
+    requests_admitted: int | None = None  # API requests (the side's own, all its clients) from t0 to the last admission
     requests_ended: int | None = None  # ... and to the last end
-    requests_by_verb: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # per client group: (admitted, ended)
+    requests_by_verb: dict[str, dict[str, int]] = field(default_factory=dict)  # per client group, to the last end
     cpu: dict[str, float] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     lock: threading.Condition = field(default_factory=threading.Condition)
@@ -261,8 +328,9 @@ class Phase:
         if len(self.ended) >= self.n:
             self.t_all_ended = max(self.ended.values())
 
-    def latencies(self, table: dict[str, float]) -> list[float]:
-        return sorted(t - self.created[k] for k, t in table.items() if k in self.created)
+    def latencies(self, table: dict[str, float], since: dict[str, float] | None = None) -> list[float]:
+        start = self.created if since is None else since
+        return sorted(t - start[k] for k, t in table.items() if k in start)
 
 
 def job_admitted(job: dict[str, Any], need_annotation: bool) -> bool:
@@ -329,15 +397,25 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 # --------------------------------------------------------------------------- kubetune
 
 
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a running process, in MiB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path, namespace: str) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, namespace: str, env: dict[str, str] | None = None) -> None:
         self.kubeconfig, self.log, self.namespace = kubeconfig, log, namespace
+        self.env = env or {}
         self.metrics_port = self.health_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kubetune_operator", "--controllers", "finetunejob", "-n", self.namespace,
@@ -363,10 +441,7 @@ class Operator:
 
     def peak_rss_mib(self) -> float:
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return math.nan
+        return peak_rss_mib(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -404,22 +479,71 @@ def finetunejob(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_kubetune(args: argparse.Namespace, kubeconfig: Path, root: Path, cluster_pids: dict[str, int]) -> Phase:
-    phase = Phase("kubetune", args.runs)
+def gpu_quota(args: argparse.Namespace) -> dict[str, Any]:
+    """The Kueue side's GPUQuota: all the cluster's GPUs for its namespace, nothing to borrow."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GPUQuota", "metadata": {"name": NS_KUEUE},
+            "spec": {"namespaces": [NS_KUEUE],
+                     "gpus": [{"gpuType": PRODUCT, "nominal": args.nodes * args.gpus_per_node, "borrowingLimit": 0}]}}
+
+
+def active(obj: dict[str, Any]) -> bool:
+    return job_condition(obj, "Active")
+
+
+def wait_for_kueue_queues(api: client.ApiClient, timeout: float = 120) -> None:
+    """Until the operator has compiled the GPUQuota into its ClusterQueue and the LocalQueue, and Kueue
+    reports both Active (the flavors exist): from then on a suspended Job with the queue name can be admitted."""
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    last = "nothing yet"
+    while time.monotonic() < deadline:
+        try:
+            cq = as_dict(custom.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues",
+                                                          cluster_queue_name(NS_KUEUE)))
+            lq = as_dict(custom.get_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, NS_KUEUE, "localqueues",
+                                                             KUEUE_LOCAL_QUEUE))
+            if active(cq) and active(lq):
+                return
+            last = f"ClusterQueue Active={active(cq)}, LocalQueue Active={active(lq)}"
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            last = "ClusterQueue or LocalQueue not created yet"
+        time.sleep(0.3)
+    raise RuntimeError(f"Kueue's queues for {NS_KUEUE} were not Active within {timeout:.0f}s ({last})")
+
+
+def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: Path, cluster_pids: dict[str, int],
+                 kueue_pid: int | None = None) -> Phase:
+    """One kubetune side: its operator (backend `side.backend`) in its own namespace, N FineTuneJobs.
+    With the Kueue backend, `kueue_pid` is the Kueue process already started on the cluster."""
+    ns = side.namespace
+    clients = {"operator": OPERATOR_UAS, **({"Kueue": KUEUE_UAS} if side.backend == "kueue" else {})}
+    phase = Phase(side.phase, args.runs, clients, side=side.short)
     api = api_client(kubeconfig, UA_DRIVER)
     observer = api_client(kubeconfig, UA_OBSERVER)
-    namespace_with_data(api, NS_KUBETUNE, with_claim=True)
-    op = Operator(kubeconfig, root / "operator.log", NS_KUBETUNE)
+    namespace_with_data(api, ns, with_claim=True)
+    if side.backend == "kueue":
+        client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, VERSION, "gpuquotas", gpu_quota(args))
+    op = Operator(kubeconfig, root / f"operator-{side.backend}.log", ns, dict(side.env))
     try:
         op.start()
+        if side.backend == "kueue":
+            wait_for_kueue_queues(api)
     except BaseException:
         op.stop()
         raise
     pids = {**cluster_pids, "operator": op.proc.pid if op.proc else -1}
+    if kueue_pid is not None:
+        pids["kueue"] = kueue_pid
+    need_annotation = side.backend == "builtin"
 
     def on_job(job: dict[str, Any]) -> None:
         key = (job["metadata"].get("labels") or {}).get(LABEL_JOB)
-        if key and job_admitted(job, need_annotation=True):
+        if not key:
+            return
+        phase.mark(phase.queued, key)
+        if job_admitted(job, need_annotation=need_annotation):
             phase.mark(phase.admitted, key)
 
     def on_ftj(obj: dict[str, Any]) -> None:
@@ -431,32 +555,32 @@ def run_kubetune(args: argparse.Namespace, kubeconfig: Path, root: Path, cluster
             phase.mark(phase.ended, obj["metadata"]["name"])
 
     watchers = [
-        Watcher(client.BatchV1Api(observer).list_namespaced_job, (NS_KUBETUNE,), on_job,
+        Watcher(client.BatchV1Api(observer).list_namespaced_job, (ns,), on_job,
                 f"{LABEL_COMPONENT}={COMPONENT_TRAIN}"),
         Watcher(client.CustomObjectsApi(observer).list_namespaced_custom_object,
-                (GROUP, VERSION, NS_KUBETUNE, PLURAL), on_ftj),
+                (GROUP, VERSION, ns, PLURAL), on_ftj),
     ]
     custom = client.CustomObjectsApi(api)
     names = [f"run-{i:05d}" for i in range(args.runs)]
 
     def create(name: str) -> None:
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS_KUBETUNE, PLURAL, finetunejob(name, args))
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, finetunejob(name, args))
         phase.mark(phase.created, name)
 
     try:
         for w in watchers:
             w.start()
-        time.sleep(2)  # the operator's first admission cycle and watches settle
+        time.sleep(2)  # the operator's first admission cycle (Kueue sync) and watches settle
         cpu0 = process_cpu(pids)
         phase.t0 = time.time()
         with ThreadPoolExecutor(args.workers) as pool:
             list(pool.map(create, names))
-        print(f"  kubetune: {args.runs} FineTuneJobs created in {time.time() - phase.t0:.1f}s", flush=True)
+        print(f"  {phase.name}: {args.runs} FineTuneJobs created in {time.time() - phase.t0:.1f}s", flush=True)
         ok = phase.wait_for(lambda: len(phase.admitted) >= phase.n, args.timeout)
-        print(f"  kubetune: {len(phase.admitted)}/{phase.n} admitted at +{time.time() - phase.t0:.1f}s"
+        print(f"  {phase.name}: {len(phase.admitted)}/{phase.n} admitted at +{time.time() - phase.t0:.1f}s"
               + ("" if ok else " (timed out)"), flush=True)
         ok = phase.wait_for(lambda: len(phase.ended) >= phase.n, args.timeout)
-        print(f"  kubetune: {len(phase.ended)}/{phase.n} ended at +{time.time() - phase.t0:.1f}s"
+        print(f"  {phase.name}: {len(phase.ended)}/{phase.n} ended at +{time.time() - phase.t0:.1f}s"
               + ("" if ok else " (timed out)"), flush=True)
         phase.cpu = cpu_delta(cpu0, process_cpu(pids))
         metrics = op.metrics()
@@ -465,8 +589,14 @@ def run_kubetune(args: argparse.Namespace, kubeconfig: Path, root: Path, cluster
         passes = metric_sum(metrics, "kubetune_reconcile_duration_seconds_count")
         pass_s = metric_sum(metrics, "kubetune_reconcile_duration_seconds_sum")
         phase.extra["operator peak RSS (MiB)"] = f"{op.peak_rss_mib():.0f}"
-        phase.extra["admission cycles (mean s)"] = (f"{cycles:.0f} ({cycle_s / cycles:.3f})" if cycles
-                                                    else "n/a")
+        if kueue_pid is not None:
+            phase.extra["Kueue peak RSS (MiB)"] = f"{peak_rss_mib(kueue_pid):.0f}"
+            workloads = as_dict(client.CustomObjectsApi(observer).list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, ns, "workloads"))["items"]
+            phase.extra["Kueue Workloads (Finished)"] = (
+                f"{len(workloads)} ({sum(job_condition(w, 'Finished') for w in workloads)})")
+        label = "admission cycles (mean s)" if side.backend == "builtin" else "Kueue syncs (mean s)"
+        phase.extra[label] = f"{cycles:.0f} ({cycle_s / cycles:.3f})" if cycles else "n/a"
         phase.extra["reconcile passes (mean ms)"] = (f"{passes:.0f} ({1000 * pass_s / passes:.0f})" if passes
                                                      else "n/a")
         if not passes:
@@ -478,7 +608,7 @@ def run_kubetune(args: argparse.Namespace, kubeconfig: Path, root: Path, cluster
         op.stop()
     phase.finish_times()
     if phase.failed:
-        print(f"  kubetune: {len(phase.failed)} run(s) Failed, e.g. {next(iter(phase.failed.items()))}")
+        print(f"  {phase.name}: {len(phase.failed)} run(s) Failed, e.g. {next(iter(phase.failed.items()))}")
     return phase
 
 
@@ -510,7 +640,7 @@ def bare_job(name: str, kind: str, run: str, args: argparse.Namespace, suspend: 
 
 def run_limit(args: argparse.Namespace, kubeconfig: Path, cluster_pids: dict[str, int], validation: bool) -> Phase:
     ns = NS_LIMIT_V if validation else NS_LIMIT
-    phase = Phase("limit+v" if validation else "limit", args.runs)
+    phase = Phase("limit+v" if validation else "limit", args.runs, {"limit script": (UA_LIMIT,)})
     api = api_client(kubeconfig, UA_LIMIT)
     observer = api_client(kubeconfig, UA_OBSERVER)
     namespace_with_data(api_client(kubeconfig, UA_DRIVER), ns, with_claim=False)
@@ -539,6 +669,7 @@ def run_limit(args: argparse.Namespace, kubeconfig: Path, cluster_pids: dict[str
                 if first:
                     pool.submit(admit, run)
             return
+        phase.mark(phase.queued, run)
         if job_admitted(job, need_annotation=False):
             phase.mark(phase.admitted, run)
         if job_condition(job, "Complete") or job_condition(job, "Failed"):
@@ -581,15 +712,15 @@ def run_limit(args: argparse.Namespace, kubeconfig: Path, cluster_pids: dict[str
 
 
 def count_requests(audit_log: Path, phases: list[Phase]) -> dict[str, int]:
-    """Each phase's own requests (distinct audit IDs) from its first create to its last admission / end;
-    returns the request count of every user agent over the whole log (for the notes)."""
+    """Each phase's own requests (distinct audit IDs), per client group, from its first create to its last
+    admission / end; returns the request count of every user agent over the whole log (for the notes)."""
     agents: dict[str, set[str]] = {}
-    ranges: list[tuple[Phase, tuple[str, ...], float, float, set[str], set[str], Counter[str]]] = []
+    ranges: list[tuple[Phase, str, tuple[str, ...], float, float, set[str], set[str], Counter[str]]] = []
     for p in phases:
-        uas: tuple[str, ...] = OPERATOR_UAS if p.name == "kubetune" else (UA_LIMIT,)
         end_a = p.t_all_admitted or max(p.admitted.values(), default=p.t0)
         end_e = p.t_all_ended or max(p.ended.values(), default=p.t0)
-        ranges.append((p, uas, end_a, end_e, set(), set(), Counter()))
+        for group, uas in p.clients.items():
+            ranges.append((p, group, uas, end_a, end_e, set(), set(), Counter()))
     with audit_log.open() as f:
         for line in f:
             try:
@@ -599,7 +730,7 @@ def count_requests(audit_log: Path, phases: list[Phase]) -> dict[str, int]:
             ua, audit_id = ev.get("userAgent") or "", ev.get("auditID") or ""
             agents.setdefault(ua.split(" ")[0], set()).add(audit_id)
             when = datetime.datetime.fromisoformat(ev["requestReceivedTimestamp"]).timestamp()
-            for p, uas, end_a, end_e, in_a, in_e, verbs in ranges:
+            for p, _, uas, end_a, end_e, in_a, in_e, verbs in ranges:
                 if not ua.startswith(uas) or not p.t0 <= when <= end_e:
                     continue
                 if audit_id not in in_e:
@@ -607,9 +738,12 @@ def count_requests(audit_log: Path, phases: list[Phase]) -> dict[str, int]:
                     verbs[f"{ev.get('verb')} {(ev.get('objectRef') or {}).get('resource', '')}".strip()] += 1
                 if when <= end_a:
                     in_a.add(audit_id)
-    for p, _, _, _, in_a, in_e, verbs in ranges:
-        p.requests_admitted, p.requests_ended = len(in_a), len(in_e)
-        p.requests_by_verb = dict(verbs.most_common())
+    for p, group, _, _, _, in_a, in_e, verbs in ranges:
+        p.requests[group] = (len(in_a), len(in_e))
+        p.requests_by_verb[group] = dict(verbs.most_common())
+    for p in phases:
+        p.requests_admitted = sum(a for a, _ in p.requests.values())
+        p.requests_ended = sum(e for _, e in p.requests.values())
     return {ua: len(ids) for ua, ids in agents.items()}
 
 
@@ -631,8 +765,9 @@ def fmt(x: float | None, digits: int = 2) -> str:
 
 
 def report(args: argparse.Namespace, phases: list[Phase], agents: dict[str, int], setup_s: float,
-           load_before: str) -> None:
-    kt, limits = phases[0], phases[1:]
+           load_before: str, kueue_up_s: float | None) -> None:
+    sides = [p for p in phases if p.side]
+    limits = [p for p in phases if not p.side]
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), "?")
     capacity = args.nodes * (args.gpus_per_node // args.gpus_per_run)
@@ -644,61 +779,94 @@ def report(args: argparse.Namespace, phases: list[Phase], agents: dict[str, int]
     print(f"N = {args.runs} runs x {args.gpus_per_run} GPU(s) (1 node each); {args.nodes} KWOK nodes x "
           f"{args.gpus_per_node} GPUs = {args.nodes * args.gpus_per_node} GPUs; runs that fit at once: "
           f"{min(capacity, args.runs)}; pods end {args.pod_seconds:g}s after they start; "
-          f"{args.workers} create threads; cluster up in {setup_s:.0f}s")
+          f"{args.workers} create threads; cluster up in {setup_s:.0f}s"
+          + (f"; Kueue up in {kueue_up_s:.0f}s (before its phase, in no figure)" if kueue_up_s is not None else ""))
+    print("order: " + " -> ".join(p.name for p in phases))
     print()
 
-    def rows() -> list[tuple[str, list[float | None], int, bool]]:
-        out: list[tuple[str, list[float | None], int, bool]] = []
+    index = {p.name: i for i, p in enumerate(phases)}
+    # Ratio columns: each kubetune side over each limit, then Kueue over the built-in queue.
+    pairs = [(f"{s.side}/{lim.name}", index[s.name], index[lim.name]) for s in sides for lim in limits]
+    by_side = {p.side: p for p in sides}
+    side_pair = []
+    if "builtin" in by_side and "kueue" in by_side:
+        side_pair = [("kueue/builtin", index[by_side["kueue"].name], index[by_side["builtin"].name])]
+    pairs += side_pair
 
-        def per_run(count: int | None, runs: int) -> float | None:
-            return None if count is None or not runs else count / runs
+    def per_run(count: int | None, runs: int) -> float | None:
+        return None if count is None or not runs else count / runs
 
-        def span(p: Phase, t: float | None) -> float | None:
-            return None if t is None else t - p.t0
+    def span(p: Phase, t: float | None) -> float | None:
+        return None if t is None else t - p.t0
 
-        out.append(("time until all admitted (s)", [span(p, p.t_all_admitted) for p in phases], 2, True))
-        out.append(("admissions/s", [p.n / (p.t_all_admitted - p.t0) if p.t_all_admitted else None
-                                     for p in phases], 1, True))
-        out.append(("first -> last admission (s)", [max(p.admitted.values()) - min(p.admitted.values())
-                                                    if p.admitted else None for p in phases], 2, True))
-        out.append(("creation -> admitted p50 (s)", [pct(p.latencies(p.admitted), 50) for p in phases], 3, True))
-        out.append(("creation -> admitted p99 (s)", [pct(p.latencies(p.admitted), 99) for p in phases], 3, True))
-        out.append(("end to end: all ended (s)", [span(p, p.t_all_ended) for p in phases], 2, True))
-        out.append(("creation -> ended p50 (s)", [pct(p.latencies(p.ended), 50) for p in phases], 2, True))
-        out.append(("creation -> ended p99 (s)", [pct(p.latencies(p.ended), 99) for p in phases], 2, True))
-        out.append(("API requests/run until admitted", [per_run(p.requests_admitted, len(p.admitted))
-                                                         for p in phases], 1, True))
-        out.append(("API requests/run until ended", [per_run(p.requests_ended, len(p.ended)) for p in phases],
-                    1, True))
-        for proc in ("operator", "kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok",
-                     "driver", "other processes"):
-            out.append((f"CPU s: {proc}", [p.cpu.get(proc) for p in phases], 1, False))
-        return out
+    def group(p: Phase, name: str, ended: bool) -> float | None:
+        if name not in p.requests:
+            return None
+        return per_run(p.requests[name][1 if ended else 0], len(p.ended if ended else p.admitted))
 
-    names = [p.name for p in phases] + [f"kubetune/{p.name}" for p in limits]
-    width, col = 34, 18
-    print(f"{'figure':<{width}}" + "".join(f"{n:>{col}}" for n in names))
-    for label, values, digits, ratio in rows():
+    def cpu_sum(p: Phase, *procs: str) -> float | None:
+        vals = [p.cpu[k] for k in procs if k in p.cpu and not math.isnan(p.cpu[k])]
+        return sum(vals) if vals else None
+
+    # (label, one value per phase, digits, which ratios: "all" | "sides" | "")
+    rows: list[tuple[str, list[float | None], int, str]] = [
+        ("time until all admitted (s)", [span(p, p.t_all_admitted) for p in phases], 2, "all"),
+        ("admissions/s", [p.n / (p.t_all_admitted - p.t0) if p.t_all_admitted else None for p in phases], 1, "all"),
+        ("first -> last admission (s)", [max(p.admitted.values()) - min(p.admitted.values()) if p.admitted else None
+                                         for p in phases], 2, "all"),
+        ("creation -> admitted p50 (s)", [pct(p.latencies(p.admitted), 50) for p in phases], 3, "all"),
+        ("creation -> admitted p99 (s)", [pct(p.latencies(p.admitted), 99) for p in phases], 3, "all"),
+        ("creation -> train Job seen p50 (s)", [pct(p.latencies(p.queued), 50) for p in phases], 3, "sides"),
+        ("creation -> train Job seen p99 (s)", [pct(p.latencies(p.queued), 99) for p in phases], 3, "sides"),
+        ("train Job seen -> admitted p50 (s)", [pct(p.latencies(p.admitted, p.queued), 50) for p in phases], 3, "sides"),
+        ("train Job seen -> admitted p99 (s)", [pct(p.latencies(p.admitted, p.queued), 99) for p in phases], 3, "sides"),
+        ("end to end: all ended (s)", [span(p, p.t_all_ended) for p in phases], 2, "all"),
+        ("creation -> ended p50 (s)", [pct(p.latencies(p.ended), 50) for p in phases], 2, "all"),
+        ("creation -> ended p99 (s)", [pct(p.latencies(p.ended), 99) for p in phases], 2, "all"),
+        ("API requests/run until admitted", [per_run(p.requests_admitted, len(p.admitted)) for p in phases], 1, "all"),
+        ("  of which the operator", [group(p, "operator", False) for p in phases], 1, "sides"),
+        ("  of which Kueue", [group(p, "Kueue", False) for p in phases], 1, ""),
+        ("API requests/run until ended", [per_run(p.requests_ended, len(p.ended)) for p in phases], 1, "all"),
+        ("  of which the operator", [group(p, "operator", True) for p in phases], 1, "sides"),
+        ("  of which Kueue", [group(p, "Kueue", True) for p in phases], 1, ""),
+    ]
+    for proc in ("operator", "kueue", "kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok",
+                 "driver", "other processes"):
+        rows.append((f"CPU s: {proc}", [p.cpu.get(proc) for p in phases], 1, "" if proc == "kueue" else "sides"))
+        if proc == "kueue":
+            rows.append(("CPU s: operator + kueue", [cpu_sum(p, "operator", "kueue") for p in phases], 1, "sides"))
+
+    width, col = 34, 16
+    print(f"{'figure':<{width}}" + "".join(f"{n:>{col}}" for n in [p.name for p in phases] + [n for n, _, _ in pairs]))
+    for label, values, digits, which in rows:
+        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+            continue
         line = f"{label:<{width}}" + "".join(f"{fmt(v, digits):>{col}}" for v in values)
-        if ratio:
-            line += "".join(f"{fmt(values[0] / lv if values[0] is not None and lv else None, 2):>{col}}"
-                            for lv in values[1:])
-        print(line)
+        for name, i, j in pairs:
+            show = which == "all" or (which == "sides" and (name, i, j) in side_pair)
+            num, den = values[i], values[j]
+            line += f"{fmt(num / den if show and num is not None and den else None, 2) if show else '':>{col}}"
+        print(line.rstrip())
     print(f"{'runs admitted / ended / failed':<{width}}"
           + "".join(f"{f'{len(p.admitted)}/{len(p.ended)}/{len(p.failed)}':>{col}}" for p in phases))
-    for k, v in kt.extra.items():
-        print(f"{k:<{width}}{v:>{col}}")
+    extras = list(dict.fromkeys(k for p in sides for k in p.extra))
+    for k in extras:
+        print(f"{k:<{width}}" + "".join(f"{p.extra.get(k, ''):>{col}}" for p in phases).rstrip())
     print(f"{'kubetune without validation step':<{width}}{'n/a':>{col}}   (not possible without operator "
           "changes: every run creates its validate-data Job first; no spec field skips it)")
     print()
-    print("kubetune's API requests by verb (first create -> last end): "
-          + ", ".join(f"{k} {v}" for k, v in kt.requests_by_verb.items()))
+    for p in sides:
+        for g, verbs in p.requests_by_verb.items():
+            print(f"{p.name}: {g}'s API requests by verb (first create -> last end): "
+                  + ", ".join(f"{k} {v}" for k, v in verbs.items()))
     print("  + 1 create a run by the user (the driver), not counted above; the limit's count is all of its requests.")
     print("requests by user agent over the whole log: "
           + ", ".join(f"{ua or '(none)'} {n}" for ua, n in sorted(agents.items(), key=lambda x: -x[1])))
-    print("ratios: kubetune/limit; above 1 means kubetune takes longer / asks more, except admissions/s "
-          "(below 1: kubetune admits fewer per second). limit+v runs a bare validation Job first, like a "
-          "kubetune run; the plain limit does not, so its creation -> admitted has no pod lifetime in it.")
+    print("ratios: side/limit; above 1 means that side takes longer / asks more, except admissions/s "
+          "(below 1: it admits fewer per second). limit+v runs a bare validation Job first, like a "
+          "kubetune run; the plain limit does not, so its creation -> admitted has no pod lifetime in it. "
+          "kueue/builtin compares the two admission backends directly; Kueue's requests and CPU are "
+          "its own process's, the operator's the operator's.")
 
 
 # --------------------------------------------------------------------------- main
@@ -717,8 +885,14 @@ def main() -> None:
     p.add_argument("--pod-seconds", type=float, default=1.0, help="how long each KWOK pod runs")
     p.add_argument("--workers", type=int, default=4, help="threads that create the runs, on every side")
     p.add_argument("--timeout", type=float, default=600, help="seconds each wait (admitted, ended) may take")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="kubetune admission backends to measure, comma-separated: builtin, kueue (Kueue is "
+                        "started only for kueue); the sides always run in the order builtin, kueue")
     p.add_argument("--keep", action="store_true", help="keep the state folder (logs, audit log) after the run")
     args = p.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or any(b not in BACKENDS for b in backends):
+        p.error(f"--backends takes one or more of {', '.join(BACKENDS)}")
     if not 1 <= args.gpus_per_run <= args.gpus_per_node:
         p.error("--gpus-per-run must be at least 1 and fit on one node (--gpus-per-node)")
     if args.runs < 1 or args.nodes < 1:
@@ -744,21 +918,38 @@ def main() -> None:
                         "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
         setup_s = time.monotonic() - started
         pids = {pr.name: pr.pid for pr in state.processes}
-        print("phase 1/3: kubetune", flush=True)
-        phases = [run_kubetune(args, state.kubeconfig, root, pids)]
-        time.sleep(3)
-        print("phase 2/3: limit (bare Jobs: create suspended, un-suspend)", flush=True)
+        phases: list[Phase] = []
+        kueue_up_s: float | None = None
+        sides = [SIDES[b] for b in BACKENDS if b in backends]
+        total = len(sides) + 2
+        for side in sides:
+            print(f"phase {len(phases) + 1}/{total}: {side.phase} (admission backend {side.backend})", flush=True)
+            if side.backend != "kueue":
+                phases.append(run_kubetune(args, side, state.kubeconfig, root, pids))
+                time.sleep(3)
+                continue
+            kueue_start = time.monotonic()
+            kstate = cluster.start_kueue(timeout=300)
+            kueue_up_s = time.monotonic() - kueue_start
+            kueue_pid = next(pr.pid for pr in kstate.processes if pr.name == KUEUE_PROCESS)
+            try:
+                phases.append(run_kubetune(args, side, state.kubeconfig, root, pids, kueue_pid))
+            finally:
+                cluster.stop_kueue()  # the limits run without it: it would watch their Jobs too
+            time.sleep(3)
+        print(f"phase {len(phases) + 1}/{total}: limit (bare Jobs: create suspended, un-suspend)", flush=True)
         phases.append(run_limit(args, state.kubeconfig, pids, validation=False))
         time.sleep(3)
-        print("phase 3/3: limit+v (bare validation Job, then bare Job: create suspended, un-suspend)", flush=True)
+        print(f"phase {len(phases) + 1}/{total}: limit+v (bare validation Job, then bare Job: create suspended, "
+              "un-suspend)", flush=True)
         phases.append(run_limit(args, state.kubeconfig, pids, validation=True))
         time.sleep(1)
         agents = count_requests(audit_log, phases)
-        report(args, phases, agents, setup_s, load_before)
+        report(args, phases, agents, setup_s, load_before, kueue_up_s)
     finally:
         if args.keep:
             keep = Path(tempfile.mkdtemp(prefix="kubetune-admission-kept-"))
-            for name in ("operator.log", "audit.log"):
+            for name in ("operator-builtin.log", "operator-kueue.log", "audit.log"):
                 with contextlib.suppress(OSError):
                     shutil.copy(root / name, keep / name)
             with contextlib.suppress(OSError):
