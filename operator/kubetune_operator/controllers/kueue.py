@@ -19,7 +19,6 @@ resumes from the checkpoint when Kueue admits it again, as with the built-in que
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -40,7 +39,7 @@ from kubetune_operator.core.gang import Decision, GangRequest
 from kubetune_operator.core.queue import kueue
 from kubetune_operator.runtime import clock, events, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
-from kubetune_operator.runtime.wakeups import wait_any
+from kubetune_operator.runtime.wakeups import KickedLoop
 
 log = logging.getLogger("kubetune.kueue")
 Key = tuple[str, str, int]
@@ -64,8 +63,7 @@ class KueueAdmission:
         self.verdicts: dict[Key, Decision] = {}
         self.applier = kio.Applier()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._kicked: asyncio.Event | None = None
+        self.loop = KickedLoop("kueue-sync", self.run_once, cfg.admission_period_seconds, quiet=(kio.KueueMissing,))
 
     # ---- the seam
 
@@ -81,8 +79,7 @@ class KueueAdmission:
         return Decision(False, "Pending", "waiting for Kueue to queue the run's Workload")
 
     def kick(self) -> None:
-        if self._loop is not None and self._kicked is not None:
-            self._loop.call_soon_threadsafe(self._kicked.set)
+        self.loop.kick()
 
     # ---- one sync
 
@@ -191,38 +188,13 @@ class KueueAdmission:
 
     # ---- the loop
 
-    async def _run(self, stop: asyncio.Event, kicked: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            kicked.clear()
-            try:
-                await loop.run_in_executor(None, self.run_once)
-            except kio.KueueMissing as e:
-                log.error("%s", e)
-            except Exception:  # a failed sync is retried at the next kick or period; never crash
-                log.exception("Kueue sync failed; retrying in %ss", self.cfg.admission_period_seconds)
-            await asyncio.sleep(0.2)  # events arrive in bursts: one sync for the burst
-            await wait_any(kicked, stop, timeout=self.cfg.admission_period_seconds)
-
     def register(self) -> None:
         """Start the sync loop with the operator; kick it on GPUQuota, Workload and ClusterQueue events."""
-        state: dict[str, Any] = {}
-
-        async def start(**_: Any) -> None:
-            self._loop = asyncio.get_running_loop()
-            self._kicked, state["stop"] = asyncio.Event(), asyncio.Event()
-            state["task"] = asyncio.create_task(self._run(state["stop"], self._kicked))
-
-        async def stop(**_: Any) -> None:
-            if "task" in state:
-                state["stop"].set()
-                await state["task"]
+        self.loop.register()
 
         def kick(**_: Any) -> None:
             self.kick()
 
-        kopf.on.startup(id="start-kueue-sync")(start)
-        kopf.on.cleanup(id="stop-kueue-sync")(stop)
         kopf.on.event("kubetune.io", "v1alpha1", "gpuquotas", id="kueue_quota_event")(kick)
         kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads", id="kueue_workload_event")(kick)
         kopf.on.event("kueue.x-k8s.io", "v1beta2", "clusterqueues", id="kueue_clusterqueue_event")(kick)

@@ -14,7 +14,6 @@ event that can change the answer (a training Job, a Node, a GPUQuota) and every
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from kubetune_operator.core.gang import Decision, GangRequest
 from kubetune_operator.core.queue import cycle
 from kubetune_operator.runtime import clock, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
-from kubetune_operator.runtime.wakeups import wait_any
+from kubetune_operator.runtime.wakeups import KickedLoop
 
 log = logging.getLogger("kubetune.queue")
 
@@ -65,8 +64,7 @@ class GPUQueue:
         self.verdicts: dict[cycle.Key, cycle.Verdict] = {}
         self.snapshot: io.Snapshot | None = None
         self._cycle_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._kicked: asyncio.Event | None = None
+        self.loop = KickedLoop("gpu-queue", self.run_once, cfg.admission_period_seconds)
 
     # ---- the seam
 
@@ -84,8 +82,7 @@ class GPUQueue:
         return _decision(v)
 
     def kick(self) -> None:
-        if self._loop is not None and self._kicked is not None:
-            self._loop.call_soon_threadsafe(self._kicked.set)
+        self.loop.kick()
 
     # ---- one cycle
 
@@ -114,33 +111,9 @@ class GPUQueue:
             self.on_change(namespace, name)
         return result
 
-    async def _run(self, stop: asyncio.Event, kicked: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            kicked.clear()
-            try:
-                await loop.run_in_executor(None, self.run_once)
-            except Exception:  # a failed cycle is retried at the next kick or period; never crash
-                log.exception("admission cycle failed; retrying in %ss", self.cfg.admission_period_seconds)
-            await asyncio.sleep(0.2)  # events arrive in bursts (a gang's pods): one cycle for the burst
-            await wait_any(kicked, stop, timeout=self.cfg.admission_period_seconds)
-
     def register(self) -> None:
         """Start the cycle loop with the operator and stop it on shutdown; kick it on Node and GPUQuota events."""
-        state: dict[str, Any] = {}
-
-        async def start(**_: Any) -> None:
-            self._loop = asyncio.get_running_loop()
-            self._kicked, state["stop"] = asyncio.Event(), asyncio.Event()
-            state["task"] = asyncio.create_task(self._run(state["stop"], self._kicked))
-
-        async def stop(**_: Any) -> None:
-            if "task" in state:
-                state["stop"].set()
-                await state["task"]
-
-        kopf.on.startup(id="start-gpu-queue")(start)
-        kopf.on.cleanup(id="stop-gpu-queue")(stop)
+        self.loop.register()
 
         seen: dict[str, tuple[Any, ...]] = {}
 

@@ -36,6 +36,53 @@ async def wait_any(*events: asyncio.Event, timeout: float) -> None:
             w.cancel()
 
 
+class KickedLoop:
+    """Run `step` (blocking, in a worker thread) one at a time: soon after `kick()` and every `period`
+    seconds otherwise, from operator start to shutdown. A failed step is logged and retried at the next
+    kick or period (never a crash); `quiet` exceptions are logged as one line without a traceback."""
+
+    def __init__(self, name: str, step: Callable[[], Any], period: float,
+                 quiet: tuple[type[Exception], ...] = ()) -> None:
+        self.name, self.step, self.period, self.quiet = name, step, period, quiet
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kicked: asyncio.Event | None = None
+
+    def kick(self) -> None:
+        """Run the step soon (thread-safe; a no-op before the operator started)."""
+        if self._loop is not None and self._kicked is not None:
+            self._loop.call_soon_threadsafe(self._kicked.set)
+
+    async def _run(self, stop: asyncio.Event, kicked: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            kicked.clear()
+            try:
+                await loop.run_in_executor(None, self.step)
+            except self.quiet as e:
+                log.error("%s: %s", self.name, e)
+            except Exception:
+                log.exception("%s failed; retrying in %ss", self.name, self.period)
+            await asyncio.sleep(0.2)  # events arrive in bursts (a gang's pods): one step for the burst
+            await wait_any(kicked, stop, timeout=self.period)
+
+    def register(self) -> None:
+        """Start the loop with the operator and stop it on shutdown (kopf startup/cleanup handlers)."""
+        state: dict[str, Any] = {}
+
+        async def start(**_: Any) -> None:
+            self._loop = asyncio.get_running_loop()
+            self._kicked, state["stop"] = asyncio.Event(), asyncio.Event()
+            state["task"] = asyncio.create_task(self._run(state["stop"], self._kicked))
+
+        async def stop(**_: Any) -> None:
+            if "task" in state:
+                state["stop"].set()
+                await state["task"]
+
+        kopf.on.startup(id=f"start-{self.name}")(start)
+        kopf.on.cleanup(id=f"stop-{self.name}")(stop)
+
+
 class Wakeups:
     """Reconcile objects of one kind at the times they asked for, and all of them every `safety_seconds`.
 
