@@ -4,6 +4,7 @@
     kubetune-train launch --config job.json --nnodes N --nproc-per-node P --node-rank R \
         --master-addr HOST --master-port PORT       # a pod's main process: torchrun + exit codes
     kubetune-train validate-data --config job.json [--report report.json]
+    kubetune-train check-data --config job.json [--count-rows]   # the training source's fingerprint
 
 Exit codes (contract/config.py): 0 ok; 42 preempted after a checkpoint; 43 data or configuration error
 (message also in /dev/termination-log, or $KUBETUNE_TERMINATION_LOG); 1 anything unexpected.
@@ -22,6 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubetune_trainer.contract.config import EXIT_OK, EXIT_PREEMPTED, TrainerConfig
+from kubetune_trainer.contract.results import DataFingerprint
 from kubetune_trainer.errors import ConfigError, write_termination_message
 from kubetune_trainer.launcher import add_arguments as add_launch_arguments
 from kubetune_trainer.launcher import record_exit, under_launcher
@@ -96,10 +98,38 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
         # The operator copies this into status.dataQuality; on a failed gate it is also the reason.
         from kubetune_trainer.data.quality import status_report
 
-        args.result_message = status_report(report)
+        args.result_message = status_report(report, source_fingerprint(config, report.rows))
         write_termination_message(args.result_message)
     check_gate(report)
     log.info(f"data quality gate passed: {report.usable_rows} usable rows")
+    return EXIT_OK
+
+
+def source_fingerprint(config: TrainerConfig, rows: int) -> DataFingerprint | None:
+    """The training source's fingerprint as validated (`rows` read); None, with a warning, when it cannot be
+    taken: the gate's verdict does not depend on it, only retrain.onDataChange's next comparison does."""
+    from kubetune_trainer.data.fingerprint import fingerprint
+
+    try:
+        fp = fingerprint(config.data.train)
+    except (ConfigError, OSError) as e:
+        log.warning(f"the training data's fingerprint could not be taken: {e}")
+        return None
+    return fp if fp.rows is not None else fp.model_copy(update={"rows": rows})
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from kubetune_trainer.data.fingerprint import fingerprint
+
+    config = load_config(args.config)
+    fp = fingerprint(config.data.train, count_rows=args.count_rows)
+    args.result_message = fp.termination_message()
+    log.info(f"training data fingerprint: {fp.digest} ({fp.items} item(s)"
+             + (f", {fp.rows} rows)" if fp.rows is not None else ")"))
+    if args.termination_message:
+        write_termination_message(args.result_message)
+    else:
+        print(args.result_message)
     return EXIT_OK
 
 
@@ -130,6 +160,12 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("--termination-message", action="store_true",
                      help="also write a compact report (status.dataQuality shape) as the termination message")
     val.set_defaults(func=cmd_validate_data)
+    check = sub.add_parser("check-data", help="print the training source's fingerprint (retrain.onDataChange)")
+    check.add_argument("--config", required=True, help="TrainerConfig JSON")
+    check.add_argument("--count-rows", action="store_true", help="also count its rows (reads the data once)")
+    check.add_argument("--termination-message", action="store_true",
+                       help="write the fingerprint as the termination message instead of stdout")
+    check.set_defaults(func=cmd_check_data)
     prune = sub.add_parser("prune-versions", help="delete published versions the FineTuneJob no longer keeps")
     prune.add_argument("--root", required=True, help="the output root (the path spec.output.uri is mounted at)")
     prune.add_argument("--job", required=True, help="FineTuneJob name")

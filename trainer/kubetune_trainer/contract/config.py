@@ -299,6 +299,9 @@ class SqlSource(SpecModel):
 
     query: str = Field(min_length=1)
     url_env: str = Field("KUBETUNE_SQL_URL", description="Environment variable holding the SQLAlchemy URL.")
+    checksum_query: str | None = Field(
+        None, description="A cheap query whose result changes when the data does (data-change checks); "
+                          "without it the check compares the query's row count.")
 
 
 class DataSource(SpecModel):

@@ -4,6 +4,7 @@
 | --- | --- | --- | --- |
 | DataQualityReport | `kubetune-train validate-data`, and `train` before any GPU is spent (data/quality.py) | stdout or `--report FILE` | the data gate; people |
 | DataQualitySummary | `validate-data --termination-message` (data/quality.py) | the validation pod's termination message | the operator: `status.dataQuality` |
+| DataFingerprint | `kubetune-train check-data` (data/fingerprint.py), and `validate-data` inside its summary | the data-check pod's termination message | the operator: retrain.onDataChange |
 | VersionManifest | rank 0 of `train` (publish/artifacts.py) | `<output.root>/<job>/versions/<v>/manifest.json` | the model card; kubetune-serve before it loads a weight (serve/engine/model_source.py) |
 | VersionSummary | rank 0 of `train` (__main__.py, launcher.py) | the training pod's termination message | the operator: `status.versions[]` |
 
@@ -119,6 +120,27 @@ class TokenLengthSummary(WireModel):
     over_max: int = Field(description="Rows longer than the limit.")
 
 
+class DataFingerprint(WireModel):
+    """What a data source looks like at a moment, at bounded cost: compared, not read, to see a change.
+
+    `digest` is `<method>-sha256:<hex>` over, per method (data/fingerprint.py):
+    files: each file's relative path, size and mtime (a mounted claim); objects: each object's key,
+    size and ETag (else its modification time) from one listing (s3://, gs://, …); http: the
+    response's ETag, Last-Modified and Content-Length to a HEAD (the body's sha256 when the server
+    sends neither of the first two); sql: the query's row count and the first row of
+    `checksumQuery` when one is set. Two fingerprints of one source are equal when the data has not
+    changed, except where the source hides a change (a file rewritten with its size and mtime kept).
+    """
+
+    digest: str
+    method: Literal["files", "objects", "http", "sql"]
+    items: int = Field(description="Files or objects listed (1 for http and sql).")
+    rows: int | None = Field(None, description="Rows of the source (every row read, parsed or not); null when not counted.")
+
+    def termination_message(self) -> str:
+        return compact_json(self.to_dict(exclude_none=True))
+
+
 class DataQualitySummary(WireModel):
     """The report in the FineTuneJob's `status.dataQuality` shape; the operator adds `checkedAt`."""
 
@@ -133,6 +155,8 @@ class DataQualitySummary(WireModel):
     errors: list[str] = Field(default_factory=list, description="Failed checks, then schema errors; each ≤300 chars.")
     passed: bool
     message: str = Field(description="One line for people (≤600 chars).")
+    source: DataFingerprint | None = Field(
+        None, description="The training source's fingerprint when it was read (data-change checks compare to it).")
 
     def termination_message(self, limit: int = DATA_QUALITY_MESSAGE_LIMIT) -> str:
         """Compact JSON within `limit` bytes: errors are dropped from the end, never the counts."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from kubetune_trainer.contract.config import QualityGate, Task, TrainerConfig
 from kubetune_trainer.contract.results import (
     DATA_QUALITY_MESSAGE_LIMIT,
+    DataFingerprint,
     DataGateResult,
     DataQualityReport,
     DataQualitySummary,
@@ -143,7 +144,8 @@ def check_gate(report: DataQualityReport) -> None:
         raise DataGateError(f"training data failed the quality gate ({len(failures)} checks):\n{lines}")
 
 
-def status_report(report: DataQualityReport, limit: int = DATA_QUALITY_MESSAGE_LIMIT) -> str:
+def status_report(report: DataQualityReport, source: DataFingerprint | None = None,
+                  limit: int = DATA_QUALITY_MESSAGE_LIMIT) -> str:
     """The report in the FineTuneJob's status.dataQuality shape, as compact JSON within `limit` bytes.
 
     It is the validation pod's termination message (Kubernetes keeps 4096 bytes), so long error
@@ -166,5 +168,6 @@ def status_report(report: DataQualityReport, limit: int = DATA_QUALITY_MESSAGE_L
         passed=passed,
         message=(f"{usable} usable rows; all quality checks passed" if passed
                  else f"{len(failures)} quality check(s) failed: " + "; ".join(failures))[:600],
+        source=source,
     )
     return summary.termination_message(limit)

@@ -73,7 +73,7 @@ class LoadedRows:
         return h.hexdigest()
 
 
-def _is_remote(uri: str) -> bool:
+def is_remote(uri: str) -> bool:
     scheme = urlparse(uri).scheme
     return len(scheme) > 1 and scheme != "file"
 
@@ -81,7 +81,7 @@ def _is_remote(uri: str) -> bool:
 def guess_format(name: str, declared: DataFormat | str | None) -> DataFormat:
     if declared:
         return DataFormat(declared)
-    path = urlparse(name).path if _is_remote(name) else name
+    path = urlparse(name).path if is_remote(name) else name
     suffix = Path(path.removesuffix(".gz")).suffix.lower()
     if suffix not in SUFFIX_FORMATS:
         raise ConfigError(
@@ -93,11 +93,11 @@ def guess_format(name: str, declared: DataFormat | str | None) -> DataFormat:
 
 def _read_bytes(uri: str) -> bytes:
     """Whole file contents from a local path or an fsspec URI."""
-    if not _is_remote(uri):
+    if not is_remote(uri):
         return Path(uri.removeprefix("file://")).read_bytes()
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        return _read_http(uri)
+        return read_http(uri)
     import fsspec
 
     try:
@@ -112,7 +112,7 @@ def _read_bytes(uri: str) -> bytes:
                           "(spec.pod.envFrom)") from e
 
 
-def _read_http(uri: str) -> bytes:
+def read_http(uri: str) -> bytes:
     # urllib rather than fsspec's http filesystem: it needs no aiohttp, and one GET is all we do.
     import urllib.error
     import urllib.request
@@ -131,9 +131,9 @@ def _read_http(uri: str) -> bytes:
         raise ConfigError(f"data source {uri!r}: cannot reach it ({e.reason})") from e
 
 
-def _expand(uri: str) -> list[str]:
+def expand(uri: str) -> list[str]:
     """A local directory or glob becomes its data files, sorted; anything else stays itself."""
-    if _is_remote(uri):
+    if is_remote(uri):
         if any(ch in uri for ch in "*?[") or (uri.endswith("/") and urlparse(uri).scheme not in ("http", "https")):
             import fsspec
 
@@ -323,7 +323,7 @@ def load_source(source: DataSource) -> LoadedRows:
     if source.sql is not None:
         return load_sql(source.sql.query, source.sql.url_env)
     assert source.uri is not None
-    files = _expand(source.uri)
+    files = expand(source.uri)
     out = LoadedRows(source=source.uri)
     for uri in files:
         out.extend(load_file(uri, guess_format(uri, source.format)))
