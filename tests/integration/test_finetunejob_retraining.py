@@ -1,16 +1,19 @@
 """Retraining triggers against the real control plane: a change of the training data starts exactly
-one run (and unchanged data none); the on-demand annotation starts one run."""
+one run (and unchanged data none); the on-demand annotation starts one run; changes and schedule
+ticks missed while the operator was down start one run, not one each."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.integration.ftj_support import (
     apply,
+    condition,
     create_data,
     finish_pods,
     ftj,
@@ -57,6 +60,84 @@ def test_changed_data_starts_exactly_one_run_and_unchanged_data_none(cluster: De
     assert sum(1 for e in events if e["reason"] == "DataChanged") == 1
     time.sleep(15)
     assert status(cluster, namespace, "fresh")["currentRun"]["number"] == 2  # one run per change, no storm
+
+
+def test_data_changed_twice_while_the_operator_was_down_starts_one_run(cluster: DevCluster, namespace: str,
+                                                                        operator: Any) -> None:
+    create_data(cluster, namespace)
+    apply(cluster, namespace, ftj("offline", retrain=ON_CHANGE))
+    complete_run(cluster, namespace, "offline", 1)
+    operator.kill()  # SIGKILL, as when its node dies
+    for batch in ("first", "second"):
+        rows = "\n".join(json.dumps({"prompt": f"{batch} q{i}", "completion": f"a{i}"}) for i in range(20))
+        apply(cluster, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "train-data"},
+                                   "data": {"train.jsonl": rows}})
+    time.sleep(12)  # more than one check interval passes while it is down
+    operator.start()
+    st = eventually(lambda: (s := status(cluster, namespace, "offline")).get("currentRun", {}).get("number") == 2
+                    and s, timeout=60, what="run 2 started by the data change")
+    assert st["currentRun"]["trigger"] == "DataChange"
+    time.sleep(15)  # more than one check interval after the restart
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert sum(1 for e in events if e["reason"] == "DataChanged") == 1
+    assert status(cluster, namespace, "offline")["currentRun"]["number"] == 2
+
+
+def test_schedule_ticks_missed_while_the_operator_was_down_start_one_run(cluster: DevCluster, namespace: str,
+                                                                          operator: Any) -> None:
+    create_data(cluster, namespace)
+    operator.kill()
+    apply(cluster, namespace, ftj("nightly", schedule={"cron": "* * * * *", "concurrencyPolicy": "Allow"}))
+    # The status the operator left when it went down ten minutes (ten ticks) ago, after run 1 succeeded.
+    then = datetime.now(UTC) - timedelta(minutes=10)
+    stamp = then.strftime("%Y-%m-%dT%H:%M:00Z")
+    cluster.kubectl("patch", "ftj", "nightly", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+                    json.dumps({"status": {"phase": "Succeeded", "lastScheduleTime": stamp,
+                                           "currentRun": {"number": 1, "trigger": "Schedule"},
+                                           "runs": [{"number": 1, "result": "Succeeded", "trigger": "Schedule",
+                                                     "completionTime": stamp}]}}))
+    operator.start()
+    st = eventually(lambda: (s := status(cluster, namespace, "nightly")).get("currentRun", {}).get("number") == 2
+                    and s, timeout=60, what="one run for the missed ticks")
+    assert st["currentRun"]["trigger"] == "Schedule"
+    assert st["lastScheduleTime"] > stamp and st["nextScheduleTime"] > st["lastScheduleTime"]
+    time.sleep(8)  # ten ticks were missed; one run answers all of them
+    st = status(cluster, namespace, "nightly")
+    assert st["currentRun"]["number"] == 2, st["currentRun"]
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert sum(1 for e in events if e["reason"] == "ScheduledRunStarted") == 1
+
+
+def test_a_passing_report_is_reused_for_the_same_inputs_and_never_for_changed_data(
+        cluster: DevCluster, namespace: str, operator: Any) -> None:
+    create_data(cluster, namespace)
+    apply(cluster, namespace, ftj("sweep-a"))
+    complete_run(cluster, namespace, "sweep-a", 1)
+    assert status(cluster, namespace, "sweep-a")["dataQuality"]["inputsDigest"].startswith("sha256:")
+    # A second job over the same data and checks (another learning rate): no validation pod at all.
+    apply(cluster, namespace, ftj("sweep-b", hyperparameters={"learningRate": 5e-5, "maxSteps": 10}))
+    st = wait_phase(cluster, namespace, "sweep-b", "Running")
+    assert jobs(cluster, namespace, "sweep-b", "validate-data") == []
+    validated = condition(st, "DataValidated")
+    assert validated["reason"] == "ReportReused" and "FineTuneJob sweep-a run 1" in validated["message"]
+    assert st["dataQuality"]["reusedFrom"] == "sweep-a/1" and st["dataQuality"]["rows"] == 20
+    # A retrain of unchanged data reuses it too; after a change of the data, the next run validates again.
+    cluster.kubectl("annotate", "ftj", "sweep-a", "-n", namespace, "kubetune.io/retrain=same-data")
+    eventually(lambda: status(cluster, namespace, "sweep-a").get("phase") == "Running"
+               and status(cluster, namespace, "sweep-a")["currentRun"]["number"] == 2, timeout=60,
+               what="run 2 admitted without a validation pod")
+    assert [j["metadata"]["name"] for j in jobs(cluster, namespace, "sweep-a", "validate-data")] == ["sweep-a-r1-validate"]
+    finish_pods(cluster, namespace, train_selector("sweep-a") + ",kubetune.io/run=2", "Succeeded", count=2,
+                message=manifest(2), rank0_message_only=True)
+    eventually(lambda: status(cluster, namespace, "sweep-a").get("phase") == "Succeeded", timeout=60,
+               what="run 2 succeeded")
+    rows = "\n".join(json.dumps({"prompt": f"other q{i}", "completion": f"a{i}"}) for i in range(20))
+    apply(cluster, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "train-data"},
+                               "data": {"train.jsonl": rows}})
+    cluster.kubectl("annotate", "ftj", "sweep-a", "-n", namespace, "kubetune.io/retrain=new-data", "--overwrite")
+    st = eventually(lambda: (s := status(cluster, namespace, "sweep-a")).get("phase") == "Validating"
+                    and s["currentRun"]["number"] == 3 and s, timeout=60, what="run 3 validating the new data")
+    assert "dataQuality" not in st or st["dataQuality"].get("reusedFrom") is None
 
 
 def test_retention_deletes_old_versions_but_never_a_served_one(cluster: DevCluster, namespace: str,

@@ -79,10 +79,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._head()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._head()
         self.wfile.write(self.body)
 
@@ -138,7 +138,7 @@ def test_sql_counts_rows_and_runs_the_checksum_query(tmp_path: Path, monkeypatch
 
 def test_sql_errors_name_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAIN_DB", f"sqlite:///{tmp_path / 'empty.db'}")
-    with pytest.raises(ConfigError, match="data-change check failed.*no such table"):
+    with pytest.raises(ConfigError, match=r"data-change check failed.*no such table"):
         fingerprint(DataSource(sql=SqlSource(query="SELECT * FROM missing", url_env="TRAIN_DB")))
     monkeypatch.delenv("TRAIN_DB")
     with pytest.raises(ConfigError, match="TRAIN_DB is empty"):

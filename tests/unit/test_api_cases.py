@@ -109,8 +109,9 @@ BAD_CASES: list[BadCase] = [
         notes="API server: list-type set; pydantic: a validator",
     ),
     BadCase("qlora-without-gpu", SCHEDULED, {"spec.resources.gpusPerNode": 0}, "method.type qlora needs a GPU"),
-    BadCase("data-change-on-a-claim", LORA, {"spec.retrain": {"onDataChange": {"enabled": True}}},
-            "retrain.onDataChange watches ConfigMap data"),
+    BadCase("data-change-min-new-rows-zero", LORA,
+            {"spec.retrain": {"onDataChange": {"enabled": True, "minNewRows": 0}}},
+            "spec.retrain.onDataChange.minNewRows"),
     BadCase(
         "zero-stage-without-deepspeed", MULTINODE, {"spec.strategy.type": "ddp"}, "strategy.zeroStage and strategy.offload"
     ),
@@ -193,6 +194,20 @@ BAD_CASES: list[BadCase] = [
         {"spec.method": DELETE, "spec.output.mergeAdapter": False},
         "output.mergeAdapter: false publishes a LoRA adapter",
     ),
+    # ---- FineTuneJob and ModelDeployment: spec.events.sinks (docs/audit.md)
+    BadCase("event-sink-ftp-url", LORA, {"spec.events.sinks": [{"url": "ftp://events.example.com/in"}]},
+            "spec.events.sinks[0].url"),
+    BadCase("event-sink-credentials-in-url", LORA,
+            {"spec.events.sinks": [{"url": "https://bot:secret@events.example.com/in"}]}, "spec.events.sinks[0].url"),
+    BadCase("event-sink-token-without-key", LORA,
+            {"spec.events.sinks": [{"url": "https://events.example.com/in", "tokenSecretRef": {"name": "t"}}]},
+            "spec.events.sinks[0].tokenSecretRef.key"),
+    BadCase("event-sinks-five", LORA, {"spec.events.sinks": [{"url": f"https://e{i}.example.com/"} for i in range(5)]},
+            "spec.events.sinks"),
+    BadCase("event-sink-ca-on-http", MDEP,
+            {"spec.events.sinks": [{"url": "http://events.example.com/in", "caSecretRef": {"name": "ca", "key": "ca.crt"}}]},
+            "caSecretRef verifies an https:// receiver"),
+    BadCase("event-sink-no-host", MDEP, {"spec.events.sinks": [{"url": "https:///in"}]}, "spec.events.sinks[0].url"),
     # The API server names the field (fieldPath .metadata.name), not `<nil>`.
     BadCase("name-starts-with-digit", LORA, {"metadata.name": "1-support"}, "metadata.name must be",
             api_expect="metadata.name: Invalid value"),

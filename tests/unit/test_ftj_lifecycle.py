@@ -16,15 +16,18 @@ from typing import Any
 import pytest
 from kubetune_operator.api import FineTuneJob
 from kubetune_operator.api.conditions import find_condition
+from kubetune_operator.core import names
 from kubetune_operator.core.finetunejob.lifecycle import decide, fail_run
 from kubetune_operator.core.finetunejob.plan import (
     CreateAttempt,
+    CreateCheckData,
     CreatePrune,
     CreateValidation,
     Delete,
     EnsureRBAC,
     Observed,
     Policy,
+    ReusableReport,
     SetSuspended,
 )
 from kubetune_operator.core.finetunejob.triggers import spec_digest
@@ -125,6 +128,34 @@ def prune_job(name: str, state: str) -> dict[str, Any]:
 
 DATA_CHANGE = {"spec.datasets.train": {"configMap": {"name": "tickets", "key": "train.jsonl"}, "format": "jsonl"},
                "spec.retrain": {"onDataChange": {"enabled": True, "checkIntervalSeconds": 60}}}
+
+
+DATA_MIN = {**DATA_CHANGE, "spec.retrain": {"onDataChange": {"enabled": True, "checkIntervalSeconds": 60,
+                                                            "minNewRows": 10}}}
+RUN_ON_CM = {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_MIN)), "dataDigest": "sha256:old",
+             "dataRows": 100}
+DATA_PVC = {"spec.datasets.train": {"uri": "pvc://data/tickets", "format": "jsonl"},
+            "spec.retrain": {"onDataChange": {"enabled": True, "checkIntervalSeconds": 60}}}
+RUN_ON_PVC = {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_PVC)),
+              "dataDigest": "files-sha256:old", "dataRows": 240}
+REUSABLE = {"rows": 240, "passed": True, "message": "240 usable rows", "inputsDigest": "sha256:in",
+            "checkedAt": "2026-12-01T11:00:00Z"}
+CHECK_NAME = "support-assistant-check-" + names.base36(int(NOW.timestamp()))
+
+
+def check_job(state: str) -> dict[str, Any]:
+    conditions = [{"type": state, "status": "True", "lastTransitionTime": ts(-1)}] if state != "Active" else []
+    return {"metadata": {"name": CHECK_NAME, "labels": {"kubetune.io/finetunejob": "support-assistant",
+                                                        "kubetune.io/component": "check-data"}},
+            "spec": {}, "status": {"conditions": conditions}}
+
+
+def check_pod(digest_or_message: str) -> dict[str, Any]:
+    message = json.dumps({"digest": digest_or_message, "method": "files", "items": 1})
+    return pod(CHECK_DONE, 0, message)
+
+
+CHECK_ACTIVE, CHECK_DONE, CHECK_FAILED = check_job("Active"), check_job("Complete"), check_job("Failed")
 
 
 @dataclass
@@ -275,6 +306,66 @@ ROWS = [
         ftj(DATA_CHANGE, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-20), "runs": [
             {"number": 1, "result": "Succeeded", "specDigest": spec_digest(ftj(DATA_CHANGE)), "dataDigest": "sha256:old"}]}),
         Observed(data_digest="sha256:new"), "Succeeded", None, [], [], wakeup=NOW + timedelta(seconds=40)),
+    Row("minNewRows: a change with fewer new rows starts nothing, and status says why",
+        ftj(DATA_MIN, {**running(), "phase": "Succeeded", "runs": [RUN_ON_CM]}),
+        Observed(data_digest="sha256:new", data_rows=105), "Succeeded", None, [], [],
+        check=lambda p: p.status.data_check.changed is True and "+5 rows (100 → 105)" in p.status.data_check.message
+        and "minNewRows is 10" in p.status.data_check.message),
+    Row("minNewRows: enough new rows start one run, which records them",
+        ftj(DATA_MIN, {**running(), "phase": "Succeeded", "runs": [RUN_ON_CM]}),
+        Observed(data_digest="sha256:new", data_rows=110), "Pending", None, [], ["DataChanged", "RunStarted"],
+        check=lambda p: p.status.current_run.data_rows == 110 and "100 → 110 rows" in p.status.data_check.message),
+    Row("a claim's data: a due check starts a check Job, not a run",
+        ftj(DATA_PVC, {**running(), "phase": "Succeeded", "runs": [RUN_ON_PVC]}),
+        Observed(), "Succeeded", None,
+        [EnsureRBAC(), CreateCheckData(CHECK_NAME, 2, 1, count_rows=False)], [], wakeup=NOW + timedelta(seconds=60),
+        check=lambda p: p.status.last_data_check == NOW),
+    Row("a claim's data: a running check Job is waited for, and no second one starts",
+        ftj(DATA_PVC, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-600), "runs": [RUN_ON_PVC]}),
+        Observed(jobs=[CHECK_ACTIVE]), "Succeeded", None, [], []),
+    Row("a claim's data: an unchanged fingerprint starts nothing; the check Job is deleted",
+        ftj(DATA_PVC, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-5), "runs": [RUN_ON_PVC]}),
+        Observed(jobs=[CHECK_DONE], pods=[check_pod("files-sha256:old")]), "Succeeded", None,
+        [Delete("batch/v1", "Job", CHECK_NAME)], [],
+        check=lambda p: p.status.data_check.changed is False and "unchanged since run 1" in p.status.data_check.message),
+    Row("a claim's data: a changed fingerprint starts one run with it (however many checks were missed)",
+        ftj(DATA_PVC, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-3600), "runs": [RUN_ON_PVC]}),
+        Observed(jobs=[CHECK_DONE], pods=[check_pod("files-sha256:new")]), "Pending", None,
+        [Delete("batch/v1", "Job", CHECK_NAME)], ["DataChanged", "RunStarted"],
+        check=lambda p: p.status.current_run.trigger == "DataChange"
+        and p.status.current_run.data_digest == "files-sha256:new" and "/data/tickets" in p.status.data_check.message),
+    Row("a failed check Job says why once, starts nothing, and is deleted",
+        ftj(DATA_PVC, {**running(), "phase": "Succeeded", "lastDataCheck": ts(-5), "runs": [RUN_ON_PVC]}),
+        Observed(jobs=[CHECK_FAILED], pods=[{**check_pod("data source '/data/x': no such file"),
+                                             "status": {"phase": "Failed", "containerStatuses": [{"name": "c", "state": {
+                                                 "terminated": {"exitCode": 43,
+                                                                "message": "data source '/data/x': no such file"}}}]}}]),
+        "Succeeded", None, [Delete("batch/v1", "Job", CHECK_NAME)], ["DataCheckFailed"],
+        check=lambda p: "exit code 43" in p.status.data_check.message and "no such file" in p.status.data_check.message),
+    Row("a run validated from a claim records the fingerprint its validation took",
+        ftj(DATA_PVC, running(validated=False, specDigest=RUN_ON_PVC["specDigest"])),
+        Observed(jobs=[v := job("validate-data", state="Complete")],
+                 pods=[pod(v, 0, json.dumps({"rows": 240, "passed": True, "message": "ok", "source": {
+                     "digest": "files-sha256:abc", "method": "files", "items": 2, "rows": 240}}))]),
+        "Queued", None, [EnsureRBAC(), CreateAttempt(1, 1, 1, False, "Create")], ["DataValidated", "Queued"],
+        check=lambda p: (p.status.current_run.data_digest, p.status.current_run.data_rows) == ("files-sha256:abc", 240)
+        and p.status.data_quality.rows == 240),
+    Row("a passing report of the same inputs is reused: no validation pod, the run queues at once",
+        ftj(status=running(validated=False)),
+        Observed(validation_inputs="sha256:in", reusable_report=ReusableReport("sweep-a", 1, REUSABLE)), "Queued", None,
+        [EnsureRBAC(), CreateAttempt(1, 1, 1, False, "Create")], ["DataValidated", "Queued"],
+        check=lambda p: p.status.data_quality.reused_from == "sweep-a/1" and p.status.data_quality.rows == 240
+        and "FineTuneJob sweep-a run 1" in find_condition(p.status.conditions, "DataValidated").message
+        and find_condition(p.status.conditions, "DataValidated").reason == "ReportReused"),
+    Row("a report of other inputs, or one that failed, is not reused",
+        ftj(status=running(validated=False)),
+        Observed(validation_inputs="sha256:other", reusable_report=ReusableReport("sweep-a", 1, REUSABLE)), "Validating",
+        None, [EnsureRBAC(), CreateValidation(1, 1, "Create")], ["ValidatingData"]),
+    Row("a validation stamps its report with the inputs it checked",
+        ftj(status=running(validated=False)),
+        Observed(jobs=[V_OK], pods=[V_OK_POD], validation_inputs="sha256:in"), "Queued", None,
+        [EnsureRBAC(), CreateAttempt(1, 1, 1, False, "Create")], ["DataValidated", "Queued"],
+        check=lambda p: p.status.data_quality.inputs_digest == "sha256:in" and p.status.data_quality.reused_from is None),
     Row("keepVersions: older versions go by a cleanup Job, never the served or the latest passing one",
         ftj({"spec.output.keepVersions": 1}, {**running(), "phase": "Succeeded", "runs": RUNS_5,
                                               "versions": VERSIONS_5}),
@@ -341,3 +432,14 @@ def test_enterprise_events_follow_the_transitions() -> None:
     changed = next(r for r in ROWS if r.name.startswith("the data changed"))
     types = [e.type for e in decide(changed.job, changed.observed, NOW, POLICY).audit]
     assert types == ["io.kubetune.data.changed", "io.kubetune.run.started"]
+
+
+def test_config_map_rows_are_counted_as_the_trainer_reads_them() -> None:
+    from kubetune_operator.core.finetunejob.triggers import data_rows
+
+    jsonl = {"data": {"t.jsonl": '{"a": 1}\n\n{"a": 2}\n'}}
+    assert data_rows(jsonl, "t.jsonl") == 2
+    csv_text = {"data": {"t.csv": 'prompt,completion\n"two\nlines",b\nc,d\n'}}
+    assert data_rows(csv_text, "t.csv") == 2  # a quoted newline stays inside its record
+    assert data_rows({"binaryData": {"t.parquet": "UEFS"}}, "t.parquet") is None
+    assert data_rows(None, "t.jsonl") is None

@@ -12,6 +12,7 @@ import yaml
 from kubetune_operator.api import FineTuneJob
 from kubetune_operator.builders.trainer_config import RunInputs, build_trainer_config
 from kubetune_operator.builders.training import (
+    build_check_data,
     build_config_map,
     build_headless_service,
     build_progress_role,
@@ -133,6 +134,28 @@ def test_validation_job_is_a_cpu_pod_reporting_through_its_termination_message()
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert "nodeSelector" not in job["spec"]["template"]["spec"] or "nvidia.com/gpu.product" not in \
         job["spec"]["template"]["spec"]["nodeSelector"]
+
+
+def test_data_check_reads_the_data_like_validation_and_reports_a_fingerprint() -> None:
+    ftj = example("finetunejob-deepspeed-multinode.yaml")
+    inputs = RunInputs(run=3, version=2)
+    cm, job = build_check_data(ftj, inputs, "img", "support-check-abc", count_rows=True)
+    validation = build_validation_job(ftj, inputs, "img")["spec"]["template"]["spec"]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["kubetune-train", "check-data", "--config", "/etc/kubetune/config.json",
+                                    "--termination-message", "--count-rows"]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    # The same data access as the validation pod: its env (SQL URL, credentials) and its data volumes.
+    assert container["env"] == validation["containers"][0]["env"]
+    assert [v for v in pod["volumes"] if v["name"] != "config"] == [
+        v for v in validation["volumes"] if v["name"] != "config"]
+    assert {"name": "config", "configMap": {"name": cm["metadata"]["name"]}} in pod["volumes"]
+    assert json.loads(cm["data"]["config.json"])["data"] == json.loads(
+        build_config_map(ftj, inputs)["data"]["config.json"])["data"]
+    assert job["metadata"]["labels"]["kubetune.io/component"] == "check-data"
+    assert "kubetune.io/run" not in job["metadata"]["labels"]  # not a run's child: history never counts it
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] == 3600
 
 
 def test_progress_role_allows_only_patching_this_jobs_status() -> None:

@@ -191,6 +191,57 @@ class KeyReference(ApiModel):
     )
 
 
+# --------------------------------------------------------------------------- audit event sinks
+
+# http(s)://host[:port][/path]: a host name, an IPv4 address or a bracketed IPv6 one; no user:password@
+# (a token goes in tokenSecretRef, never in the URL, where logs and `kubectl get -o yaml` would show it).
+EVENT_SINK_URL_PATTERN = r"^https?://(\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)(:[0-9]{1,5})?([/?#]\S*)?$"
+MAX_EVENT_SINKS = 4
+
+
+class EventSink(ApiModel):
+    """An HTTP(S) endpoint that receives this object's audit events as CloudEvents (docs/audit.md)."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.caSecretRef) || self.url.startsWith('https://')",
+            message="caSecretRef verifies an https:// receiver; use an https:// url or remove caSecretRef",
+            field_path=".caSecretRef",
+            check=lambda m: m.ca_secret_ref is None or m.url.startswith("https://"),
+        ),
+    )
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=EVENT_SINK_URL_PATTERN,
+        description="http(s)://host[:port]/path that takes CloudEvents 1.0 in structured JSON mode (one POST per "
+                    "event); no credentials in it: use tokenSecretRef.",
+    )
+    token_secret_ref: KeyReference | None = Field(
+        None,
+        description="A key of a Secret in this namespace whose value (surrounding whitespace removed) is sent as "
+                    "`Authorization: Bearer <value>`. While it cannot be read, events are not sent to this sink: "
+                    "each is counted as dropped and a Warning event names this field.",
+    )
+    ca_secret_ref: KeyReference | None = Field(
+        None,
+        description="A key of a Secret in this namespace holding PEM CA certificates to verify the https:// "
+                    "receiver with, instead of the system's.",
+    )
+
+
+class EventsSpec(ApiModel):
+    """Where the object's audit events go besides the operator-wide sinks (docs/audit.md)."""
+
+    sinks: list[EventSink] = Field(
+        default_factory=list,
+        max_length=MAX_EVENT_SINKS,
+        description="CloudEvents receivers of this object's events (run started/succeeded/failed, data changed, "
+                    "version promoted, promotion refused, canary rolled back), in addition to the operator's.",
+    )
+
+
 MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|s3://\S+|https://\S+|hf://[^/@\s]+/[^@\s]+(@\S+)?|/\S*)$"
 
 

@@ -36,6 +36,7 @@ from kubetune_operator.api.common import (
     GPU_TYPE_PATTERN,
     ApiModel,
     CelRule,
+    EventsSpec,
     KeyReference,
     ModelRef,
     ObjectMeta,
@@ -98,6 +99,14 @@ class SqlQuery(ApiModel):
     query: str = Field(min_length=1, max_length=65536, description="The SELECT statement; one row per example.")
     secret_key_ref: KeyReference = Field(
         description="Secret key holding the SQLAlchemy URL (e.g. postgresql://user:pass@host/db)."
+    )
+    checksum_query: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description=(
+            "retrain.onDataChange: a cheap query whose first row changes when the data does (e.g. SELECT "
+            "MAX(updated_at) FROM t); the check compares it and the query's row count. Unset: the row count only, "
+            "which misses edits in place."
+        ),
     )
 
 
@@ -319,6 +328,14 @@ class OnDataChange(ApiModel):
     check_interval_seconds: int = Field(
         300, ge=10, le=86_400, description="How often the data is checked for a change, in seconds."
     )
+    min_new_rows: int | None = Field(
+        None, ge=1, le=1_000_000_000,
+        description=(
+            "Start a run only when the training data has at least this many more rows than the data the last run "
+            "trained on (a change with fewer waits for more rows). Unset: any change starts a run. For a claim or "
+            "an object store each check then reads the data once to count its rows."
+        ),
+    )
 
 
 class RetrainPolicy(ApiModel):
@@ -342,15 +359,6 @@ class FineTuneJobSpec(ApiModel):
             message="labels are only for task classification; remove them or set task: classification",
             field_path=".labels",
             check=lambda m: m.task == Task.CLASSIFICATION or not m.labels,
-        ),
-        CelRule(
-            rule="!has(self.retrain) || !has(self.retrain.onDataChange) || !has(self.retrain.onDataChange.enabled) "
-                 "|| !self.retrain.onDataChange.enabled || has(self.datasets.train.configMap)",
-            message="retrain.onDataChange watches ConfigMap data in this version: put the training data in a "
-                    "ConfigMap (datasets.train.configMap), or retrain with spec.schedule or the kubetune.io/retrain "
-                    "annotation",
-            field_path=".retrain.onDataChange.enabled",
-            check=lambda m: not m.retrain.on_data_change.enabled or m.datasets.train.config_map is not None,
         ),
         CelRule(
             rule="!has(self.method) || self.method.type != 'qlora' || (has(self.resources) && self.resources.gpusPerNode >= 1)",
@@ -500,6 +508,9 @@ class FineTuneJobSpec(ApiModel):
     schedule: Schedule | None = Field(None, description="Retrain on a cron schedule; without it the job runs once.")
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy, description="Retrain when the data changes.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
+    events: EventsSpec = Field(
+        default_factory=EventsSpec, description="CloudEvents receivers of this job's audit events (docs/audit.md)."
+    )
 
     @field_validator("labels")
     @classmethod
@@ -564,6 +575,25 @@ class DataQualityReport(StatusModel):
     passed: bool | None = Field(None, description="Whether the quality gate passed.")
     message: str | None = Field(None, description="Summary for humans.")
     checked_at: datetime | None = Field(None, description="When the data was validated.")
+    inputs_digest: str | None = Field(
+        None, max_length=80,
+        description=(
+            "Digest of what the report depends on: the data (ConfigMaps), spec.datasets, task, labels, base model "
+            "and maxSeqLength. A run of any FineTuneJob in the namespace with the same digest reuses a passing "
+            "report instead of starting a validation pod."
+        ),
+    )
+    reused_from: str | None = Field(None, description="The run whose report this is, when it was reused.")
+
+
+class DataCheck(StatusModel):
+    """The result of the last retrain.onDataChange check."""
+
+    checked_at: datetime | None = Field(None, description="When the check ended.")
+    digest: str | None = Field(None, max_length=80, description="The training data's digest then.")
+    rows: int | None = Field(None, ge=0, description="Its rows, when counted.")
+    changed: bool | None = Field(None, description="Whether it differs from the data the last run trained on.")
+    message: str | None = Field(None, description="What the check concluded, for people.")
 
 
 class CurrentRun(StatusModel):
@@ -594,6 +624,7 @@ class CurrentRun(StatusModel):
     data_digest: str | None = Field(
         None, max_length=80, description="Digest of the training data the run started with (retrain.onDataChange)."
     )
+    data_rows: int | None = Field(None, ge=0, description="Rows of the training data the run started with.")
 
 
 class RunRecord(StatusModel):
@@ -615,6 +646,7 @@ class RunRecord(StatusModel):
         None, max_length=64, description="Digest of the spec that shaped the run (all but runPolicy and schedule)."
     )
     data_digest: str | None = Field(None, max_length=80, description="Digest of the training data the run used.")
+    data_rows: int | None = Field(None, ge=0, description="Rows of the training data the run used.")
 
 
 class ModelVersion(StatusModel):
@@ -655,6 +687,7 @@ class FineTuneJobStatus(StatusModel):
     last_data_check: datetime | None = Field(
         None, description="When the training data was last checked for a change (retrain.onDataChange)."
     )
+    data_check: DataCheck | None = Field(None, description="What the last check of the training data found.")
     last_schedule_time: datetime | None = Field(None, description="When the schedule last started a run.")
     next_schedule_time: datetime | None = Field(None, description="When the schedule starts the next run.")
     last_retrain_request: str | None = Field(

@@ -15,6 +15,7 @@ from kubetune_operator.api.common import (
     MODEL_URI_PATTERN,
     ApiModel,
     CelRule,
+    EventsSpec,
     KeyReference,
     LocalObjectReference,
     ObjectMeta,
@@ -218,6 +219,10 @@ class ModelDeploymentSpec(ApiModel):
     promotion: Promotion = Field(default_factory=Promotion, description="Rollout of new versions.")
     auth: Auth | None = Field(None, description="API keys and TLS; the endpoint is open inside the cluster without it.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the server pods.")
+    events: EventsSpec = Field(
+        default_factory=EventsSpec,
+        description="CloudEvents receivers of this deployment's audit events (docs/audit.md).",
+    )
 
 
 ModelDeploymentPhase = Literal["Pending", "Progressing", "Available", "Degraded", "Failed"]

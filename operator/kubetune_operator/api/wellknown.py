@@ -15,6 +15,7 @@ LABEL_COMPONENT = "kubetune.io/component"
 COMPONENT_TRAIN = "train"
 COMPONENT_VALIDATE = "validate-data"
 COMPONENT_PRUNE = "prune-versions"
+COMPONENT_CHECK_DATA = "check-data"
 # On a training Job: what admission granted, read back to rebuild the GPU usage after a restart.
 ANNOTATION_ADMITTED_GPUS = "kubetune.io/admitted-gpus"
 ANNOTATION_GPU_TYPE = "kubetune.io/gpu-type"

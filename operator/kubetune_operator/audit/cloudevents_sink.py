@@ -33,7 +33,8 @@ class CloudEventsSinkConfig:
     """An HTTP(S) endpoint taking CloudEvents (Knative broker, Argo Events webhook, an event bus…).
 
     `token`: a bearer token (the wiring reads it from a Secret), never logged or shown in repr.
-    `ca_file`: a PEM bundle to verify the receiver's certificate with, instead of the system's.
+    `ca_file`: a PEM bundle to verify the receiver's certificate with, instead of the system's;
+    `ca_data`: the same as text (a per-object sink's CA, read from a Secret).
     `timeout`: seconds for one request (connect and each read). `name` labels the metrics
     (default "cloudevents:<host[:port]>")."""
 
@@ -46,6 +47,7 @@ class CloudEventsSinkConfig:
     backoff_max: float = 30.0
     ca_file: str | None = None
     name: str = ""
+    ca_data: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -88,7 +90,8 @@ def _retry_after(headers: Any) -> float | None:
 class CloudEventsSink(QueuedSink):
     def __init__(self, config: CloudEventsSinkConfig) -> None:
         self.config = config
-        context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
+        context = (ssl.create_default_context(cafile=config.ca_file, cadata=config.ca_data)
+                   if config.ca_file or config.ca_data else None)
         handlers: list[Any] = [_NoRedirects()]
         if context is not None:
             handlers.append(urllib.request.HTTPSHandler(context=context))

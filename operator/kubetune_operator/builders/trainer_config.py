@@ -71,7 +71,8 @@ def _data_source(src: DataSource, split: str, storage: PodStorage, env: list[dic
             "name": var,
             "valueFrom": {"secretKeyRef": {"name": src.sql.secret_key_ref.name, "key": src.sql.secret_key_ref.key}},
         })
-        return TrainerDataSource(sql=SqlSource(query=src.sql.query, url_env=var), format=src.format)
+        return TrainerDataSource(sql=SqlSource(query=src.sql.query, url_env=var, checksum_query=src.sql.checksum_query),
+                                 format=src.format)
     if src.config_map is not None:
         path = storage.config_map_key(src.config_map.name, src.config_map.key)
         return TrainerDataSource(uri=path, format=src.format)

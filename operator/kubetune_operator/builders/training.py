@@ -297,15 +297,47 @@ def build_validation_job(ftj: FineTuneJob, inputs: RunInputs, image: str,
     """
     rendered = rendered or build_trainer_config(ftj, inputs)
     name = ftj.metadata.name or ""
-    job_name = names.validate_name(name, inputs.run)
-    labels = names.child_labels(name, inputs.run, wellknown.COMPONENT_VALIDATE)
-    container = {
-        "name": "validate-data",
-        "command": ["kubetune-train", "validate-data", "--config", CONFIG_FILE, "--termination-message"],
-        "env": [*_downward_env(), {"name": "HF_HOME", "value": "/tmp/hf-home"}, *rendered.env, *ftj.spec.pod.env],
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+    command = ["kubetune-train", "validate-data", "--config", CONFIG_FILE, "--termination-message"]
+    return _data_job(ftj, image, rendered, names.validate_name(name, inputs.run),
+                     names.child_labels(name, inputs.run, wellknown.COMPONENT_VALIDATE), command,
+                     names.attempt_name(name, inputs.run, inputs.attempt), {"cpu": "500m", "memory": "1Gi"}, "4Gi")
+
+
+def build_check_data(ftj: FineTuneJob, inputs: RunInputs, image: str, job_name: str,
+                     count_rows: bool) -> tuple[Body, Body]:
+    """The ConfigMap and Job of one retrain.onDataChange check (`kubetune-train check-data`): the training
+    source's fingerprint (contract DataFingerprint) as the termination message, read with the data
+    access of the validation Job (mounted claim, object-store credentials, SQL Secret).
+
+    The Job removes itself an hour after it ends, should the operator not delete it first.
+    """
+    rendered = build_trainer_config(ftj, inputs)
+    name = ftj.metadata.name or ""
+    labels = names.child_labels(name, None, wellknown.COMPONENT_CHECK_DATA)
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": _meta(ftj, names.check_data_config_name(name), labels),
+        "data": {"config.json": rendered.config.to_json()},
     }
-    config_map = names.attempt_name(name, inputs.run, inputs.attempt)
+    command = ["kubetune-train", "check-data", "--config", CONFIG_FILE, "--termination-message"]
+    if count_rows:
+        command.append("--count-rows")
+    job = _data_job(ftj, image, rendered, job_name, labels, command, names.check_data_config_name(name),
+                    {"cpu": "100m", "memory": "256Mi"}, "2Gi" if count_rows else "512Mi")
+    job["spec"]["ttlSecondsAfterFinished"] = 3600
+    job["spec"]["activeDeadlineSeconds"] = 1800  # a source that hangs must not hold the next check forever
+    return config_map, job
+
+
+def _data_job(ftj: FineTuneJob, image: str, rendered: RenderedConfig, job_name: str, labels: dict[str, str],
+              command: list[str], config_map: str, requests: dict[str, str], memory_limit: str) -> Body:
+    """A one-pod CPU Job of the trainer image that reads the training data as the trainer would."""
+    container = {
+        "name": command[1],
+        "command": command,
+        "env": [*_downward_env(), {"name": "HF_HOME", "value": "/tmp/hf-home"}, *rendered.env, *ftj.spec.pod.env],
+        "resources": {"requests": requests, "limits": {"memory": memory_limit}},
+    }
     pod_spec = _pod_spec(ftj, image, container, rendered, config_map, 0, None)
     pod_spec.pop("nodeSelector", None)  # a CPU pod: no GPU type, only the user's own node selector
     if ftj.spec.pod.node_selector:

@@ -25,11 +25,13 @@ from kubetune_operator.api.finetunejob import PLURAL, FineTuneJob
 from kubetune_operator.api.wellknown import COMPONENT_TRAIN, LABEL_COMPONENT, LABEL_JOB
 from kubetune_operator.builders.checks import check_spec, validation_problems
 from kubetune_operator.controllers import finetunejob_children as children
+from kubetune_operator.controllers.audit import emit as emit_audit
 from kubetune_operator.controllers.audit import sinks as audit_sinks
 from kubetune_operator.controllers.kueue import KueueAdmission, resolve_backend
 from kubetune_operator.controllers.queue import Admission, GPUQueue
 from kubetune_operator.core.conditions import merge_patch
 from kubetune_operator.core.finetunejob import lifecycle, validity
+from kubetune_operator.core.finetunejob.plan import ReusableReport
 from kubetune_operator.runtime import clock, events, kube, locks, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
 from kubetune_operator.runtime.wakeups import Wakeups
@@ -37,6 +39,31 @@ from kubetune_operator.runtime.wakeups import Wakeups
 log = logging.getLogger("kubetune.finetunejob")
 KIND = "FineTuneJob"
 Body = dict[str, Any]
+
+
+class PassingReports:
+    """(namespace, inputs digest) -> the newest passing data-quality report with that digest.
+
+    Filled from the FineTuneJobs' status (every watch event, and this operator's own writes), so a
+    restarted operator has it again after its first list; losing it only costs validation pods.
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], ReusableReport] = {}
+
+    def note(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        report = status.get("dataQuality") or {}
+        key = report.get("inputsDigest")
+        if report.get("passed") is True and isinstance(key, str):
+            run = (status.get("currentRun") or {}).get("number")
+            self._by_key[(namespace, key)] = ReusableReport(name, run if isinstance(run, int) else None, dict(report))
+
+    def forget(self, namespace: str, name: str) -> None:
+        for key in [k for k, v in self._by_key.items() if k[0] == namespace and v.job == name]:
+            self._by_key.pop(key, None)
+
+    def find(self, namespace: str, key: str) -> ReusableReport | None:
+        return self._by_key.get((namespace, key))
 
 
 class FineTuneJobController:
@@ -56,10 +83,12 @@ class FineTuneJobController:
         self.backend = backend
         self.admission: Admission = KueueAdmission(cfg, wake) if backend == "kueue" else GPUQueue(cfg, wake)
         self.audit = audit_sinks(cfg)
+        self.reports = PassingReports()
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.forget(namespace, name)
         self.locks.forget(namespace, name)
+        self.reports.forget(namespace, name)
         metrics.record_phase(namespace, name, None)
 
     def reconcile(self, namespace: str, name: str) -> datetime | None:
@@ -90,7 +119,7 @@ class FineTuneJobController:
         except SpecError as e:
             self.reject(body, str(e))
             return None
-        observed = children.observe(ftj, body, self.admission)
+        observed = children.observe(ftj, body, self.admission, self.reports.find)
         now = clock.now()
         plan = lifecycle.decide(ftj, observed, now, self.policy)
         try:
@@ -128,6 +157,7 @@ class FineTuneJobController:
         before = {k: v for k, v in old.items() if k != "progress"}
         if new != before:
             kube.patch_status(KIND, name, ns, merge_patch(before, new))
+            self.reports.note(ns, name, new)
         if old.get("phase") != new.get("phase"):
             log.info("%s/%s: phase %s -> %s", ns, name, old.get("phase"), new.get("phase"))
         metrics.record_phase(ns, name, new.get("phase"))
@@ -135,8 +165,7 @@ class FineTuneJobController:
             events.post(body, ev.reason, ev.message, ev.warning, ev.once)
         for counter in plan.counters:
             metrics.count(counter, ns)
-        for event in plan.audit:
-            self.audit.emit(event)
+        emit_audit(self.audit, body, plan.audit)
 
     def reject(self, body: Body, problem: str) -> None:
         """A spec kubetune can never act on: phase Failed, Failed=True/InvalidSpec and one Warning event."""
@@ -169,13 +198,14 @@ def _active() -> FineTuneJobController:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def finetunejob_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+def finetunejob_event(type: str, name: str, namespace: str | None, status: Mapping[str, Any], **_: Any) -> None:
     if namespace is None:
         return
     c = _active()
     if type == "DELETED":
         c.forget(namespace, name)
         return
+    c.reports.note(namespace, name, status)
     c.wakeups.track(namespace, name)
     c.wakeups.reconcile_now(namespace, name)
 

@@ -6,6 +6,7 @@ by the next one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.contract.config import TrainerConfig
@@ -24,6 +25,7 @@ from kubetune_operator.api.wellknown import (
 )
 from kubetune_operator.builders.trainer_config import RunInputs, build_trainer_config
 from kubetune_operator.builders.training import (
+    build_check_data,
     build_config_map,
     build_headless_service,
     build_progress_role,
@@ -42,11 +44,13 @@ from kubetune_operator.core.finetunejob.lifecycle import current_run_number
 from kubetune_operator.core.finetunejob.plan import (
     Action,
     CreateAttempt,
+    CreateCheckData,
     CreatePrune,
     CreateValidation,
     Delete,
     EnsureRBAC,
     Observed,
+    ReusableReport,
     SetSuspended,
 )
 from kubetune_operator.core.gang import GangRequest
@@ -58,7 +62,8 @@ if TYPE_CHECKING:
 Body = dict[str, Any]
 
 
-def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
+def observe(ftj: FineTuneJob, body: Body, admission: Admission,
+            reports: Callable[[str, str], ReusableReport | None] = lambda ns, key: None) -> Observed:
     """Read the job's children, the objects its spec names and what admission says of its gang: whether it
     could ever fit (before its Job exists) or the queue's verdict (while its newest Job is suspended)."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
@@ -77,10 +82,16 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
     output_claim = None
     if claim and ftj.spec.resources.nodes > 1:
         output_claim = kube.get("v1", "PersistentVolumeClaim", claim[0], ns)
-    data_digest = None
-    train_cm = ftj.spec.datasets.train.config_map
-    if ftj.spec.retrain.on_data_change.enabled and train_cm is not None:
-        data_digest = triggers.data_digest(kube.read("v1", "ConfigMap", train_cm.name, ns), train_cm.key)
+    data_digest = data_rows = validation_digest = None
+    source, held_out = ftj.spec.datasets.train, ftj.spec.datasets.validation
+    if source.config_map is not None:  # read for data-change checks and for reusing a validation's report
+        cm = kube.read("v1", "ConfigMap", source.config_map.name, ns)
+        data_digest = triggers.data_digest(cm, source.config_map.key)
+        data_rows = triggers.data_rows(cm, source.config_map.key, source.format)
+    if held_out is not None and held_out.config_map is not None:
+        validation_digest = triggers.data_digest(kube.read("v1", "ConfigMap", held_out.config_map.name, ns),
+                                                 held_out.config_map.key)
+    inputs = triggers.validation_inputs_digest(ftj, data_digest, validation_digest)
     served: frozenset[int] = frozenset()
     if ftj.spec.output.keep_versions is not None:
         served = frozenset(v for md in kube.list_objects(API_VERSION, "ModelDeployment", ns)
@@ -106,7 +117,8 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission) -> Observed:
         config_maps=kube.list_objects("v1", "ConfigMap", ns, selector),
         services=kube.list_objects("v1", "Service", ns, selector),
         job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
-        preview=preview, admission=verdict, data_digest=data_digest, served_versions=served,
+        preview=preview, admission=verdict, data_digest=data_digest, data_rows=data_rows,
+        validation_inputs=inputs, reusable_report=reports(ns, inputs) if inputs else None, served_versions=served,
         changed_by=spec_manager(body))
 
 
@@ -145,6 +157,10 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             kube.apply(build_validation_job(ftj, inputs, image, rendered))
         elif isinstance(action, CreateAttempt):
             create_attempt(ftj, action, image, rendezvous_port, kueue)
+        elif isinstance(action, CreateCheckData):
+            inputs = RunInputs(run=action.run, version=action.version, attempt=1, resume=False, trigger="DataChange")
+            for obj in build_check_data(ftj, inputs, image, action.name, action.count_rows):
+                kube.apply(obj)
         elif isinstance(action, CreatePrune):
             kube.apply(build_prune_job(ftj, list(action.versions), image))
         elif isinstance(action, SetSuspended):

@@ -18,6 +18,7 @@ from typing import Any
 from kubetune_operator.api import API_VERSION, ModelDeployment, ModelDeploymentStatus, wellknown
 from kubetune_operator.audit import AuditSinks
 from kubetune_operator.builders.serving import deployment_name, endpoint
+from kubetune_operator.controllers.audit import emit as emit_audit
 from kubetune_operator.controllers.modeldeployment_children import (
     ServerImages,
     apply_children,
@@ -65,7 +66,7 @@ class ModelDeploymentController:
 
     def __init__(self, images: ServerImages, sinks: AuditSinks | None = None) -> None:
         self.images = images
-        self.audit = sinks or AuditSinks()
+        self.audit = sinks if sinks is not None else AuditSinks()
         self._locks = ObjectLocks()
         self._available: set[tuple[str, str]] = set()  # the metric kubetune_modeldeployments_available
         self._job_versions: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -149,8 +150,7 @@ class ModelDeploymentController:
         old = md.status
         new = derive_status(old, obs, now)
         self._publish(body, old, new, rollout_announced=bool(plan and plan.events))
-        for event in audit_events(ns, name, generation, old, new, plan, now):
-            self.audit.emit(event)
+        emit_audit(self.audit, body, audit_events(ns, name, generation, old, new, plan, now))
         return Reconciled(invalid=target if isinstance(target, InvalidSpec) else None, wake_at=next_wakeup(obs, now))
 
     def _announce_missing(self, body: Body, md: ModelDeployment, missing: list[references.Missing]) -> None:

@@ -1,7 +1,8 @@
 """Deterministic names and labels of a FineTuneJob's children (no generateName: STYLE.md pitfall 7).
 
 A run `n` of job `j` owns: ConfigMap, Job and headless Service named `j-r<n>-a<k>` / `j-r<n>` per
-attempt `k`, and a data-validation Job `j-r<n>-validate`. Per job: ServiceAccount `j-trainer`,
+attempt `k`, and a data-validation Job `j-r<n>-validate`. Per job: data-change check Jobs
+`j-check-<base 36 seconds>` reading ConfigMap `j-check`, ServiceAccount `j-trainer`,
 Role and RoleBinding `j-progress`. The API caps job names at 45 characters so that pod hostnames
 (`j-r<n>-a<k>-<index>`) stay within 63.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 
 from kubetune_operator.api.wellknown import (
     LABEL_ATTEMPT,
@@ -40,6 +42,26 @@ _ATTEMPT = re.compile(r"^(.+)-r(\d+)-a(\d+)$")
 
 def validate_name(job: str, run: int) -> str:
     return f"{job}-r{run}-validate"
+
+
+def check_data_name(job: str, at: datetime) -> str:
+    """The data-change check Job started at `at` (one per check; base 36 seconds keep it within 63 characters)."""
+    return f"{job}-check-{base36(int(at.timestamp()))}"
+
+
+def check_data_config_name(job: str) -> str:
+    """The ConfigMap holding the TrainerConfig the data-change checks read (re-applied by each)."""
+    return f"{job}-check"
+
+
+def base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
 
 
 def prune_name(job: str, versions: list[int]) -> str:

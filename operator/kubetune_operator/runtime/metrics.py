@@ -11,6 +11,9 @@ RUNS_STARTED = Counter("kubetune_runs_started_total", "Runs started (admitted an
 RUNS_SUCCEEDED = Counter("kubetune_runs_succeeded_total", "Runs that produced a model version.", ["namespace"])
 RUNS_FAILED = Counter("kubetune_runs_failed_total", "Runs that failed for good.", ["namespace", "reason"])
 RETRIES = Counter("kubetune_run_retries_total", "Attempts started after a failed attempt.", ["namespace"])
+VALIDATIONS_REUSED = Counter("kubetune_data_validations_reused_total",
+                             "Runs that reused a passing data-quality report of the same inputs instead of a "
+                             "validation pod.", ["namespace"])
 RECONCILE_SECONDS = Histogram(
     "kubetune_reconcile_duration_seconds",
     "Time of one reconcile of one object.",
@@ -65,7 +68,7 @@ def serve(port: int, address: str = "127.0.0.1") -> None:
 
 def count(counter: tuple[object, ...], namespace: str) -> None:
     """Count one of a decision's counters: ("runs_started",), ("runs_succeeded",), ("runs_failed", reason),
-    ("retries",) or ("queue_wait", seconds)."""
+    ("retries",), ("validations_reused",) or ("queue_wait", seconds)."""
     kind = counter[0]
     if kind == "runs_started":
         RUNS_STARTED.labels(namespace).inc()
@@ -75,6 +78,8 @@ def count(counter: tuple[object, ...], namespace: str) -> None:
         RUNS_FAILED.labels(namespace, str(counter[1])).inc()
     elif kind == "retries":
         RETRIES.labels(namespace).inc()
+    elif kind == "validations_reused":
+        VALIDATIONS_REUSED.labels(namespace).inc()
     elif kind == "queue_wait":
         QUEUE_WAIT_SECONDS.observe(float(counter[1]))  # type: ignore[arg-type]
     else:

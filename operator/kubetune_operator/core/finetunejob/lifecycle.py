@@ -33,13 +33,14 @@ from typing import Any
 
 from kubetune_trainer.contract.config import TrainerConfig
 from kubetune_trainer.contract.gates import gate_verdict
-from kubetune_trainer.contract.results import DataQualitySummary
+from kubetune_trainer.contract.results import DataFingerprint, DataQualitySummary
 from pydantic import ValidationError
 
 from kubetune_operator.api.common import SpecError
 from kubetune_operator.api.conditions import Condition, find_condition
 from kubetune_operator.api.finetunejob import (
     CurrentRun,
+    DataCheck,
     DataQualityReport,
     FineTuneJob,
     FineTuneJobStatus,
@@ -51,6 +52,7 @@ from kubetune_operator.api.wellknown import (
     ANNOTATION_GPU_TYPE,
     ANNOTATION_PREEMPTED,
     ANNOTATION_RETRAIN,
+    COMPONENT_CHECK_DATA,
     COMPONENT_PRUNE,
     COMPONENT_TRAIN,
     COMPONENT_VALIDATE,
@@ -76,6 +78,7 @@ from kubetune_operator.core.finetunejob import history, retry, schedule, trigger
 from kubetune_operator.core.finetunejob.plan import (
     Action,
     CreateAttempt,
+    CreateCheckData,
     CreatePrune,
     CreateValidation,
     Delete,
@@ -261,7 +264,7 @@ class _Pass:
             changed_by=self.obs.changed_by))
         return CurrentRun.model_validate({"number": number, "attempts": 0, "trigger": trigger,
                                           "generation": self.generation, "specDigest": self.digest,
-                                          "dataDigest": self.obs.data_digest})
+                                          "dataDigest": self.obs.data_digest, "dataRows": self.obs.data_rows})
 
     def start_run(self, number: int, trigger: str, message: str) -> None:
         self.st.current_run = self.begin_run(number, trigger)
@@ -299,30 +302,104 @@ class _Pass:
 
     def data_changed(self, record: RunRecord) -> bool:
         """retrain.onDataChange: every checkIntervalSeconds, compare the data's digest with the one the last
-        run trained on; a change starts one run (none starts while a run is active: this runs after one)."""
+        run trained on; a change starts one run (none starts while a run is active: this runs after one).
+
+        A ConfigMap is read by the operator; any other source by a check Job (`kubetune-train check-data`,
+        core/finetunejob/plan.CreateCheckData), whose fingerprint is compared when it completes. However many
+        changes or checks were missed while the operator was down, one comparison starts at most one run.
+        """
         policy = self.ftj.spec.retrain.on_data_change
         if not policy.enabled:
             return False
         interval = timedelta(seconds=policy.check_interval_seconds)
+        checks = [j for j in self.obs.jobs if (j["metadata"].get("labels") or {}).get(LABEL_COMPONENT)
+                  == COMPONENT_CHECK_DATA]
+        if checks:
+            return self.check_job_result(record, checks)
         last = self.st.last_data_check
         if last is not None and self.now < last + interval:
             self.wake(last + interval)
             return False
         self.st.last_data_check = self.now
         self.wake(self.now + interval)
-        now, then = self.obs.data_digest, record.data_digest
-        if now is None or then is None or now == then:
+        if self.ftj.spec.datasets.train.config_map is None:
+            self.act(EnsureRBAC())
+            self.act(CreateCheckData(names.check_data_name(self.name, self.now), record.number + 1,
+                                     self.next_version(), count_rows=policy.min_new_rows is not None))
             return False
-        ref = self.ftj.spec.datasets.train.config_map
-        where = f"ConfigMap {ref.name} key {ref.key}" if ref is not None else "the training data"
-        message = (f"the training data changed since run {record.number} ({where}: {then[:19]}… → {now[:19]}…): "
-                   f"run {record.number + 1} starts with it")
+        if self.obs.data_digest is None:
+            return False
+        return self.compare_data(record, self.obs.data_digest, self.obs.data_rows)
+
+    def check_job_result(self, record: RunRecord, checks: list[Body]) -> bool:
+        """The data-change check Job's outcome: compare its fingerprint, or say why it failed; then delete it."""
+        job = max(checks, key=lambda j: j["metadata"]["name"])
+        state = job_state(job)
+        if state in ("Active", "Suspended"):
+            problem = self.child_problem(job)
+            if problem is not None:
+                self.st.data_check = DataCheck.model_validate({
+                    **(self.st.data_check.model_dump(by_alias=True) if self.st.data_check else {}),
+                    "message": shorten(f"data-change check Job {job['metadata']['name']}: {problem.message}")})
+            return False
+        for j in checks:
+            self.act(Delete("batch/v1", "Job", j["metadata"]["name"]))
+        if state == "Failed":
+            code, message = failure_of(job, self.obs.pods)
+            text = (f"data-change check Job {job['metadata']['name']} failed"
+                    + (f" with exit code {code}" if code is not None else "") + (f": {message}" if message else "")
+                    + "; the next check is in spec.retrain.onDataChange.checkIntervalSeconds")
+            self.st.data_check = DataCheck(checked_at=job_condition_time(job, "Failed") or self.now,
+                                           message=shorten(text))
+            self.event("DataCheckFailed", text, warning=True, once=job["metadata"]["name"])
+            return False
+        try:
+            fp = DataFingerprint.model_validate_json(rank0_message(job, self.obs.pods))
+        except ValueError:
+            self.st.data_check = DataCheck(checked_at=self.now, message=shorten(
+                f"data-change check Job {job['metadata']['name']} reported no fingerprint; the next check tries again"))
+            return False
+        return self.compare_data(record, fp.digest, fp.rows, job_condition_time(job, "Complete"))
+
+    def compare_data(self, record: RunRecord, digest: str, rows: int | None, at: datetime | None = None) -> bool:
+        """Start run `record.number + 1` when the training data differs from what run `record` trained on
+        (and, with minNewRows, has grown by that many rows); record what the check found."""
+        then, then_rows, n = record.data_digest, record.data_rows, record.number
+        check = DataCheck(checked_at=at or self.now, digest=digest, rows=rows, changed=then is not None and digest != then)
+        self.st.data_check = check
+        where = self.data_source_words()
+        if then is None:  # the run reported no digest (an older kubetune, or none could be taken): a baseline now
+            record.data_digest, record.data_rows = digest, rows
+            check.changed, check.message = False, (f"run {n} recorded no digest of its data: this check's is the "
+                                                   "baseline the next checks compare with")
+            return False
+        if digest == then:
+            check.message = f"unchanged since run {n} ({where})"
+            return False
+        needed = self.ftj.spec.retrain.on_data_change.min_new_rows
+        if needed is not None and rows is not None and then_rows is not None and rows - then_rows < needed:
+            check.message = (f"changed since run {n} ({where}), but has {rows - then_rows:+d} rows ({then_rows} → "
+                             f"{rows}) and spec.retrain.onDataChange.minNewRows is {needed}: no run yet")
+            return False
+        grown = f", {then_rows} → {rows} rows" if rows is not None and then_rows is not None else ""
+        message = (f"the training data changed since run {n} ({where}: {then[:22]}… → {digest[:22]}…{grown}): "
+                   f"run {n + 1} starts with it")
+        check.message = message
         self.event("DataChanged", message)
-        self.plan.audit.append(audit.data_changed(namespace=self.namespace, name=self.name, digest=now,
-                                                  previous_digest=then, time=self.now, run=record.number + 1,
+        self.plan.audit.append(audit.data_changed(namespace=self.namespace, name=self.name, digest=digest,
+                                                  previous_digest=then, time=self.now, run=n + 1,
                                                   message=message, changed_by=self.obs.changed_by))
-        self.start_run(record.number + 1, "DataChange", message)
+        self.start_run(n + 1, "DataChange", message)
+        self.current.data_digest, self.current.data_rows = digest, rows
         return True
+
+    def data_source_words(self) -> str:
+        src = self.ftj.spec.datasets.train
+        if src.config_map is not None:
+            return f"ConfigMap {src.config_map.name} key {src.config_map.key}"
+        if src.sql is not None:
+            return "spec.datasets.train.sql" + (" and its checksumQuery" if src.sql.checksum_query else "'s row count")
+        return str(src.uri)
 
     def spec_changed_during(self, run: int) -> bool:
         """The spec changed during run `run`: a run that has not started training is replaced by a new
@@ -424,6 +501,7 @@ class _Pass:
             "startTime": current.start_time, "completionTime": self.now, "attempts": current.attempts,
             "trigger": current.trigger or "Create", "generation": current.generation,
             "specDigest": current.spec_digest, "version": version, "dataDigest": current.data_digest,
+            "dataRows": current.data_rows,
         })
         self.st.runs = [*self.st.runs, rec][-history.RUN_HISTORY_LIMIT:]
         self.plan.audit.append(self.audit_of(rec))
@@ -627,6 +705,8 @@ class _Pass:
         if not jobs:
             if self.run_jobs(run, COMPONENT_TRAIN):
                 return True  # validated earlier; its Job was cleaned up
+            if self.reuse_report(run):
+                return True
             self.act(EnsureRBAC())
             self.act(CreateValidation(run, self.next_version(), self.current.trigger or "Create"))
             self.st.phase = "Validating"
@@ -640,6 +720,7 @@ class _Pass:
         if state == "Complete":
             report = _json_object(rank0_message(job, self.obs.pods))
             self.record_report(report, True, job_condition_time(job, "Complete"))
+            self.record_source(report)
             if report is None:  # exit 0 without a report: say what is known, and what is not
                 reason, text = "NotReported", (
                     f"run {run}: data validation Job {job['metadata']['name']} succeeded without a report: the "
@@ -655,6 +736,7 @@ class _Pass:
             code, message = failure_of(job, self.obs.pods)
             report = _json_object(message)
             self.record_report(report, False, job_condition_time(job, "Failed"))
+            self.record_source(report)  # with onDataChange, new data retries a run whose data failed the gate
             if report is not None:
                 text = str(report.get("message") or "; ".join(report.get("errors") or []) or message)
                 self.condition("DataValidated", False, "QualityGateFailed", text)
@@ -677,16 +759,51 @@ class _Pass:
             self.condition("DataValidated", "Unknown", "Validating", f"checking the data of run {run}")
         return False
 
+    def reuse_report(self, run: int) -> bool:
+        """Skip the validation pod when a passing report exists for the same inputs (data digest, datasets,
+        task, labels, base model, maxSeqLength): a retrain of unchanged data, or a sweep of jobs over one
+        data set. The trainer still applies the gate to the rows it reads before any GPU is spent."""
+        found = self.obs.reusable_report
+        if found is None or self.obs.validation_inputs is None:
+            return False
+        try:
+            report = DataQualityReport.model_validate(found.report)
+        except ValidationError:
+            return False
+        if report.passed is not True or report.inputs_digest != self.obs.validation_inputs:
+            return False
+        whose = f"run {found.run}" if found.job == self.name else f"FineTuneJob {found.job} run {found.run}"
+        report.reused_from = report.reused_from or f"{found.job}/{found.run}"
+        self.st.data_quality = report
+        text = (f"run {run}: the data and the checks are those {whose} validated "
+                f"({str(report.checked_at)[:19] if report.checked_at else 'earlier'}): its passing report is reused, "
+                "no validation pod")
+        self.event("DataValidated", text)
+        self.condition("DataValidated", True, "ReportReused", text)
+        self.plan.counters.append(("validations_reused",))
+        return True
+
+    def record_source(self, report: Body | None) -> None:
+        """The digest and rows of the data this run trains on, from its validation (a ConfigMap's come from
+        the operator's own read when the run began, in the same spelling the checks use)."""
+        if report is None or self.ftj.spec.datasets.train.config_map is not None:
+            return
+        with contextlib.suppress(ValidationError):
+            fp = DataFingerprint.model_validate(report.get("source"))
+            self.current.data_digest, self.current.data_rows = fp.digest, fp.rows
+
     def record_report(self, report: Body | None, passed: bool, ended: datetime | None) -> None:
         """status.dataQuality from the validation's report; checkedAt defaults to when its Job ended, so
         every later pass writes the same status (no patch)."""
         if report is None:  # nothing reported: no report at all, rather than the previous run's
             self.st.data_quality = None
             return
+        report = {k: v for k, v in report.items() if k != "source"}  # kept in currentRun.dataDigest instead
         # The trainer's contract; a report of another shape (an older trainer) keeps the fields status knows.
         with contextlib.suppress(ValidationError):
             report = DataQualitySummary.model_validate(report).model_dump(by_alias=True, exclude_none=True)
         clean = DataQualityReport.model_validate(report)
+        clean.inputs_digest = self.obs.validation_inputs
         if clean.passed is None:
             clean.passed = passed
         if clean.checked_at is None:

@@ -34,6 +34,15 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class ReusableReport:
+    """A passing data-quality report of run `run` of FineTuneJob `job`, as its status holds it."""
+
+    job: str
+    run: int | None
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the controller read for one pass. Lists hold raw API objects (dicts)."""
 
@@ -47,6 +56,11 @@ class Observed:
     secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
     output_claim: Body | None = None  # spec.output's PVC, read when a run spans several nodes
     data_digest: str | None = None  # of the training data now (retrain.onDataChange), None when not read
+    data_rows: int | None = None  # its rows, when the operator could count them (a ConfigMap)
+    # triggers.validation_inputs_digest now, and a passing report with that digest (any job of the
+    # namespace) when the controller knows one: the run reuses it instead of starting a validation pod.
+    validation_inputs: str | None = None
+    reusable_report: ReusableReport | None = None
     served_versions: frozenset[int] = frozenset()  # versions ModelDeployments serve or canary (never pruned)
     changed_by: str | None = None  # the field manager that last changed the spec (managedFields)
     preview: Decision | None = None  # admission's answer as of its last snapshot, before the queue saw the Job
@@ -96,13 +110,24 @@ class SetSuspended:
 
 
 @dataclass(frozen=True)
+class CreateCheckData:
+    """A Job that reports the training source's fingerprint (retrain.onDataChange, sources other than a
+    ConfigMap); `run`/`version` are those a run started now would have (its TrainerConfig's)."""
+
+    name: str
+    run: int
+    version: int
+    count_rows: bool
+
+
+@dataclass(frozen=True)
 class Delete:
     api_version: str
     kind: str
     name: str
 
 
-Action = EnsureRBAC | CreateValidation | CreateAttempt | CreatePrune | SetSuspended | Delete
+Action = EnsureRBAC | CreateValidation | CreateAttempt | CreatePrune | CreateCheckData | SetSuspended | Delete
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ it started with (spec.runPolicy and spec.schedule apply at once and never start 
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -17,10 +19,10 @@ from kubetune_operator.api.wellknown import ANNOTATION_RETRAIN
 
 
 def spec_digest(ftj: FineTuneJob) -> str:
-    """A digest (16 hex characters) of what shapes a run: the spec without runPolicy, schedule and retrain,
-    which apply at once. Defaults are left out, so a new defaulted field in a later kubetune is not a change."""
+    """A digest (16 hex characters) of what shapes a run: the spec without runPolicy, schedule, retrain and
+    events, which apply at once. Defaults are left out, so a new defaulted field in a later kubetune is not a change."""
     shaping = ftj.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True,
-                                  exclude={"run_policy", "schedule", "retrain"})
+                                  exclude={"run_policy", "schedule", "retrain", "events"})
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -54,3 +56,37 @@ def data_digest(config_map: Any, key: str) -> str | None:
         if value is not None:
             return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
     return None
+
+
+def data_rows(config_map: Any, key: str, data_format: Any = None) -> int | None:
+    """Rows of a ConfigMap key's text as the trainer counts them (onDataChange.minNewRows): non-empty
+    lines of jsonl and text, records after the header of csv (the key's suffix decides when `data_format`
+    is unset, jsonl otherwise); None for binaryData (parquet) or when absent."""
+    if not isinstance(config_map, dict):
+        return None
+    text = (config_map.get("data") or {}).get(key)
+    if not isinstance(text, str):
+        return None
+    fmt = str(getattr(data_format, "value", data_format) or "").lower() or ("csv" if key.lower().endswith(".csv")
+                                                                            else "jsonl")
+    if fmt == "csv":
+        records = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+        return max(len(records) - 1, 0)
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def validation_inputs_digest(ftj: FineTuneJob, train_digest: str | None, validation_digest: str | None) -> str | None:
+    """What a data-quality report depends on, as `sha256:<hex>`: the training (and validation) data's
+    digests and the spec fields validate-data reads (spec.datasets, task, labels, baseModel,
+    hyperparameters.maxSeqLength). None when a digest of the data is not known before validation
+    (a claim, an object store, HTTP or SQL), so those are always validated."""
+    spec = ftj.spec
+    if train_digest is None or (spec.datasets.validation is not None and validation_digest is None):
+        return None
+    shaping = {
+        "data": [train_digest, validation_digest],
+        "datasets": spec.datasets.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        "task": spec.task, "labels": list(spec.labels), "baseModel": spec.base_model.model_dump(mode="json", by_alias=True),
+        "maxSeqLength": spec.hyperparameters.max_seq_length,
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
