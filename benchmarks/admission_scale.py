@@ -78,8 +78,12 @@ machine, not of a real cluster. The audit log costs the API server some work on 
 The driver's create threads and watches share one Python process (the GIL) with each other.
 KWOK pods take `--pod-seconds` plus KWOK's own delay to end, so "end to end" has a floor of about
 two pod lifetimes for kubetune and limit+v, one for the plain limit. kubetune cannot run without
-its data-validation step (every run creates a validate-data Job before its training Job, and no
-spec field skips it), so that row prints n/a. When N x GPUs per run exceeds the cluster's GPUs,
+its data-validation step, but a run reuses a passing data report of the same inputs (data digest,
+spec.datasets, task, labels, base model, maxSeqLength) instead of starting a validation pod. The
+sides builtin and kueue give each run its own ConfigMap of data, so every run validates; the side
+`shared` (built-in queue, namespace bench-ks) gives every run the same ConfigMap, as a sweep over
+one data set does, so only the first runs validate (the row "data reports reused" counts the
+others): that is kubetune without a validation pod per run. When N x GPUs per run exceeds the cluster's GPUs,
 later runs are admitted only as earlier ones end: "all admitted" then includes pod lifetimes.
 How many reconcile passes kubetune makes depends on how its events coalesce, so its CPU time and
 requests per run vary from run to run more than the limit's. The script asserts nothing; it
@@ -139,8 +143,9 @@ KUEUE_UAS = ("kueue/",)  # Kueue's useragent.Default(): "kueue/<version> (<os>/<
 BENCH_LABEL = "bench.kubetune.io/run"
 BENCH_KIND = "bench.kubetune.io/kind"
 NS_KUBETUNE, NS_KUEUE, NS_LIMIT, NS_LIMIT_V = "bench-kt", "bench-kq", "bench-limit", "bench-limit-v"
+NS_SHARED = "bench-ks"
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
-BACKENDS = ("builtin", "kueue")
+BACKENDS = ("builtin", "shared", "kueue")
 
 
 @dataclass(frozen=True)
@@ -152,10 +157,13 @@ class Side:
     short: str
     namespace: str
     env: tuple[tuple[str, str], ...] = ()
+    shared_data: bool = False  # every run trains on one ConfigMap: all but the first reuse its data report
 
 
 SIDES = {
     "builtin": Side("builtin", "kubetune", "builtin", NS_KUBETUNE, (("KUBETUNE_ADMISSION_BACKEND", "builtin"),)),
+    "shared": Side("builtin", "kubetune, one data set", "shared", NS_SHARED,
+                   (("KUBETUNE_ADMISSION_BACKEND", "builtin"),), shared_data=True),
     "kueue": Side("kueue", "kubetune+kueue", "kueue", NS_KUEUE, (("KUBETUNE_ADMISSION_BACKEND", "kueue"),)),
 }
 # One termination message both readers accept: the data-quality report (validation pod) and the
@@ -347,14 +355,17 @@ def job_condition(job: dict[str, Any], type_: str) -> bool:
 # --------------------------------------------------------------------------- common set-up
 
 
-def namespace_with_data(api: client.ApiClient, ns: str, with_claim: bool) -> None:
+def namespace_with_data(api: client.ApiClient, ns: str, with_claim: bool, data_sets: int = 1) -> None:
+    """The namespace, and with `with_claim` the output claim and `data_sets` ConfigMaps of training data
+    (`train-data-<i>`, each with its own rows, so that no run can reuse another's data report)."""
     core = client.CoreV1Api(api)
     core.create_namespace(untyped({"metadata": {"name": ns}}))
     if not with_claim:
         return
-    rows = "\n".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) for i in range(20))
-    core.create_namespaced_config_map(ns, untyped({"metadata": {"name": "train-data"},
-                                                  "data": {"train.jsonl": rows}}))
+    for d in range(data_sets):
+        rows = "\n".join(json.dumps({"prompt": f"q{i} of set {d}", "completion": f"a{i}"}) for i in range(20))
+        core.create_namespaced_config_map(ns, untyped({"metadata": {"name": f"train-data-{d}"},
+                                                      "data": {"train.jsonl": rows}}))
     # A claim bound to a static volume: no provisioner runs on this cluster, and KWOK mounts nothing.
     core.create_persistent_volume(untyped({
         "metadata": {"name": f"{ns}-artifacts"},
@@ -462,13 +473,13 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-def finetunejob(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def finetunejob(name: str, args: argparse.Namespace, data: str = "train-data-0") -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name},
         "spec": {
             "objective": "answer support questions", "task": "instruction",
             "baseModel": {"uri": "/models/smollm2-135m-instruct"}, "method": {"type": "lora"},
-            "datasets": {"train": {"configMap": {"name": "train-data", "key": "train.jsonl"}, "format": "jsonl"}},
+            "datasets": {"train": {"configMap": {"name": data, "key": "train.jsonl"}, "format": "jsonl"}},
             "hyperparameters": {"maxSteps": 20},
             "evaluation": {"metrics": ["loss"], "gate": {"metric": "loss", "atMost": 2.0}},
             "resources": {"nodes": 1, "gpusPerNode": args.gpus_per_run, "gpuType": PRODUCT},
@@ -522,10 +533,10 @@ def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: P
     phase = Phase(side.phase, args.runs, clients, side=side.short)
     api = api_client(kubeconfig, UA_DRIVER)
     observer = api_client(kubeconfig, UA_OBSERVER)
-    namespace_with_data(api, ns, with_claim=True)
+    namespace_with_data(api, ns, with_claim=True, data_sets=1 if side.shared_data else args.runs)
     if side.backend == "kueue":
         client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, VERSION, "gpuquotas", gpu_quota(args))
-    op = Operator(kubeconfig, root / f"operator-{side.backend}.log", ns, dict(side.env))
+    op = Operator(kubeconfig, root / f"operator-{side.short}.log", ns, dict(side.env))
     try:
         op.start()
         if side.backend == "kueue":
@@ -564,7 +575,8 @@ def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: P
     names = [f"run-{i:05d}" for i in range(args.runs)]
 
     def create(name: str) -> None:
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, finetunejob(name, args))
+        data = "train-data-0" if side.shared_data else f"train-data-{int(name.rsplit('-', 1)[1])}"
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, finetunejob(name, args, data))
         phase.mark(phase.created, name)
 
     try:
@@ -597,6 +609,7 @@ def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: P
                 f"{len(workloads)} ({sum(job_condition(w, 'Finished') for w in workloads)})")
         label = "admission cycles (mean s)" if side.backend == "builtin" else "Kueue syncs (mean s)"
         phase.extra[label] = f"{cycles:.0f} ({cycle_s / cycles:.3f})" if cycles else "n/a"
+        phase.extra["data reports reused"] = f"{metric_sum(metrics, 'kubetune_data_validations_reused_total'):.0f}"
         phase.extra["reconcile passes (mean ms)"] = (f"{passes:.0f} ({1000 * pass_s / passes:.0f})" if passes
                                                      else "n/a")
         if not passes:
@@ -791,6 +804,8 @@ def report(args: argparse.Namespace, phases: list[Phase], agents: dict[str, int]
     side_pair = []
     if "builtin" in by_side and "kueue" in by_side:
         side_pair = [("kueue/builtin", index[by_side["kueue"].name], index[by_side["builtin"].name])]
+    if "builtin" in by_side and "shared" in by_side:
+        side_pair.append(("shared/builtin", index[by_side["shared"].name], index[by_side["builtin"].name]))
     pairs += side_pair
 
     def per_run(count: int | None, runs: int) -> float | None:
@@ -852,8 +867,8 @@ def report(args: argparse.Namespace, phases: list[Phase], agents: dict[str, int]
     extras = list(dict.fromkeys(k for p in sides for k in p.extra))
     for k in extras:
         print(f"{k:<{width}}" + "".join(f"{p.extra.get(k, ''):>{col}}" for p in phases).rstrip())
-    print(f"{'kubetune without validation step':<{width}}{'n/a':>{col}}   (not possible without operator "
-          "changes: every run creates its validate-data Job first; no spec field skips it)")
+    if "shared" not in by_side:
+        print("kubetune without a validation pod per run: the side `shared` (--backends ...,shared) gives it")
     print()
     for p in sides:
         for g, verbs in p.requests_by_verb.items():
@@ -886,8 +901,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4, help="threads that create the runs, on every side")
     p.add_argument("--timeout", type=float, default=600, help="seconds each wait (admitted, ended) may take")
     p.add_argument("--backends", default=",".join(BACKENDS),
-                   help="kubetune admission backends to measure, comma-separated: builtin, kueue (Kueue is "
-                        "started only for kueue); the sides always run in the order builtin, kueue")
+                   help="kubetune sides to measure, comma-separated: builtin, shared (built-in queue, one data "
+                        "set for every run), kueue (Kueue is started only for kueue); the sides always run in "
+                        "the order builtin, shared, kueue")
     p.add_argument("--keep", action="store_true", help="keep the state folder (logs, audit log) after the run")
     args = p.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -949,7 +965,7 @@ def main() -> None:
     finally:
         if args.keep:
             keep = Path(tempfile.mkdtemp(prefix="kubetune-admission-kept-"))
-            for name in ("operator-builtin.log", "operator-kueue.log", "audit.log"):
+            for name in ("operator-builtin.log", "operator-shared.log", "operator-kueue.log", "audit.log"):
                 with contextlib.suppress(OSError):
                     shutil.copy(root / name, keep / name)
             with contextlib.suppress(OSError):

@@ -78,7 +78,9 @@ class OperatorProcess:
         for ns in self.namespaces:
             args += ["-n", ns]
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "KUBETUNE_RESYNC_SECONDS": "30",
-               "KUBETUNE_RETRY_BASE_SECONDS": "1", **self.env}
+               "KUBETUNE_RETRY_BASE_SECONDS": "1",
+               # Tests follow each run's validation pod; the tests of report reuse turn it on.
+               "KUBETUNE_DATA_REPORT_REUSE": "false", **self.env}
         self.starts += 1
         log = self.log_path.open("ab")
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())

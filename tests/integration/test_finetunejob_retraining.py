@@ -109,7 +109,8 @@ def test_schedule_ticks_missed_while_the_operator_was_down_start_one_run(cluster
 
 
 def test_a_passing_report_is_reused_for_the_same_inputs_and_never_for_changed_data(
-        cluster: DevCluster, namespace: str, operator: Any) -> None:
+        cluster: DevCluster, namespace: str, operator_for: Any) -> None:
+    operator_for([namespace], env={"KUBETUNE_DATA_REPORT_REUSE": "true"})  # the default; tests/support turns it off
     create_data(cluster, namespace)
     apply(cluster, namespace, ftj("sweep-a"))
     complete_run(cluster, namespace, "sweep-a", 1)

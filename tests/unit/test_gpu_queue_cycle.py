@@ -4,6 +4,7 @@ cycle against KWOK GPU nodes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota, Settings, run_cycle
@@ -61,10 +62,42 @@ def test_fragmentation_waits_with_no_node_fits() -> None:
 
 
 def test_a_request_no_node_can_ever_hold_is_unschedulable() -> None:
-    r = run_cycle([gang("a", gpn=16)], [], nodes(4), [], NOW)
+    # A request (the preview before the run's Job exists) is checked against the nodes there are.
+    r = run_cycle([replace(gang("a", gpn=16), job="")], [], nodes(4), [], NOW)
     assert r.verdicts[("team-a", "a", 1)].never and r.verdicts[("team-a", "a", 1)].reason == "Unschedulable"
-    r = run_cycle([gang("a", gpu_type=L4)], [], nodes(4), [], NOW)
+    r = run_cycle([replace(gang("a", gpu_type=L4), job="")], [], nodes(4), [], NOW)
     assert r.verdicts[("team-a", "a", 1)].never and H100 in r.verdicts[("team-a", "a", 1)].message
+
+
+def test_a_queued_gang_waits_when_nodes_go_away_instead_of_failing() -> None:
+    """A queued run passed that check when its Job was created: nodes deleted since (a node pool being
+    replaced, an upgrade) make it wait for nodes to come back, as a pending pod would, not fail."""
+    r = run_cycle([gang("wide", nodes=3)], [], nodes(2), [], NOW)
+    v = r.verdicts[("team-a", "wide", 1)]
+    assert not v.never and v.reason == "InsufficientGPUs" and r.admit == []
+    assert "room for 2 of its 3 pods" in v.message and "24 GPUs" in v.message
+    r = run_cycle([gang("wide", nodes=3)], [], nodes(3), [], NOW)
+    assert admitted_names(r) == ["wide"]  # the node is back
+    r = run_cycle([gang("a")], [], nodes(2, gpu_type=L4), [], NOW)  # every H100 node gone
+    v = r.verdicts[("team-a", "a", 1)]
+    assert not v.never and v.reason == "InsufficientGPUs" and "no node has it now" in v.message
+    # A gang waiting for nodes holds nothing back: later gangs still start.
+    r = run_cycle([gang("wide", nodes=3, age_s=7200), gang("small", age_s=1)], [], nodes(2), [], NOW)
+    assert admitted_names(r) == ["small"]
+    # Not a change of nodes: a quota that does not cover the type still fails the run.
+    r = run_cycle([gang("a")], [], nodes(2), [Quota("q", frozenset({"team-a"}), {L4: 8})], NOW)
+    assert r.verdicts[("team-a", "a", 1)].never
+
+
+def test_an_admitted_gang_keeps_its_gpus_for_pods_not_on_a_node() -> None:
+    """A pod bound to a deleted node (the Job recreates it pending) or not bound yet still takes a pod's
+    GPUs somewhere: the queue never admits them twice."""
+    gone = [gang("x", ns="o", admitted=H100, on=(("deleted-node", 8),))]
+    r = run_cycle([gang("a", nodes=2)], gone, nodes(2), [], NOW, Settings(preemption=False))
+    assert r.admit == [] and "8 free of 16" in r.verdicts[("team-a", "a", 1)].message
+    half = [gang("y", nodes=2, ns="o", admitted=H100, on=(("h0", 8),))]  # its second pod is not bound yet
+    r = run_cycle([gang("a", nodes=2), gang("b")], half, nodes(3), [], NOW, Settings(preemption=False))
+    assert admitted_names(r) == ["b"] and r.verdicts[("team-a", "a", 1)].reason == "InsufficientGPUs"
 
 
 def test_priority_before_age() -> None:
@@ -166,3 +199,16 @@ def test_priority_comes_from_run_policy_or_its_priority_class() -> None:
     assert priority(FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priority": 7})), {"high": 1000}) == 7
     by_class = FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priorityClassName": "high"}))
     assert priority(by_class, {"high": 1000}) == 1000 and priority(by_class, {}) == 0
+
+
+def test_the_preview_fails_a_new_request_fast_but_not_a_run_already_queued() -> None:
+    from kubetune_operator.controllers.queue import GPUQueue
+    from kubetune_operator.controllers.queue_children import Snapshot
+    from kubetune_operator.core.gang import GangRequest
+    from kubetune_operator.runtime.settings import OperatorSettings
+
+    q = GPUQueue(OperatorSettings(), lambda ns, name: None)
+    q.snapshot = Snapshot(nodes(2), [gang("wide", nodes=3)], [], [], [], {})
+    queued = q.preview(GangRequest("team-a", "wide", 1, 3, 8, H100))  # its Job is in the queue
+    assert not queued.never and "room for 2 of its 3 pods" in queued.message
+    assert q.preview(GangRequest("team-a", "new", 1, 3, 8, H100)).never

@@ -45,7 +45,8 @@ def held_gang(gpus: int, product: str) -> Gang:
     (GangRequest("ns", "j", 1, 1, 0, None), [], True, "Admitted"),  # CPU
 ])
 def test_capacity_admission(request_: GangRequest, held: list[Gang], admitted_: bool, reason: str) -> None:
-    gang = Gang(request_.namespace, request_.job, request_.run, "j-r1-a1", request_.nodes, request_.gpus_per_node,
+    # The check before its Job exists (a preview): a queued run whose nodes went away waits instead.
+    gang = Gang(request_.namespace, request_.job, request_.run, "", request_.nodes, request_.gpus_per_node,
                 request_.gpu_type)
     nodes = gpu_nodes(CLUSTER, [], "nvidia.com/gpu.product")
     verdict = run_cycle([gang], held, nodes, [], NOW, Settings(preemption=False)).verdicts[gang.key]

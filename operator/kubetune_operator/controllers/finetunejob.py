@@ -72,7 +72,8 @@ class FineTuneJobController:
     def __init__(self, cfg: OperatorSettings, backend: str = "builtin") -> None:
         self.cfg = cfg
         self.policy = lifecycle.Policy(retry_base_seconds=cfg.retry_base_seconds,
-                                       retry_max_seconds=cfg.retry_max_seconds, gpu_type_label=cfg.gpu_type_label)
+                                       retry_max_seconds=cfg.retry_max_seconds, gpu_type_label=cfg.gpu_type_label,
+                                       reuse_data_reports=cfg.data_report_reuse)
         self.locks = locks.ObjectLocks()
         self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds)
         # The admission backend (the built-in GPU queue, or Kueue); a changed verdict wakes the run's

@@ -74,7 +74,10 @@ class GPUQueue:
 
     def preview(self, request: GangRequest) -> Decision:
         snapshot = self.snapshot or io.read_snapshot(self.cfg)
-        gang = cycle.Gang(request.namespace, request.job, request.run, "", request.nodes, request.gpus_per_node,
+        key = (request.namespace, request.job, request.run)
+        # A run whose Job the queue already holds waits for nodes that went away; only a new one fails fast.
+        job = next((g.job for g in snapshot.waiting if g.key == key), "")
+        gang = cycle.Gang(request.namespace, request.job, request.run, job, request.nodes, request.gpus_per_node,
                           request.gpu_type, request.priority)
         admitted = [g for g in snapshot.admitted if g.key != gang.key]
         settings = cycle.Settings(self.settings.no_quota, self.settings.backfill_after, preemption=False)

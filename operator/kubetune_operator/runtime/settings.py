@@ -53,6 +53,12 @@ class OperatorSettings(BaseSettings):
         10.0, ge=0, le=3600, description="First delay before retrying a failed run; doubles per attempt."
     )
     retry_max_seconds: float = Field(600.0, ge=0, le=86400, description="Cap of the retry delay.")
+    data_report_reuse: bool = Field(
+        True,
+        description="A run whose data and checks are those of a passing data-quality report in its namespace "
+                    "reuses that report instead of starting a validation pod (docs/design.md §3); false: every "
+                    "run validates.",
+    )
     gpu_type_label: str = Field(
         "nvidia.com/gpu.product", min_length=1, max_length=317,
         description="Node label that names a node's GPU type (GPU feature discovery's, by default).",

@@ -764,7 +764,7 @@ class _Pass:
         task, labels, base model, maxSeqLength): a retrain of unchanged data, or a sweep of jobs over one
         data set. The trainer still applies the gate to the rows it reads before any GPU is spent."""
         found = self.obs.reusable_report
-        if found is None or self.obs.validation_inputs is None:
+        if found is None or self.obs.validation_inputs is None or not self.policy.reuse_data_reports:
             return False
         try:
             report = DataQualityReport.model_validate(found.report)

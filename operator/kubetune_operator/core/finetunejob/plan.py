@@ -31,6 +31,7 @@ class Policy:
     # Node label naming the GPU type: where an admitted Job's type is read when no annotation records it
     # (Kueue writes the flavor's node labels into the pod template's nodeSelector instead).
     gpu_type_label: str = GPU_PRODUCT_LABEL
+    reuse_data_reports: bool = True  # settings.data_report_reuse
 
 
 @dataclass(frozen=True)

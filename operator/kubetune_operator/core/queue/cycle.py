@@ -10,6 +10,11 @@ Rules (docs/gpu-queue.md):
   Each pod must fit on one node: free GPUs are counted per node, with admitted gangs packed onto
   nodes (first fit, largest first), so "enough GPUs in total but no node holds a pod" waits as
   `NoNodeFits`.
+- **Nodes that go away.** A request no set of nodes could hold fails at once (`Unschedulable`), but only
+  before its Job exists: a queued run (it fitted the cluster when its Job was created) whose nodes are
+  deleted, drained or relabelled since waits for them to come back, as a pending pod would. An
+  admitted gang's pods that are not on a node (not bound yet, or bound to a deleted node: the Job
+  recreates them) still take their GPUs.
 - **Quotas.** A namespace's GPUQuota gives `nominal` GPUs per type (`*`: the entry for types the
   quota does not name). A quota may use more than nominal by borrowing other quotas' idle nominal,
   up to its `borrowingLimit` (unset: no limit). A namespace selected by two quotas waits
@@ -33,7 +38,7 @@ Rules (docs/gpu-queue.md):
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -65,6 +70,12 @@ class Gang:
     @property
     def gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def queued(self) -> bool:
+        """Its Job exists, so it passed the can-it-ever-fit check when it was created (a preview has no Job):
+        nodes that go away later make it wait for them, never fail."""
+        return bool(self.job)
 
     def label(self) -> str:
         return f"{self.namespace}/{self.name} run {self.run}"
@@ -210,9 +221,12 @@ class _Snapshot:
         down = sum(self.capacity[n] for n in self.nodes_of(gpu_type) if not self.schedulable[n])
         return f"of {up}" + (f" ({down} more on cordoned or NotReady nodes)" if down else "")
 
+    def slots(self, gang: Gang, gpu_type: str) -> int:
+        """How many of the gang's pods the nodes of `gpu_type` could hold, were they empty."""
+        return sum(self.capacity[n] // gang.gpus_per_node for n in self.nodes_of(gpu_type))
+
     def never_fits(self, gang: Gang, gpu_type: str) -> bool:
-        slots = sum(self.capacity[n] // gang.gpus_per_node for n in self.nodes_of(gpu_type))
-        return slots < gang.nodes
+        return self.slots(gang, gpu_type) < gang.nodes
 
     def charge(self, quota: Quota | None, gpu_type: str, gpus: int) -> None:
         if quota is not None and (entry := quota.entry(gpu_type)) is not None:
@@ -282,12 +296,14 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
         return _only(owner, ns)
 
     live = []
-    for g in [g for g in admitted if g.placement]:  # where the scheduler put them
-        for node, gpus in g.placement:
-            if node in snap.free:
-                snap.free[node] -= gpus
-        snap.placed[g.key] = [(n, c) for n, c in g.placement if n in snap.free]
-    for g in sorted((g for g in admitted if not g.placement), key=lambda g: -g.gpus):  # packed, largest first
+    bound = {g.key: [(n, c) for n, c in g.placement if n in snap.free] for g in admitted}
+    for g in admitted:  # pods where the scheduler put them
+        for node, gpus in bound[g.key]:
+            snap.free[node] -= gpus
+    # Every other pod (not bound yet, or bound to a node that is gone: the Job recreates it) takes a
+    # pod's GPUs too, packed best fit, largest first: an admitted gang's GPUs are never admitted twice.
+    rest = [replace(g, nodes=g.nodes - len(bound[g.key])) for g in admitted if g.nodes > len(bound[g.key])]
+    for g in sorted(rest, key=lambda g: -g.gpus):
         t = g.admitted_type or ""
         if not snap.place(g, t, commit=True):
             left = g.gpus  # not placeable any more (a node went away): its GPUs still count
@@ -295,6 +311,8 @@ def run_cycle(pending: list[Gang], admitted: list[Gang], nodes: list[NodeGPUs], 
                 take = min(snap.free[node], left)
                 snap.free[node] -= take
                 left -= take
+    for g in admitted:
+        snap.placed[g.key] = bound[g.key] + snap.placed.get(g.key, [])
     for g in admitted:
         snap.charge(quota_of(g.namespace), g.admitted_type or "", g.gpus)
         live.append(g)
@@ -340,15 +358,25 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
                        "GPU runs only under one (admission.noQuota: deny): ask a cluster admin to add the "
                        "namespace to a GPUQuota")
     types = snap.types()
-    candidates = [t for t in types if gang.gpu_type in (None, t)
-                  and (quota is None or quota.entry(t) is not None)]
+    present = [t for t in types if gang.gpu_type in (None, t)]
+    candidates = [t for t in present if quota is None or quota.entry(t) is not None]
     if not candidates:
         have = ", ".join(t or "(unlabelled)" for t in types) or "none"
+        if gang.queued and not present:  # its nodes went away since it was queued
+            return Verdict(False, "InsufficientGPUs", f"waiting for {what} ({shape}) of type {gang.gpu_type or 'any'}: "
+                           f"no node has it now (GPU types in the cluster: {have}); a queued run waits for such "
+                           "nodes to come back")
         where = f" that GPUQuota {quota.name} covers" if quota is not None else ""
         return Verdict(False, "Unschedulable", f"needs {what} ({shape}) of type {gang.gpu_type or 'any'}: no node{where} "
                        f"has it; GPU types in the cluster: {have}. Set spec.resources.gpuType to one of them.",
                        never=True)
     possible = [t for t in candidates if not snap.never_fits(gang, t)]
+    if not possible and gang.queued:  # nodes went away since it was queued: wait for them, as a pending pod does
+        room = max(snap.slots(gang, t) for t in candidates)
+        return Verdict(False, "InsufficientGPUs", f"waiting for {what} of type "
+                       f"{'/'.join(t or '(unlabelled)' for t in candidates)} ({shape}): the nodes there are now have "
+                       f"room for {room} of its {gang.nodes} pods (nodes were removed or changed since it was "
+                       "queued); it waits for nodes that can hold it")
     if not possible:
         biggest = max((snap.capacity[n] for t in candidates for n in snap.nodes_of(t)), default=0)
         return Verdict(False, "Unschedulable", f"needs {gang.nodes} node(s) with {gang.gpus_per_node} GPUs each "
