@@ -25,8 +25,10 @@ from tests.integration.ftj_support import (
     wait_phase,
 )
 from tests.integration.test_gpu_queue import (
+    MANY,
     WHOLE_NODE,
     _create_many,
+    pass_every_validation,
     quota_status,
     to_queue,
 )
@@ -199,13 +201,12 @@ def test_suspend_deactivates_the_workload_and_resume_reactivates_it(
     assert len(jobs(cluster, namespace, "pausable", "train")) == 1
 
 
-MANY = 500
-
-
 def test_many_runs_created_concurrently_are_never_over_admitted_by_kueue(
-        cluster: DevCluster, namespace: str, kueue_operator: Any, quota: Any) -> None:
+        cluster: DevCluster, namespace: str, kueue: Any, operator_for: Any, quota: Any) -> None:
     """4 processes create 500 four-GPU runs at once under a 32-GPU quota: the GPUs Kueue starts, sampled
-    every 0.2 s, never exceed it, and exactly 8 runs hold them once every data gate has passed."""
+    every 0.2 s, never exceed it, and exactly 8 runs hold them once every data gate has passed (most
+    reuse the first passing data reports: they share one data set)."""
+    operator_for([namespace], env={**KUEUE, "KUBETUNE_DATA_REPORT_REUSE": "true"})
     quota("team", [namespace], nominal=32)
     create_data(cluster, namespace)
     per = MANY // 4
@@ -241,22 +242,6 @@ def test_many_runs_created_concurrently_are_never_over_admitted_by_kueue(
         sampler.join(timeout=10)
     assert len(samples) > 50 and max(samples) <= 32, f"over-admitted: {max(samples)} GPUs of 32"
     assert started_gpus(cluster, namespace) == 32
-
-
-def pass_every_validation(cluster: DevCluster, namespace: str, count: int, timeout: float) -> None:
-    """End every data-validation pod Succeeded with a passing report, as they appear (one annotate call
-    per round for all of them)."""
-    report = json.dumps({"rows": 20, "duplicates": 0, "empty": 0, "invalid": 0, "passed": True, "message": "ok"})
-
-    def all_passed() -> bool:
-        cluster.kubectl("annotate", "--overwrite", "-n", namespace, "pods", "-l",
-                        "kubetune.io/component=validate-data", "kwok.kubetune.io/outcome=Succeeded",
-                        "kwok.kubetune.io/delay=100ms", f"kwok.kubetune.io/message={report}", check=False)
-        jobs_ = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-l", "kubetune.io/component=train",
-                                           "-o", "json").stdout)["items"]
-        return len(jobs_) >= count
-
-    eventually(all_passed, timeout=timeout, every=3, what=f"{count} runs past their data gate")
 
 
 def test_auto_picks_kueue_where_kueue_is_installed(cluster: DevCluster, kueue: Any, namespace: str,
