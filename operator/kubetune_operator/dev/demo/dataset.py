@@ -2,12 +2,13 @@
 
 Real text that nobody on this project wrote and that every machine running the demo has offline:
 the `Summary` field of each installed distribution's metadata (PEP 566 core metadata). Each
-package gives two instruction rows, "What is the Python package X for?" and "What does the
-Python package X do?", both answered with the package's own summary. The base model has never
+package gives two instruction rows, "What is the Python package X for?" and "Tell me what the
+Python package X is for.", both answered with the package's own summary. The base model has never
 seen most of these one-liners, so a fine-tuned model that repeats them visibly learned them.
 
-The split is by package (not by row), so validation measures answers about packages the model was
-not trained on, and the demo's questions are drawn from the training packages.
+Validation asks about the same packages in a third wording ("What does the Python package X do?")
+that training never shows, so its perplexity measures whether the model learned the answers rather
+than the exact questions; the demo's questions are drawn from the same packages.
 """
 
 from __future__ import annotations

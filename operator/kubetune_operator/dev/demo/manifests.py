@@ -4,7 +4,8 @@ Everything lands in one namespace: a ReadWriteMany claim for the base model (`mo
 versions and checkpoints (`demo-artifacts`), both provisioned by the dev cluster's `local-path`
 StorageClass; the data set as a ConfigMap; an API-key Secret; a FineTuneJob (LoRA on
 SmolLM2-135M-Instruct, 2 nodes x 1 process on CPU, an evaluation gate); a ModelDeployment that
-follows the job's `latest-passing` version on the transformers runtime; and a second one that
+follows the job's `latest-passing` version on the transformers runtime (with `must_beat` "served",
+only to a version whose perplexity beats the served one's); and a second one that
 serves the untouched base model, so the demo can ask both the same question.
 
 Pods must tolerate the local node's taint and select it (`placement`): the demo's pods run as
@@ -14,7 +15,7 @@ processes on the local node, never on the fake KWOK nodes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Body = dict[str, Any]
 
@@ -43,6 +44,11 @@ class DemoSpec:
     base_model_dir: str = MODEL_DIR
     api_key: str = "demo-key"
     placement: Body = field(default_factory=dict)
+    # spec.promotion.mustBeat of the fine-tuned ModelDeployment: "served" promotes a new version only
+    # when its gate metric (perplexity, lower is better) beats the served version's by at least
+    # `min_improvement`; "none" promotes every version that passed the gate.
+    must_beat: Literal["none", "served"] = "none"
+    min_improvement: float = 0.0
 
 
 def claim(name: str, spec: DemoSpec, size: str = "5Gi") -> Body:
@@ -119,7 +125,7 @@ def fine_tune_job(spec: DemoSpec) -> Body:
     }
 
 
-def _deployment(name: str, model: Body, spec: DemoSpec) -> Body:
+def _deployment(name: str, model: Body, spec: DemoSpec, promotion: Body | None = None) -> Body:
     return {
         "apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": spec.namespace},
@@ -128,7 +134,7 @@ def _deployment(name: str, model: Body, spec: DemoSpec) -> Body:
             "runtime": {"type": "transformers"},
             "replicas": 1,
             "resources": {"cpu": "250m", "memory": "2Gi"},
-            "promotion": {"policy": "auto"},
+            "promotion": {"policy": "auto", **(promotion or {})},
             "auth": {"apiKeySecretRef": {"name": KEYS_SECRET, "key": "keys"}},
             "pod": _pod(spec),
         },
@@ -136,8 +142,12 @@ def _deployment(name: str, model: Body, spec: DemoSpec) -> Body:
 
 
 def fine_tuned_deployment(spec: DemoSpec) -> Body:
-    """Serves the newest version of the job that passed its gate; rolls forward by itself."""
-    return _deployment(JOB, {"fineTuneJobRef": {"name": JOB, "version": "latest-passing"}}, spec)
+    """Serves the newest version of the job that passed its gate; rolls forward by itself (with
+    `must_beat` "served": only to a version whose perplexity beats the served one's)."""
+    promotion: Body = {}
+    if spec.must_beat != "none":
+        promotion = {"mustBeat": spec.must_beat, "minImprovement": spec.min_improvement}
+    return _deployment(JOB, {"fineTuneJobRef": {"name": JOB, "version": "latest-passing"}}, spec, promotion)
 
 
 def base_deployment(spec: DemoSpec) -> Body:
