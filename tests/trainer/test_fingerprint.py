@@ -20,6 +20,7 @@ from kubetune_trainer.data.fingerprint import fingerprint
 from kubetune_trainer.errors import ConfigError
 
 from tests.trainer.conftest import make_config
+from tests.trainer.test_data import s3_server  # noqa: F401  (the moto S3 server fixture)
 
 
 def rows(n: int, tag: str = "q") -> str:
@@ -64,6 +65,22 @@ def test_an_object_store_prefix_is_listed_not_read() -> None:
     assert fingerprint(src).digest != first.digest
     assert fingerprint(src, count_rows=True).rows == 4
     fs.rm("/kt-bucket", recursive=True)
+
+
+def test_s3_objects_are_told_apart_by_their_etag(s3_server: str) -> None:  # noqa: F811
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="data")
+    s3.put_object(Bucket="data", Key="tickets/a.jsonl", Body=rows(3, "x").encode())
+    src = DataSource(uri="s3://data/tickets/")
+    first = fingerprint(src)
+    assert first.method == "objects" and first.items == 1 and fingerprint(src) == first
+    s3.put_object(Bucket="data", Key="tickets/a.jsonl", Body=rows(3, "y").encode())  # same size, new ETag
+    second = fingerprint(src)
+    assert second.digest != first.digest
+    s3.put_object(Bucket="data", Key="tickets/b.jsonl", Body=rows(2).encode())
+    assert fingerprint(src).items == 2 and fingerprint(src, count_rows=True).rows == 5
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

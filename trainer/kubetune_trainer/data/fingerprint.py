@@ -71,6 +71,8 @@ def _files(uri: str) -> DataFingerprint:
 def _objects(uri: str) -> DataFingerprint:
     import fsspec
 
+    # fsspec keeps filesystems and their listings for the process: a second look must list again.
+    fsspec.get_fs_token_paths(uri)[0].invalidate_cache()
     entries = []
     for name in sources.expand(uri):
         fs, _, (path,) = fsspec.get_fs_token_paths(name)
