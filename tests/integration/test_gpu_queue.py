@@ -231,11 +231,13 @@ def test_many_runs_created_concurrently_never_over_admit(cluster: DevCluster, na
         sampler.join(timeout=10)
     assert len(samples) > 50 and max(samples) <= 32, f"over-admitted: {max(samples)} GPUs of 32"
     assert admitted_gpus(cluster, namespace) == 32
-    reused = sum(1 for f in json.loads(cluster.kubectl("get", "finetunejobs", "-n", namespace, "-o", "json").stdout)[
-        "items"] if ((f.get("status") or {}).get("dataQuality") or {}).get("reusedFrom"))
+    items = json.loads(cluster.kubectl("get", "finetunejobs", "-n", namespace, "-o", "json").stdout)["items"]
+    reused = sum(1 for f in items if ((f.get("status") or {}).get("dataQuality") or {}).get("reusedFrom"))
     validated = len(jobs_with(cluster, namespace, "validate-data"))
     print(f"data reports: {validated} validation pods, {reused} runs reused a report")
-    assert reused + validated >= MANY and reused > 0
+    # Every run says its data passed (a reused report included, also after the SIGKILL), and most reused one.
+    assert all(condition(f["status"], "DataValidated").get("status") == "True" for f in items)
+    assert reused > MANY // 2 and validated < MANY // 2
 
 
 def jobs_with(cluster: DevCluster, namespace: str, component: str) -> list[dict[str, Any]]:

@@ -357,6 +357,12 @@ ROWS = [
         check=lambda p: p.status.data_quality.reused_from == "sweep-a/1" and p.status.data_quality.rows == 240
         and "FineTuneJob sweep-a run 1" in find_condition(p.status.conditions, "DataValidated").message
         and find_condition(p.status.conditions, "DataValidated").reason == "ReportReused"),
+    Row("killed after creating the Job of a reused report, before writing status: the next pass records it",
+        ftj(status=running(validated=False)),
+        Observed(jobs=[j := job("train", state="Suspended")], pods=[], validation_inputs="sha256:in",
+                 reusable_report=ReusableReport("sweep-a", 1, REUSABLE)), "Queued", None, [], ["DataValidated"],
+        check=lambda p: p.status.data_quality.reused_from == "sweep-a/1"
+        and find_condition(p.status.conditions, "DataValidated").reason == "ReportReused"),
     Row("a report of other inputs, or one that failed, is not reused",
         ftj(status=running(validated=False)),
         Observed(validation_inputs="sha256:other", reusable_report=ReusableReport("sweep-a", 1, REUSABLE)), "Validating",

@@ -161,10 +161,17 @@ class DataQualitySummary(WireModel):
     def termination_message(self, limit: int = DATA_QUALITY_MESSAGE_LIMIT) -> str:
         """Compact JSON within `limit` bytes: errors are dropped from the end, never the counts."""
         errors = list(self.errors)
-        text = compact_json(self.to_dict())
+
+        def dump(summary: DataQualitySummary) -> str:
+            data = summary.to_dict()
+            if data.get("source") is None:  # only sources that have a fingerprint carry one
+                data.pop("source", None)
+            return compact_json(data)
+
+        text = dump(self)
         while len(text.encode()) > limit and errors:
             errors.pop()
-            text = compact_json(self.model_copy(update={"errors": errors}).to_dict())
+            text = dump(self.model_copy(update={"errors": errors}))
         return text
 
 

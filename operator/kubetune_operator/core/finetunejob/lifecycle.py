@@ -704,6 +704,8 @@ class _Pass:
         jobs = self.run_jobs(run, COMPONENT_VALIDATE)
         if not jobs:
             if self.run_jobs(run, COMPONENT_TRAIN):
+                if self.st.data_quality is None:  # killed between creating the Job and writing status
+                    self.reuse_report(run)
                 return True  # validated earlier; its Job was cleaned up
             if self.reuse_report(run):
                 return True
