@@ -103,7 +103,13 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(key, value)
+    import s3fs
+
+    # fsspec reuses a filesystem made with the same arguments; the endpoint comes from the env, so a
+    # filesystem of an earlier test would still talk to that test's (stopped) server.
+    s3fs.S3FileSystem.clear_instance_cache()
     yield endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
 
 
