@@ -6,7 +6,6 @@ Warning event naming the field (docs/audit.md)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,26 +20,18 @@ from tests.integration.ftj_support import (
     train_selector,
     wait_phase,
 )
-from tests.integration.test_audit_sinks import Receiver, free_port
+from tests.integration.test_audit_sinks import Receiver, receiver  # noqa: F401  (its loopback receiver fixture)
 from tests.support import DevCluster, eventually
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(free_port())
-    r.start()
-    yield r
-    r.stop()
-
-
-def received(receiver: Receiver) -> list[dict[str, Any]]:
+def received(receiver: Receiver) -> list[dict[str, Any]]:  # noqa: F811
     return [r.json | {"authorization": r.headers.get("authorization")} for r in receiver.accepted()]
 
 
 def test_a_jobs_run_events_go_to_its_own_sink_with_the_token_from_its_secret(
-        cluster: DevCluster, namespace: str, operator: Any, receiver: Receiver) -> None:
+        cluster: DevCluster, namespace: str, operator: Any, receiver: Receiver) -> None:  # noqa: F811
     create_data(cluster, namespace)
     apply(cluster, namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "events-token"},
                                "stringData": {"token": "tok-123\n"}})

@@ -72,7 +72,12 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission,
     pods = kube.list_objects("v1", "Pod", ns, selector)
     events = {j["metadata"]["name"]: kube.events_of(ns, "Job", j["metadata"]["name"]) for j in jobs
               if job_state(j) == "Active" and not live_pods(pods, j["metadata"]["name"])}
-    missing = kube.find_missing(references.finetunejob_references(ftj), ns)
+    seen: dict[tuple[str, str], Any] = {}
+    missing = kube.find_missing(references.finetunejob_references(ftj), ns, seen)
+
+    def config_map(name: str) -> Any:  # read once per pass: the reference check has it already
+        return seen[("ConfigMap", name)] if ("ConfigMap", name) in seen else kube.read("v1", "ConfigMap", name, ns)
+
     secrets = {}
     for src in (ftj.spec.datasets.train, ftj.spec.datasets.validation):
         if src is not None and src.sql is not None:
@@ -85,12 +90,11 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission,
     data_digest = data_rows = validation_digest = None
     source, held_out = ftj.spec.datasets.train, ftj.spec.datasets.validation
     if source.config_map is not None:  # read for data-change checks and for reusing a validation's report
-        cm = kube.read("v1", "ConfigMap", source.config_map.name, ns)
+        cm = config_map(source.config_map.name)
         data_digest = triggers.data_digest(cm, source.config_map.key)
         data_rows = triggers.data_rows(cm, source.config_map.key, source.format)
     if held_out is not None and held_out.config_map is not None:
-        validation_digest = triggers.data_digest(kube.read("v1", "ConfigMap", held_out.config_map.name, ns),
-                                                 held_out.config_map.key)
+        validation_digest = triggers.data_digest(config_map(held_out.config_map.name), held_out.config_map.key)
     inputs = triggers.validation_inputs_digest(ftj, data_digest, validation_digest)
     served: frozenset[int] = frozenset()
     if ftj.spec.output.keep_versions is not None:

@@ -142,13 +142,18 @@ def api_error_message(e: ApiException) -> str:
 
 
 
-def find_missing(refs: Iterable[references.Reference], namespace: str) -> list[references.Missing]:
+def find_missing(refs: Iterable[references.Reference], namespace: str,
+                 seen: dict[tuple[str, str], Any] | None = None) -> list[references.Missing]:
     """`core.references.find_missing` over the cluster: the objects of `refs` that do not exist in
-    `namespace` (or cluster-wide, for cluster-scoped kinds) or lack the key they name."""
+    `namespace` (or cluster-wide, for cluster-scoped kinds) or lack the key they name. Each object read
+    is also left in `seen` by (kind, name) (None: absent), for a caller that needs its content too."""
 
     def read_ref(ref: references.Reference) -> Any:
         api_version, namespaced = references.KINDS[ref.kind]
-        return read(api_version, ref.kind, ref.name, namespace if namespaced else None)
+        obj = read(api_version, ref.kind, ref.name, namespace if namespaced else None)
+        if seen is not None:
+            seen[(ref.kind, ref.name)] = obj
+        return obj
 
     def listing(kind: str) -> list[str]:
         api_version, namespaced = references.KINDS[kind]

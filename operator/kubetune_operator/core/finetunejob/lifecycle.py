@@ -338,8 +338,7 @@ class _Pass:
         if state in ("Active", "Suspended"):
             problem = self.child_problem(job)
             if problem is not None:
-                self.st.data_check = DataCheck.model_validate({
-                    **(self.st.data_check.model_dump(by_alias=True) if self.st.data_check else {}),
+                self.st.data_check = (self.st.data_check or DataCheck()).model_copy(update={
                     "message": shorten(f"data-change check Job {job['metadata']['name']}: {problem.message}")})
             return False
         for j in checks:
