@@ -11,9 +11,10 @@ at any point and starting it again leaves the same children and the same runs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
@@ -31,7 +32,7 @@ from kubetune_operator.controllers.kueue import KueueAdmission, resolve_backend
 from kubetune_operator.controllers.queue import Admission, GPUQueue
 from kubetune_operator.core.conditions import merge_patch
 from kubetune_operator.core.finetunejob import lifecycle, validity
-from kubetune_operator.core.finetunejob.plan import ReusableReport
+from kubetune_operator.core.finetunejob.plan import CreateValidation, ReusableReport, ValidationInFlight
 from kubetune_operator.runtime import clock, events, kube, locks, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
 from kubetune_operator.runtime.wakeups import Wakeups
@@ -41,29 +42,79 @@ KIND = "FineTuneJob"
 Body = dict[str, Any]
 
 
+# How long a run waits for another job's validation of the same inputs before validating its own.
+VALIDATION_WAIT = timedelta(minutes=10)
+# Phases in which a job's validation has not ended (before the first pass writes one, and Validating).
+_STILL_VALIDATING = (None, "", "Pending", "Validating")
+
+
 class PassingReports:
-    """(namespace, inputs digest) -> the newest passing data-quality report with that digest.
+    """(namespace, inputs digest) -> the newest passing data-quality report with that digest, and the
+    validation of that digest in flight, if any (one validation pod per inputs at a time).
 
     Filled from the FineTuneJobs' status (every watch event, and this operator's own writes), so a
-    restarted operator has it again after its first list; losing it only costs validation pods.
+    restarted operator has the reports again after its first list; the validations in flight are this
+    process's own, so losing them (a restart) or the reports only costs validation pods.
+    `wake(namespace, name)` queues a run that waited for a validation which has now ended.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[str, str], None] = lambda ns, name: None) -> None:
         self._by_key: dict[tuple[str, str], ReusableReport] = {}
+        self._in_flight: dict[tuple[str, str], ValidationInFlight] = {}
+        self._waiters: dict[tuple[str, str], set[str]] = {}
+        self._wake = wake
+        self._mutex = threading.Lock()  # kopf's event threads and the reconcile workers both write
 
     def note(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         report = status.get("dataQuality") or {}
         key = report.get("inputsDigest")
-        if report.get("passed") is True and isinstance(key, str):
-            run = (status.get("currentRun") or {}).get("number")
-            self._by_key[(namespace, key)] = ReusableReport(name, run if isinstance(run, int) else None, dict(report))
+        run = (status.get("currentRun") or {}).get("number")
+        with self._mutex:
+            if report.get("passed") is True and isinstance(key, str):
+                self._by_key[(namespace, key)] = ReusableReport(name, run if isinstance(run, int) else None,
+                                                                dict(report))
+            ended = status.get("phase") not in _STILL_VALIDATING
+            moved_on = isinstance(run, int) and run > 0
+            woken = self._end(lambda k, v: k[0] == namespace and v.job == name
+                              and (ended or (moved_on and v.run != run)))
+        self._wake_all(namespace, woken)
 
     def forget(self, namespace: str, name: str) -> None:
-        for key in [k for k, v in self._by_key.items() if k[0] == namespace and v.job == name]:
-            self._by_key.pop(key, None)
+        with self._mutex:
+            for key in [k for k, v in self._by_key.items() if k[0] == namespace and v.job == name]:
+                self._by_key.pop(key, None)
+            for waiting in self._waiters.values():
+                waiting.discard(name)
+            woken = self._end(lambda k, v: k[0] == namespace and v.job == name)
+        self._wake_all(namespace, woken)
 
     def find(self, namespace: str, key: str) -> ReusableReport | None:
         return self._by_key.get((namespace, key))
+
+    def started(self, namespace: str, key: str, job: str, run: int, now: datetime) -> None:
+        """Run `run` of `job` started a validation pod for inputs `key`."""
+        with self._mutex:
+            self._in_flight[(namespace, key)] = ValidationInFlight(job, run, now + VALIDATION_WAIT)
+
+    def validating(self, namespace: str, key: str, job: str) -> ValidationInFlight | None:
+        """Another job's validation of inputs `key` in flight; `job` is woken when it ends."""
+        with self._mutex:
+            other = self._in_flight.get((namespace, key))
+            if other is None or other.job == job:
+                return None
+            self._waiters.setdefault((namespace, key), set()).add(job)
+            return other
+
+    def _end(self, match: Callable[[tuple[str, str], ValidationInFlight], bool]) -> set[str]:
+        woken: set[str] = set()
+        for key in [k for k, v in self._in_flight.items() if match(k, v)]:
+            del self._in_flight[key]
+            woken |= self._waiters.pop(key, set())
+        return woken
+
+    def _wake_all(self, namespace: str, names: set[str]) -> None:
+        for waiting in sorted(names):
+            self._wake(namespace, waiting)
 
 
 class FineTuneJobController:
@@ -75,22 +126,30 @@ class FineTuneJobController:
                                        retry_max_seconds=cfg.retry_max_seconds, gpu_type_label=cfg.gpu_type_label,
                                        reuse_data_reports=cfg.data_report_reuse)
         self.locks = locks.ObjectLocks()
-        self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds)
+        self.wakeups = Wakeups("finetunejob", self.reconcile, cfg.resync_seconds, workers=cfg.reconcile_workers)
+        # resourceVersion of each job's last status write by this operator: the watch event of that
+        # write brings nothing the pass that wrote it did not know, so it starts no pass.
+        self.own_writes: dict[tuple[str, str], str] = {}
         # The admission backend (the built-in GPU queue, or Kueue); a changed verdict wakes the run's
         # FineTuneJob at once.
         def wake(ns: str, name: str) -> None:
-            self.wakeups.wake_at(ns, name, clock.now())
+            self.wakeups.enqueue(ns, name)
 
         self.backend = backend
         self.admission: Admission = KueueAdmission(cfg, wake) if backend == "kueue" else GPUQueue(cfg, wake)
         self.audit = audit_sinks(cfg)
-        self.reports = PassingReports()
+        self.reports = PassingReports(self.wakeups.enqueue)
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.forget(namespace, name)
         self.locks.forget(namespace, name)
         self.reports.forget(namespace, name)
+        self.own_writes.pop((namespace, name), None)
         metrics.record_phase(namespace, name, None)
+
+    def is_own_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """Whether the object at `resource_version` is exactly what this operator's last status write left."""
+        return resource_version is not None and self.own_writes.get((namespace, name)) == resource_version
 
     def reconcile(self, namespace: str, name: str) -> datetime | None:
         """One pass over one FineTuneJob; returns when it wants to run again (None: on events only)."""
@@ -120,11 +179,14 @@ class FineTuneJobController:
         except SpecError as e:
             self.reject(body, str(e))
             return None
-        observed = children.observe(ftj, body, self.admission, self.reports.find)
+        observed = children.observe(ftj, body, self.admission, self.reports.find, self.reports.validating)
         now = clock.now()
         plan = lifecycle.decide(ftj, observed, now, self.policy)
         try:
             children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue)
+            for action in plan.actions:
+                if isinstance(action, CreateValidation) and observed.validation_inputs:
+                    self.reports.started(namespace, observed.validation_inputs, name, action.run, now)
         except ApiException as e:
             if e.status == 409:  # a concurrent write; the next pass sees it
                 log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
@@ -157,7 +219,10 @@ class FineTuneJobController:
         new = {k: v for k, v in new.items() if v not in ([], {}) or k in ("runs", "versions")}
         before = {k: v for k, v in old.items() if k != "progress"}
         if new != before:
-            kube.patch_status(KIND, name, ns, merge_patch(before, new))
+            written = kube.patch_status(KIND, name, ns, merge_patch(before, new))
+            version = (written.get("metadata") or {}).get("resourceVersion")
+            if version:
+                self.own_writes[(ns, name)] = str(version)
             self.reports.note(ns, name, new)
         if old.get("phase") != new.get("phase"):
             log.info("%s/%s: phase %s -> %s", ns, name, old.get("phase"), new.get("phase"))
@@ -198,8 +263,10 @@ def _active() -> FineTuneJobController:
     return _controller
 
 
+# Watch events only queue a pass (runtime.wakeups: a work queue): a burst of them costs one pass.
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def finetunejob_event(type: str, name: str, namespace: str | None, status: Mapping[str, Any], **_: Any) -> None:
+def finetunejob_event(type: str, name: str, namespace: str | None, status: Mapping[str, Any],
+                      meta: Mapping[str, Any], **_: Any) -> None:
     if namespace is None:
         return
     c = _active()
@@ -208,14 +275,15 @@ def finetunejob_event(type: str, name: str, namespace: str | None, status: Mappi
         return
     c.reports.note(namespace, name, status)
     c.wakeups.track(namespace, name)
-    c.wakeups.reconcile_now(namespace, name)
+    if not c.is_own_write(namespace, name, meta.get("resourceVersion")):
+        c.wakeups.enqueue(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT})
 def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     if namespace is not None:
         c = _active()
-        c.wakeups.reconcile_now(namespace, labels[LABEL_JOB])
+        c.wakeups.enqueue(namespace, labels[LABEL_JOB])
         if labels.get(LABEL_COMPONENT) == COMPONENT_TRAIN:
             c.admission.kick()  # a training Job appeared, finished or was suspended: the queue's answer changes
 
@@ -223,4 +291,4 @@ def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
 def child_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     if namespace is not None:
-        _active().wakeups.reconcile_now(namespace, labels[LABEL_JOB])
+        _active().wakeups.enqueue(namespace, labels[LABEL_JOB])

@@ -52,6 +52,7 @@ from kubetune_operator.core.finetunejob.plan import (
     Observed,
     ReusableReport,
     SetSuspended,
+    ValidationInFlight,
 )
 from kubetune_operator.core.gang import GangRequest
 from kubetune_operator.runtime import kube
@@ -63,9 +64,12 @@ Body = dict[str, Any]
 
 
 def observe(ftj: FineTuneJob, body: Body, admission: Admission,
-            reports: Callable[[str, str], ReusableReport | None] = lambda ns, key: None) -> Observed:
+            reports: Callable[[str, str], ReusableReport | None] = lambda ns, key: None,
+            validating: Callable[[str, str, str], ValidationInFlight | None] = lambda ns, key, job: None) -> Observed:
     """Read the job's children, the objects its spec names and what admission says of its gang: whether it
-    could ever fit (before its Job exists) or the queue's verdict (while its newest Job is suspended)."""
+    could ever fit (before its Job exists) or the queue's verdict (while its newest Job is suspended).
+    `reports` and `validating` give a passing report of the same inputs, and another job's validation
+    of them in flight (controllers.finetunejob.PassingReports)."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
     selector = f"{LABEL_JOB}={name}"
     jobs = kube.list_objects("batch/v1", "Job", ns, selector)
@@ -122,7 +126,8 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission,
         services=kube.list_objects("v1", "Service", ns, selector),
         job_events=events, missing=missing, secrets=secrets, output_claim=output_claim,
         preview=preview, admission=verdict, data_digest=data_digest, data_rows=data_rows,
-        validation_inputs=inputs, reusable_report=reports(ns, inputs) if inputs else None, served_versions=served,
+        validation_inputs=inputs, reusable_report=reports(ns, inputs) if inputs else None,
+        validating_elsewhere=validating(ns, inputs, name) if inputs else None, served_versions=served,
         changed_by=spec_manager(body))
 
 

@@ -49,6 +49,11 @@ class OperatorSettings(BaseSettings):
         description="Safety net: how often every object is reconciled even without an event or a wakeup it "
                     "asked for (time-based rules wake their object at their own time: runtime.wakeups).",
     )
+    reconcile_workers: int = Field(
+        4, ge=1, le=64,
+        description="FineTuneJobs reconciled at once (controller-runtime's MaxConcurrentReconciles); one "
+                    "object is never reconciled twice at once, and its events collapse while it waits.",
+    )
     retry_base_seconds: float = Field(
         10.0, ge=0, le=3600, description="First delay before retrying a failed run; doubles per attempt."
     )

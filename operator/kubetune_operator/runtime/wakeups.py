@@ -11,8 +11,10 @@ run again, and nothing polls objects that wait for an event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -84,20 +86,29 @@ class KickedLoop:
 
 
 class Wakeups:
-    """Reconcile objects of one kind at the times they asked for, and all of them every `safety_seconds`.
+    """Reconcile objects of one kind: soon after `enqueue`, at the times they asked for, and all of them
+    every `safety_seconds`.
 
-    `reconcile(namespace, name)` returns the datetime of its next wakeup, or None. `wake_at` may also
-    be called from watch handlers. Runs as one asyncio task started with the operator; reconciles run
-    in the default executor, one object at a time per Wakeups (controllers lock per object anyway).
+    A work queue in controller-runtime's sense: one key is never reconciled by two workers at once,
+    and any number of requests for a key that waits or is being reconciled collapse into one more
+    pass. Bursts of watch events (a run's own status write, its Jobs and Pods changing together) so
+    cost one pass, not one each. `reconcile(namespace, name)` returns the datetime of its next
+    wakeup, or None. Runs as one asyncio task started with the operator; up to `workers` reconciles run
+    at once in the default executor.
     """
 
-    def __init__(self, kind: str, reconcile: Callable[[str, str], datetime | None], safety_seconds: float) -> None:
+    def __init__(self, kind: str, reconcile: Callable[[str, str], datetime | None], safety_seconds: float,
+                 workers: int = 1) -> None:
         self.kind = kind
         self.reconcile = reconcile
         self.safety_seconds = safety_seconds
+        self.workers = max(1, workers)
         self.known: set[Key] = set()
+        self._mutex = threading.Lock()  # _due and _heap are written from kopf's threads and the workers
         self._due: dict[Key, float] = {}  # monotonic time of each object's next wakeup
         self._heap: list[tuple[float, Key]] = []
+        self._active: set[Key] = set()  # being reconciled now (touched in the event loop only)
+        self._dirty: set[Key] = set()  # asked for while active: one more pass when it ends
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -108,7 +119,12 @@ class Wakeups:
 
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
-        self._due.pop((namespace, name), None)
+        with self._mutex:
+            self._due.pop((namespace, name), None)
+
+    def enqueue(self, namespace: str, name: str) -> None:
+        """Reconcile the object as soon as a worker is free (thread-safe; collapses with requests pending)."""
+        self._schedule((namespace, name), time.monotonic())
 
     def wake_at(self, namespace: str, name: str, when: datetime | None) -> None:
         """Reconcile the object at `when` (wall clock; None: no wakeup but the safety period). Thread-safe."""
@@ -118,11 +134,12 @@ class Wakeups:
         self._schedule((namespace, name), time.monotonic() + delay)
 
     def _schedule(self, key: Key, at: float) -> None:
-        old = self._due.get(key)
-        if old is not None and old <= at:
-            return  # an earlier wakeup will reconcile it; that reconcile asks again for what it needs
-        self._due[key] = at
-        heapq.heappush(self._heap, (at, key))
+        with self._mutex:
+            old = self._due.get(key)
+            if old is not None and old <= at:
+                return  # an earlier wakeup will reconcile it; that reconcile asks again for what it needs
+            self._due[key] = at
+            heapq.heappush(self._heap, (at, key))
         if self._loop is not None and self._changed is not None:
             self._loop.call_soon_threadsafe(self._changed.set)
 
@@ -138,32 +155,62 @@ class Wakeups:
         self.wake_at(namespace, name, wakeup)
         return wakeup
 
-    def _pop_due(self, now: float) -> list[Key]:
-        keys = []
-        while self._heap and self._heap[0][0] <= now:
-            at, key = heapq.heappop(self._heap)
-            if self._due.get(key) == at:
+    def _pop_due(self, now: float) -> Key | None:
+        """The next due key that no worker holds; due keys that one holds are marked dirty instead."""
+        with self._mutex:
+            while self._heap and self._heap[0][0] <= now:
+                at, key = heapq.heappop(self._heap)
+                if self._due.get(key) != at:
+                    continue  # superseded by an earlier wakeup, or forgotten
                 del self._due[key]
-                if key in self.known:
-                    keys.append(key)
-        return keys
+                if key not in self.known:
+                    continue
+                if key in self._active:
+                    self._dirty.add(key)
+                    continue
+                return key
+            return None
+
+    def _next_due(self) -> float | None:
+        with self._mutex:
+            return self._heap[0][0] if self._heap else None
+
+    def _finished(self, key: Key, slots: asyncio.Semaphore, _: object = None) -> None:
+        self._active.discard(key)
+        slots.release()
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self._schedule(key, time.monotonic())
 
     async def _run(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.workers)
+        running: set[asyncio.Future[Any]] = set()
         next_sweep = time.monotonic() + self.safety_seconds
-        while not stop.is_set():
-            now = time.monotonic()
-            keys = self._pop_due(now)
-            if now >= next_sweep:
-                keys = sorted(set(keys) | self.known)
-                next_sweep = now + self.safety_seconds
-            for namespace, name in keys:
-                await loop.run_in_executor(None, self.reconcile_now, namespace, name)
-                if stop.is_set():
-                    return
-            until = min([next_sweep, *(at for at, _ in self._heap[:1])])
-            changed.clear()
-            await wait_any(changed, stop, timeout=max(0.0, until - time.monotonic()))
+        try:
+            while not stop.is_set():
+                await slots.acquire()  # take a key only when a worker can start it: queued keys keep collapsing
+                now = time.monotonic()
+                if now >= next_sweep:
+                    for known in sorted(self.known):
+                        self._schedule(known, now)
+                    next_sweep = now + self.safety_seconds
+                key = self._pop_due(now)
+                if key is not None:
+                    self._active.add(key)
+                    future = loop.run_in_executor(None, self.reconcile_now, *key)
+                    running.add(future)
+                    future.add_done_callback(running.discard)
+                    future.add_done_callback(functools.partial(self._finished, key, slots))
+                    continue
+                slots.release()
+                changed.clear()
+                due = self._next_due()
+                until = next_sweep if due is None else min(next_sweep, due)
+                await wait_any(changed, stop, timeout=max(0.0, until - time.monotonic()))
+        finally:
+            if running:  # a pass in flight finishes its writes before the operator stops
+                await asyncio.wait(running)
 
     def register(self) -> None:
         """Start the loop with the operator and stop it on shutdown (kopf startup/cleanup handlers)."""

@@ -708,6 +708,8 @@ class _Pass:
                 return True  # validated earlier; its Job was cleaned up
             if self.reuse_report(run):
                 return True
+            if self.wait_for_validation_elsewhere(run):
+                return False
             self.act(EnsureRBAC())
             self.act(CreateValidation(run, self.next_version(), self.current.trigger or "Create"))
             self.st.phase = "Validating"
@@ -782,6 +784,22 @@ class _Pass:
         self.event("DataValidated", text)
         self.condition("DataValidated", True, "ReportReused", text)
         self.plan.counters.append(("validations_reused",))
+        return True
+
+    def wait_for_validation_elsewhere(self, run: int) -> bool:
+        """One validation pod per inputs at a time: while another job's run validates the same data and
+        checks, wait for its report (reused when it passes) rather than start a second pod; after
+        `until` (a validation that hangs) or when it ends without a passing report, validate here."""
+        other = self.obs.validating_elsewhere
+        if other is None or not self.policy.reuse_data_reports or other.job == self.name or self.now >= other.until:
+            return False
+        self.st.phase = "Validating"
+        text = (f"run {run}: FineTuneJob {other.job} run {other.run} is validating the same data and checks; "
+                f"this run reuses its report if it passes, else validates its own by "
+                f"{other.until.strftime('%H:%M:%S')} UTC")
+        self.condition("DataValidated", "Unknown", "WaitingForValidation", text)
+        self.wait(text)
+        self.wake(other.until)
         return True
 
     def record_source(self, report: Body | None) -> None:

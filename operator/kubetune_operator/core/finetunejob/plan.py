@@ -44,6 +44,16 @@ class ReusableReport:
 
 
 @dataclass(frozen=True)
+class ValidationInFlight:
+    """Run `run` of FineTuneJob `job` is validating the same inputs now: a run of another job waits for
+    that report until `until` instead of validating the same data a second time."""
+
+    job: str
+    run: int
+    until: datetime
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the controller read for one pass. Lists hold raw API objects (dicts)."""
 
@@ -62,6 +72,7 @@ class Observed:
     # namespace) when the controller knows one: the run reuses it instead of starting a validation pod.
     validation_inputs: str | None = None
     reusable_report: ReusableReport | None = None
+    validating_elsewhere: ValidationInFlight | None = None
     served_versions: frozenset[int] = frozenset()  # versions ModelDeployments serve or canary (never pruned)
     changed_by: str | None = None  # the field manager that last changed the spec (managedFields)
     preview: Decision | None = None  # admission's answer as of its last snapshot, before the queue saw the Job
