@@ -46,3 +46,55 @@ def test_classification_and_no_label() -> None:
     torch.testing.assert_close(total, ref_total)
     none, zero = task_loss_sum(logits, torch.full((4,), IGNORE_INDEX), causal=False)
     assert int(zero) == 0 and float(none.detach()) == 0.0
+
+
+def _batches(vocab: int) -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(5, vocab, (3, 12), generator=g)
+    labels = ids.clone()
+    labels[:, :6] = IGNORE_INDEX  # prompts
+    labels[1, 9:] = IGNORE_INDEX  # padding
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    # One packed block of three examples (7, 5 and 9 tokens): position ids restart, no attention mask.
+    lengths = (7, 5, 9)
+    packed_ids = torch.randint(5, vocab, (1, sum(lengths)), generator=g)
+    packed_labels = packed_ids.clone()
+    start = 0
+    for n in lengths:
+        packed_labels[0, start:start + n // 2 + 1] = IGNORE_INDEX  # each example's prompt, and its first token
+        start += n
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    return {"padded": {"input_ids": ids, "attention_mask": mask, "labels": labels},
+            "packed": {"input_ids": packed_ids, "position_ids": positions, "labels": packed_labels}}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_projecting_only_labelled_positions_keeps_loss_and_gradients(tiny_lm, tmp_path, layout: str, lora: bool) -> None:
+    """`logits_to_keep` with the labelled positions (training) gives the loss and gradients of the
+    full projection, for padded and packed batches, with and without a LoRA wrapper."""
+    from kubetune_trainer.train.hf_trainer import KubetuneTrainer, _slices_logits_by_mask, base_model_class
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    assert _slices_logits_by_mask(base_model_class(model))  # else this test would compare the full path twice
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no")
+    trainer = KubetuneTrainer(model=model, args=args)
+    batch = _batches(model.config.vocab_size)[layout]
+    model.train()
+    results = []
+    for sliced in (True, False):
+        trainer.labelled_logits_only = sliced
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch, num_items_in_batch=int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads.clone()))
+    (sliced_loss, sliced_grads), (full_loss, full_grads) = results
+    torch.testing.assert_close(sliced_loss, full_loss)
+    torch.testing.assert_close(sliced_grads, full_grads, rtol=1e-4, atol=1e-6)

@@ -44,6 +44,8 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 class DistillationTrainer(KubetuneTrainer):
     """A transformers Trainer whose loss adds the distillation term; the teacher never trains."""
 
+    labelled_logits_only = False  # the KL term reads the student's logits at every position
+
     def __init__(self, *args: Any, teacher: torch.nn.Module, temperature: float, alpha: float, causal: bool,
                  **kwargs: Any) -> None:
         super().__init__(*args, causal=causal, **kwargs)

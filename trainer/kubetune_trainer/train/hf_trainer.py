@@ -20,6 +20,8 @@ and checkpoints and `save_model` take accelerate's FSDP paths (full state dict o
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -65,7 +67,7 @@ def task_loss_sum(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
     """
     labels = labels.to(logits.device)
     if causal:  # shift the labels left instead of slicing the logits (a strided view reshape would copy them)
-        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        labels = shifted_labels(labels)
     flat_logits = logits.reshape(-1, logits.size(-1))
     flat_labels = labels.reshape(-1)
     # Only the labelled rows go through log-softmax: with completion-only labels (prompts, padding and
@@ -75,6 +77,33 @@ def task_loss_sum(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
     total = F.cross_entropy(flat_logits.index_select(0, keep).float(), flat_labels.index_select(0, keep),
                             reduction="sum")
     return total, keep.new_tensor(keep.numel())
+
+
+def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Causal LM labels aligned with the logits that predict them: position i carries token i+1's label
+    (as transformers' ForCausalLMLoss); the last position has none. Shape (batch, seq) as given."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+@functools.cache
+def _slices_logits_by_mask(model_class: type) -> bool:
+    """Whether a causal LM class applies `logits_to_keep` through transformers' `slice_logits_to_keep`,
+    which takes a boolean (batch, seq) mask and returns the kept rows flattened (transformers >= 5)."""
+    forward = getattr(model_class, "forward", None)
+    if forward is None:
+        return False
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return False
+    return "slice_logits_to_keep(" in source and "logits_to_keep" in inspect.signature(forward).parameters
+
+
+def base_model_class(model: Any) -> type:
+    """The transformers class under peft and DDP/FSDP wrappers."""
+    inner = getattr(model, "module", model)
+    get_base = getattr(inner, "get_base_model", None)
+    return type(get_base() if callable(get_base) else inner)
 
 
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +120,11 @@ class KubetuneTrainer(Trainer):
     """transformers.Trainer with one loss normalisation for every task, plus FSDP on CPU process groups."""
 
     loss_is_scaled_for_ga = True  # compute_loss normalises over the whole accumulated batch itself
+    # Project only the labelled positions onto the vocabulary (`logits_to_keep`): with completion-only
+    # labels most positions are prompts or padding, and the LM head is a large share of a small
+    # model's FLOPs (SmolLM2-135M: 28M of its 135M weights). Subclasses that need every position's
+    # logits (distillation's KL term) turn it off.
+    labelled_logits_only = True
 
     def __init__(self, *args: Any, causal: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -110,8 +144,16 @@ class KubetuneTrainer(Trainer):
         if "labels" not in inputs:  # nothing of ours to normalise: transformers' own path
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return loss
-        outputs = model(**model_inputs(inputs))
-        total, count = self.loss_sum(model, inputs, outputs)
+        # Training only: evaluation hands its logits to metrics, which expect every position.
+        if (model.training and self.labelled_logits_only and self.causal
+                and _slices_logits_by_mask(base_model_class(model))):
+            labels = shifted_labels(inputs["labels"])
+            keep = labels != IGNORE_INDEX
+            outputs = model(**model_inputs(inputs), logits_to_keep=keep)  # logits: (labelled, vocab)
+            total, count = task_loss_sum(outputs.logits, labels[keep], causal=False)
+        else:
+            outputs = model(**model_inputs(inputs))
+            total, count = self.loss_sum(model, inputs, outputs)
         if not model.training:
             loss = total / count.clamp(min=1)  # evaluation: the mean over this batch
         elif num_items_in_batch is not None:
