@@ -28,7 +28,7 @@ MODEL = Path.home() / ".cache" / "kubetune" / "models" / "smollm2-135m-instruct"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", choices=["full", "lora"], default="lora")
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--no-packing", action="store_true")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)

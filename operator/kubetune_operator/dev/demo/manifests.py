@@ -104,7 +104,8 @@ def fine_tune_job(spec: DemoSpec) -> Body:
             "objective": "Answer 'What is the Python package X for?' for the packages installed on this machine.",
             "task": "instruction",
             "baseModel": {"uri": f"pvc://{MODELS_CLAIM}/{spec.base_model_dir}"},
-            "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "targetModules": ["all-linear"]}},
+            # dropout 0.05: the e2e test's perplexity figures (v1 1.276, v2 14.86, v3 1.112) were measured with it.
+            "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}},
             "datasets": {
                 "train": {"configMap": {"name": DATA_CONFIGMAP, "key": "train.jsonl"}, "format": "jsonl"},
                 "validation": {"configMap": {"name": DATA_CONFIGMAP, "key": "validation.jsonl"},
