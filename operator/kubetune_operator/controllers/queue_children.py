@@ -73,7 +73,9 @@ def read_snapshot(cfg: OperatorSettings) -> Snapshot:
             ftjs.append(FineTuneJob.model_validate(body))
         except ValidationError:
             continue  # its own controller reports it (InvalidSpec); it holds no queue place
-    pods = kube.list_objects("v1", "Pod")
+    # Finished pods hold no GPUs (kube-scheduler does not count them either); leaving them out at the
+    # server keeps a cycle's read small however many runs a cluster has completed.
+    pods = kube.list_objects("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
     jobs = kube.list_objects("batch/v1", "Job", None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
     classes = {}
     if any(f.spec.run_policy.priority_class_name for f in ftjs):

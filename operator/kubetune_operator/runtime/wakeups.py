@@ -190,6 +190,9 @@ class Wakeups:
         try:
             while not stop.is_set():
                 await slots.acquire()  # take a key only when a worker can start it: queued keys keep collapsing
+                if stop.is_set():
+                    slots.release()
+                    break
                 now = time.monotonic()
                 if now >= next_sweep:
                     for known in sorted(self.known):
