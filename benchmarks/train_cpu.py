@@ -419,13 +419,20 @@ def main() -> None:
                     print(f"  repeat {i + 1} {method:4} {kind:12} {s['tps']:8.0f} tokens/s  step p50 {s['step']:6.2f} s"
                           f"  {s['tokens_per_step']:6.0f} tokens/step  RSS {s['rss']:5.2f} GiB  "
                           f"loss {s['loss']:.4f}  process {s['wall']:5.1f} s", flush=True)
-                peaks.append(matmul_peak())
-
-    if args.save:
-        args.save.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "peaks": peaks,
-                                         "model": "tiny" if args.quick else model.name,
-                                         "results": {f"{m}|{k}": rs for (m, k), rs in results.items()}}))
+                    peaks.append(matmul_peak())
+                    if args.save:  # after every run: a run stopped half-way (a busy machine) keeps its figures
+                        save(args.save, args, peaks, "tiny" if args.quick else model.name, results)
     report(results, peaks, methods, contenders, args, "tiny Llama (--quick)" if args.quick else model.name)
+
+
+def save(path: Path, args: argparse.Namespace, peaks: list[float], model_name: str,
+         results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """Write the raw figures so far (`--load` prints their summary; a partial repeat is left out)."""
+    done = min(len(rs) for rs in results.values()) if results else 0
+    kept = {k: str(v) for k, v in vars(args).items()}
+    kept["repeats"] = str(done)
+    path.write_text(json.dumps({"args": kept, "peaks": peaks, "model": model_name,
+                                "results": {f"{m}|{k}": rs[:done] for (m, k), rs in results.items()}}))
 
 
 def report(results: dict[tuple[str, str], list[dict[str, Any]]], peaks: list[float], methods: list[str],
