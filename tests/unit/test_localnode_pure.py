@@ -219,3 +219,77 @@ def test_placement_matches_the_node_taint() -> None:
     tol = placement["tolerations"][0]
     assert (tol["key"], tol["value"], tol["effect"]) == (LOCAL_NODE_TAINT["key"], LOCAL_NODE_TAINT["value"],
                                                           LOCAL_NODE_TAINT["effect"])
+
+
+def _node(tmp_path: Path, **kwargs: Any) -> Any:
+    """A LocalNode that is never run: its constructor reads the CA file and the client's port only."""
+    from types import SimpleNamespace
+
+    from kubetune_operator.dev.localnode.node import LocalNode
+
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(b"ca")
+    kube: Any = SimpleNamespace(port=6443)
+    return LocalNode(kube, "local-gpu-0", tmp_path / "state", ca, ca, ca, ca, **kwargs)
+
+
+def test_fake_gpus_are_advertised_as_the_device_plugin_and_gfd_would(tmp_path: Path) -> None:
+    from kubetune_operator.dev.localnode import DEFAULT_GPU_PRODUCT
+    from kubetune_operator.dev.localnode.node import node_labels
+
+    node = _node(tmp_path, gpus=2, gpu_product="Fake-A100", pass_env={"HF_HUB_OFFLINE": "1"})
+    status = node.node_status({})
+    assert status["capacity"]["nvidia.com/gpu"] == status["allocatable"]["nvidia.com/gpu"] == "2"
+    assert node_labels(node.name, node.gpu_product)["nvidia.com/gpu.product"] == "Fake-A100"
+    # A count only: no CUDA device is visible in the node's pods (a pod's own env may still set it).
+    assert node.ctx.pass_env == {"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    assert _node(tmp_path, gpus=1).gpu_product == DEFAULT_GPU_PRODUCT
+
+    plain = _node(tmp_path)
+    assert "nvidia.com/gpu" not in plain.node_status({})["capacity"]
+    assert "nvidia.com/gpu.product" not in node_labels(plain.name, plain.gpu_product)
+    assert plain.ctx.pass_env == {}
+    with pytest.raises(ValueError, match="0 or more"):
+        _node(tmp_path, gpus=-1)
+
+
+def test_the_clusters_command_line_gives_a_node_its_fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `LocalCluster` spawns (local-0 and `start_local_node`) is what the node's __main__ parses."""
+    import signal
+    import threading
+
+    import kubetune_operator.dev.localnode.kube as kube_module
+    import kubetune_operator.dev.localnode.node as node_module
+    from kubetune_operator.dev.cluster.cluster import ClusterState, LocalCluster
+    from kubetune_operator.dev.localnode.__main__ import main
+
+    made: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    class Node:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append((args, kwargs))
+            self.stop = threading.Event()
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(node_module, "LocalNode", Node)
+    monkeypatch.setattr(kube_module, "Kube", lambda path: path)
+    cluster = LocalCluster("c", tmp_path)
+    state = ClusterState(name="c", root=str(tmp_path / "c"), apiserver_port=1, token="t")
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for gpus, product in ((2, "Fake-A100"), (0, "")):
+            args = cluster._local_node_args(state, "local-gpu-0", tmp_path / "n", gpus, product)
+            assert args[:2] == ["-m", "kubetune_operator.dev.localnode"] and "--drain-on-exit" in args
+            main(args[2:])
+            positional, kwargs = made[-1]
+            assert positional[1] == "local-gpu-0" and kwargs["drain_on_exit"] is True
+            assert kwargs["gpus"] == gpus
+            if gpus:
+                assert kwargs["gpu_product"] == product
+        with pytest.raises(SystemExit):
+            main([*args[2:], "--gpus=-1"])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -55,6 +55,11 @@ def build(with_kueue: bool) -> None:
 @click.option("--local-node", is_flag=True, default=False,
               help="Also run node local-0, which runs the pods placed on it as local processes "
                    "(see docs/local-node.md).")
+@click.option("--local-node-gpus", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fake GPUs local-0 advertises (nvidia.com/gpu and its type label): a count for the scheduler "
+                   "and the GPU queue only; its pods still run on the CPU. Needs --local-node.")
+@click.option("--local-node-gpu-product", default=None,
+              help="GPU type (label nvidia.com/gpu.product) of local-0's fake GPUs (default kubetune-fake-gpu).")
 @click.option("--operator", "with_operator", is_flag=True, default=False,
               help="Also install the CRDs and run the operator as a process of this cluster, with the "
                    "Helm chart's ServiceAccount; `dev down` stops it (log under the state folder).")
@@ -62,11 +67,14 @@ def build(with_kueue: bool) -> None:
               help="Also run Kueue (built from its pinned module on first use) as a process of this "
                    "cluster, with its CRDs; `dev down` stops it (see docs/kueue-dev.md).")
 def up(name: str, state_dir: Path | None, topology: str | None, timeout: float, local_node: bool,
-       with_operator: bool, with_kueue: bool) -> None:
+       local_node_gpus: int, local_node_gpu_product: str | None, with_operator: bool, with_kueue: bool) -> None:
     """Start the cluster (building components first when their pins changed)."""
+    if (local_node_gpus or local_node_gpu_product) and not local_node:
+        raise click.UsageError("--local-node-gpus and --local-node-gpu-product need --local-node")
     cluster = LocalCluster(name, state_dir, say=_say)
     try:
-        state = cluster.up(load_topology(topology), timeout=timeout, local_node=local_node, kueue=with_kueue)
+        state = cluster.up(load_topology(topology), timeout=timeout, local_node=local_node, kueue=with_kueue,
+                           local_node_gpus=local_node_gpus, local_node_gpu_product=local_node_gpu_product)
     except (BuildError, ClusterError) as e:
         raise click.ClickException(str(e)) from e
     if with_operator:

@@ -1,6 +1,7 @@
 """Start, stop and inspect a local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok,
 and optionally the local node (`kubetune_operator.dev.localnode`, node `local-0`) that runs pods as processes
-and Kueue (`start_kueue`, docs/kueue-dev.md).
+(more such nodes, with fake GPUs if asked: `start_local_node`, docs/local-node.md) and Kueue (`start_kueue`,
+docs/kueue-dev.md).
 
 Everything binds 127.0.0.1 on free ports, so several clusters run side by side; each cluster keeps
 its certificates, logs, etcd data, kubeconfig and the pids it started in one state folder. TLS is
@@ -110,6 +111,9 @@ class ClusterState:
     ready_seconds: float = 0.0
     local_node: bool = False
     kueue_ports: dict[str, int] = field(default_factory=dict)  # webhook, metrics, health; empty: no Kueue
+    # Fake GPUs of local-0 (`up(local_node_gpus=N)`): nvidia.com/gpu and its type label, a count only.
+    local_node_gpus: int = 0
+    local_node_gpu_product: str = ""
 
     @property
     def local_node_dir(self) -> Path:
@@ -152,14 +156,19 @@ class LocalCluster:
     # ------------------------------------------------------------------ public verbs
 
     def up(self, topology: Topology | None = None, timeout: float = 120.0, local_node: bool = False,
-           kueue: bool = False) -> ClusterState:
-        """Start the cluster; with `local_node`, also node `local-0`, which runs the pods bound to it;
-        with `kueue`, also Kueue (built first when its pin changed)."""
+           kueue: bool = False, local_node_gpus: int = 0, local_node_gpu_product: str | None = None) -> ClusterState:
+        """Start the cluster; with `local_node`, also node `local-0`, which runs the pods bound to it
+        (advertising `local_node_gpus` fake GPUs of type `local_node_gpu_product`: a count for the
+        scheduler and the GPU queue, the pods run on the CPU); with `kueue`, also Kueue (built first
+        when its pin changed)."""
+        if local_node_gpus < 0:
+            raise ClusterError(f"local_node_gpus must be 0 or more, got {local_node_gpus}")
         existing = ClusterState.load(self.root)
         # Kueue is optional: a Kueue that exited does not make the cluster "partly running".
         if existing and all(p.alive() for p in existing.processes if p.name != kq.KUEUE_PROCESS):
             self.say(f"cluster {self.name!r} already running")
             if local_node and not existing.local_node:
+                self._set_local_node_gpus(existing, local_node_gpus, local_node_gpu_product)
                 self._start_local_node(existing, time.monotonic() + timeout)
             if kueue:
                 return self.start_kueue(timeout)  # starts it, restarts it if it exited, or says it runs
@@ -178,6 +187,7 @@ class LocalCluster:
             name=self.name, root=str(self.root), apiserver_port=free_port(),
             token=secrets.token_hex(24), started_at=time.time(),
         )
+        self._set_local_node_gpus(state, local_node_gpus, local_node_gpu_product)
         state.save()
         try:
             self._start(state, topology or load_topology(None), deadline=start + timeout)
@@ -307,17 +317,33 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ the local node
 
-    def _start_local_node(self, state: ClusterState, deadline: float) -> None:
-        from kubetune_operator.dev.localnode import DEFAULT_NODE_NAME
+    @staticmethod
+    def _set_local_node_gpus(state: ClusterState, gpus: int, product: str | None) -> None:
+        from kubetune_operator.dev.localnode import DEFAULT_GPU_PRODUCT
 
+        state.local_node_gpus = gpus
+        state.local_node_gpu_product = (product or DEFAULT_GPU_PRODUCT) if gpus else ""
+
+    def _local_node_args(self, state: ClusterState, name: str, state_dir: Path, gpus: int,
+                         gpu_product: str) -> list[str]:
+        """The command line (after the Python interpreter) of a local node of this cluster."""
         pki_dir = self.root / "pki"
         args = ["-m", "kubetune_operator.dev.localnode", f"--kubeconfig={state.kubeconfig}",
-                f"--state-dir={state.local_node_dir}", f"--node-name={DEFAULT_NODE_NAME}",
+                f"--state-dir={state_dir}", f"--node-name={name}",
                 f"--tls-cert={pki_dir / 'kubelet.crt'}", f"--tls-key={pki_dir / 'kubelet.key'}",
                 f"--client-ca={pki_dir / 'ca.crt'}",
                 # `down` SIGTERMs it: its pods' processes go with it. A test restarts it with SIGKILL.
                 "--drain-on-exit"]
-        args += [f"--pass-env={name}" for name in LOCAL_NODE_PASS_ENV]
+        args += [f"--pass-env={env}" for env in LOCAL_NODE_PASS_ENV]
+        if gpus:
+            args += [f"--gpus={gpus}", f"--gpu-product={gpu_product}"]
+        return args
+
+    def _start_local_node(self, state: ClusterState, deadline: float) -> None:
+        from kubetune_operator.dev.localnode import DEFAULT_NODE_NAME
+
+        args = self._local_node_args(state, DEFAULT_NODE_NAME, state.local_node_dir, state.local_node_gpus,
+                                     state.local_node_gpu_product)
         since = time.time()
         self._spawn(state, LOCAL_NODE_PROCESS, sys.executable, args)
         state.local_node = True
@@ -325,10 +351,70 @@ class LocalCluster:
         self._wait(lambda: self._local_node_ready(state, since), deadline,
                    f"local node {DEFAULT_NODE_NAME} Ready and StorageClass local-path", state)
 
-    def _local_node_ready(self, state: ClusterState, since: float) -> bool:
+    def start_local_node(self, name: str, gpus: int = 0, gpu_product: str | None = None,
+                         timeout: float = 60.0) -> Process:
+        """Start one more local node, `name`, on this running cluster, exactly as `local-0` is started
+        (same flags, `--drain-on-exit`), with `gpus` fake GPUs of type `gpu_product` (default
+        DEFAULT_GPU_PRODUCT). Its state is `<root>/local-nodes/<name>/`, its log
+        `logs/local-node-<name>.log`. It waits until the node is Ready. `down` stops it with the rest;
+        `stop_local_node(name)` stops it earlier and deletes its Node object."""
+        from kubetune_operator.dev.localnode import DEFAULT_GPU_PRODUCT, DEFAULT_NODE_NAME
+
+        state = self.state()
+        if state is None:
+            raise ClusterError(f"cluster {self.name!r} is not running: start it with `kubetune dev up`")
+        process = f"{LOCAL_NODE_PROCESS}-{name}"
+        if name == DEFAULT_NODE_NAME or any(p.name == process for p in state.processes):
+            raise ClusterError(f"local node {name} is already part of cluster {self.name!r}")
+        if gpus < 0:
+            raise ClusterError(f"gpus must be 0 or more, got {gpus}")
+        state_dir = self.root / "local-nodes" / name
+        args = self._local_node_args(state, name, state_dir, gpus, (gpu_product or DEFAULT_GPU_PRODUCT) if gpus else "")
+        since = time.time()
+        self._spawn(state, process, sys.executable, args)
+        started = next(p for p in state.processes if p.name == process)
+        try:
+            self._wait(lambda: self._local_node_ready(state, since, name), time.monotonic() + timeout,
+                       f"local node {name} Ready", state)
+        except BaseException:
+            self.stop_local_node(name)
+            raise
+        return started
+
+    def stop_local_node(self, name: str, timeout: float = 30.0) -> bool:
+        """Stop a local node started by `start_local_node` (SIGTERM by pid: with `--drain-on-exit` its pods'
+        processes go with it; SIGKILL after `timeout`) and delete its Node object. Returns whether it was known."""
+        state = self.state()
+        if state is None:
+            return False
+        mine = [p for p in state.processes if p.name == f"{LOCAL_NODE_PROCESS}-{name}"]
+        for p in mine:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while p.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, 0 if not p.alive() else os.WNOHANG)
+            state.processes.remove(p)
+        if not mine:
+            return False  # not one of ours: its Node object is left alone
+        state.save()
+        try:
+            self._api(state, "DELETE", f"/api/v1/nodes/{name}")
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise ClusterError(f"deleting node {name}: {e.read().decode()}") from e
+        return True
+
+    def _local_node_ready(self, state: ClusterState, since: float, name: str | None = None) -> bool:
         from kubetune_operator.dev.localnode import DEFAULT_NODE_NAME, STORAGE_CLASS
 
-        node = self._api(state, "GET", f"/api/v1/nodes/{DEFAULT_NODE_NAME}")
+        node = self._api(state, "GET", f"/api/v1/nodes/{name or DEFAULT_NODE_NAME}")
         assert isinstance(node, dict)
         ready = next((c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
         if not ready or ready["status"] != "True":

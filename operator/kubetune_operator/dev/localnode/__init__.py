@@ -17,6 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULT_NODE_NAME = "local-0"
+# The GPU type (label nvidia.com/gpu.product) of a local node started with fake GPUs (`--gpus N`):
+# a name no real GPU has, so runs that ask for a real type never land there by accident.
+DEFAULT_GPU_PRODUCT = "kubetune-fake-gpu"
 # Label and taint key: `kubetune.io/local-node=true` on the node, `...:NoSchedule` as its taint,
 # so that only pods that ask for the local node (nodeSelector + toleration) land there.
 LOCAL_NODE_LABEL = "kubetune.io/local-node"

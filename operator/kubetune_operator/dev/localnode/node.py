@@ -7,6 +7,10 @@ Contract:
   capacity = allocatable = this machine's CPUs and memory, 110 pods; addresses InternalIP 127.0.0.1
   and Hostname; `daemonEndpoints.kubeletEndpoint.Port` = the log server's port. Every 10 s the
   Ready condition is heartbeated (node status PATCH) and the node's Lease in kube-node-lease renewed.
+- Fake GPUs (`gpus` > 0, `--gpus N`): capacity = allocatable `nvidia.com/gpu: N` and the label
+  `nvidia.com/gpu.product=<gpu_product>`, as the NVIDIA device plugin and GPU feature discovery
+  publish them. Only a count for kube-scheduler and the GPU queue: no device is handed to a pod
+  (its processes start with CUDA_VISIBLE_DEVICES="" unless the pod sets it), so they run on the CPU.
 - Pods: a watch on `spec.nodeName=<node>`. A new pod gets its IP and its names in every pod's
   /etc/hosts at once (before any process starts, so rank 1 of a torchrun gang resolves rank 0),
   then a `pods.PodWorker` runs it.
@@ -35,8 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from kubetune_operator.api.wellknown import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from kubetune_operator.dev.cluster.pins import KUBERNETES_VERSION
 from kubetune_operator.dev.localnode import (
+    DEFAULT_GPU_PRODUCT,
     FALLBACK_POD_IP_RANGE,
     LOCAL_NODE_LABEL,
     LOCAL_NODE_TAINT,
@@ -71,15 +77,23 @@ def machine_memory() -> str:
     return "0"
 
 
-def node_labels(name: str) -> dict[str, str]:
-    return {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-            "type": "local", LOCAL_NODE_LABEL: "true"}
+def node_labels(name: str, gpu_product: str | None = None) -> dict[str, str]:
+    """The Node's labels; `gpu_product` (a node with fake GPUs) adds the GPU type label."""
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+              "type": "local", LOCAL_NODE_LABEL: "true"}
+    if gpu_product:
+        labels[GPU_PRODUCT_LABEL] = gpu_product
+    return labels
 
 
 class LocalNode:
     def __init__(self, kube: Kube, name: str, state_dir: Path, tls_cert: Path, tls_key: Path, client_ca: Path,
                  cluster_ca: Path, log_port: int = 0, pass_env: dict[str, str] | None = None,
-                 drain_on_exit: bool = False) -> None:
+                 drain_on_exit: bool = False, gpus: int = 0, gpu_product: str = DEFAULT_GPU_PRODUCT) -> None:
+        if gpus < 0:
+            raise ValueError(f"gpus must be 0 or more, got {gpus}")
+        if gpus and not gpu_product:
+            raise ValueError("a node with GPUs needs a gpu_product (its nvidia.com/gpu.product label)")
         self.kube = kube
         self.name = name
         self.state_dir = state_dir
@@ -94,10 +108,18 @@ class LocalNode:
         self.ips = IpAllocator(POD_IP_RANGE)
         self.allocatable = {"cpu": str(os.cpu_count() or 1), "memory": machine_memory(), "pods": "110",
                             "ephemeral-storage": "100Gi"}
+        # Fake GPUs: a count for kube-scheduler and the GPU queue. No device is handed to a pod, so none is
+        # visible there, even on a host that has one: the pods run on the CPU.
+        self.gpus = gpus
+        self.gpu_product = gpu_product if gpus else None
+        base_env = dict(pass_env or {})
+        if gpus:
+            self.allocatable[GPU_RESOURCE] = str(gpus)
+            base_env.setdefault("CUDA_VISIBLE_DEVICES", "")
         self.ctx = NodeContext(
             kube=kube, node_name=name, host_ip=HOST_IP, pods_dir=self.pods_dir,
             ca_cert=cluster_ca.read_bytes(), allocatable=self.allocatable, apiserver_port=kube.port,
-            bindshim=None, pass_env=dict(pass_env or {}),
+            bindshim=None, pass_env=base_env,
             executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe"),
             on_done=self._worker_done, on_terminal=self.rewrite_hosts,
         )
@@ -181,9 +203,10 @@ class LocalNode:
         }
 
     def register(self) -> None:
+        labels = node_labels(self.name, self.gpu_product)
         body = {
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": node_labels(self.name)},
+            "metadata": {"name": self.name, "labels": labels},
             "spec": {"taints": [LOCAL_NODE_TAINT]},
         }
         try:
@@ -191,14 +214,18 @@ class LocalNode:
         except KubeError as e:
             if e.status != 409:
                 raise
-            self.kube.patch(f"/api/v1/nodes/{self.name}", {"metadata": {"labels": node_labels(self.name)},
+            # A previous run of this node may have had GPUs: null removes its GPU type label.
+            self.kube.patch(f"/api/v1/nodes/{self.name}", {"metadata": {"labels": {GPU_PRODUCT_LABEL: None, **labels}},
                                                            "spec": {"taints": [LOCAL_NODE_TAINT]}})
         self.heartbeat()
 
     def heartbeat(self) -> None:
         node = self.kube.get(f"/api/v1/nodes/{self.name}")
         previous = {c["type"]: c for c in (node.get("status") or {}).get("conditions") or []}
-        self.kube.patch(f"/api/v1/nodes/{self.name}/status", {"status": self.node_status(previous)})
+        status: dict[str, Any] = self.node_status(previous)
+        if not self.gpus:  # null removes the GPUs a previous run of this node advertised
+            status["capacity"][GPU_RESOURCE] = status["allocatable"][GPU_RESOURCE] = None
+        self.kube.patch(f"/api/v1/nodes/{self.name}/status", {"status": status})
         self._renew_lease(node["metadata"]["uid"])
 
     def _renew_lease(self, node_uid: str) -> None:
