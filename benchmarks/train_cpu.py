@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/train_cpu.py                      # SmolLM2-135M-Instruct, ~10 min on 2 cores
     .venv/bin/python benchmarks/train_cpu.py --quick              # the tiny offline Llama: a smoke run
     .venv/bin/python benchmarks/train_cpu.py --steps 20 --repeats 3 --methods lora
+    python benchmarks/train_cpu.py --device cuda --precision bf16 --random-llama 0.5b --methods full \
+        --contenders kubetune,plain,trl --steps 20 --batch 8 --seq 1024 --repeats 2   # the GPU goal (issue 18)
+    .venv/bin/python benchmarks/train_cpu.py --random-llama tiny --precision bf16 --steps 3 --repeats 1  # its CPU smoke
 
 Every contender is its own process with the same environment, on the same instruction rows
 (prompt → completion chats rendered by the model's chat template, completion-only loss), the same
@@ -53,6 +56,36 @@ MODEL = Path.home() / ".cache" / "kubetune" / "models" / "smollm2-135m-instruct"
 LR = {"full": 2e-5, "lora": 2e-4}
 LORA: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.0}  # kubetune's, peft's and TRL's default
 SEED = 11
+
+
+# Random-init Llamas for the GPU goal (issue 18: ≥ 40 % bf16 MFU on a ~0.5–1B Llama): SmolLM2's
+# tokenizer (vocab 49,152, tied head), GQA with 4 KV heads of 128; (hidden, layers, heads, MLP).
+RANDOM_LLAMAS = {"0.5b": (1536, 16, 12, 4096), "1b": (2048, 20, 16, 5632), "tiny": (128, 2, 2, 256)}
+
+
+def build_random_llama(size: str, tokenizer_from: Path) -> Path:
+    """Save a random-init LlamaForCausalLM of `size` (seed 0) with `tokenizer_from`'s tokenizer under
+    ~/.cache/kubetune/models/random-llama-<size>; built once. `tiny` is a CPU smoke test of this path."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = Path.home() / ".cache" / "kubetune" / "models" / f"random-llama-{size}"
+    if (out / "config.json").exists():
+        return out
+    hidden, layers, heads, mlp = RANDOM_LLAMAS[size]
+    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=min(4, heads),
+                         head_dim=hidden // heads, intermediate_size=mlp, max_position_embeddings=8192,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
 
 
 # --------------------------------------------------------------------------- data
@@ -136,24 +169,37 @@ class StepMeter:
         transformers.Trainer.__init__ = init  # type: ignore[method-assign,assignment]
 
     def result(self, model_params: int) -> dict[str, Any]:
+        import torch
+
+        gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         return {"times": self.times, "tokens": self.tokens, "losses": self.losses, "params": model_params,
                 "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                "threads": __import__("torch").get_num_threads()}
+                "gpu_peak_gib": gpu, "threads": torch.get_num_threads()}
 
 
-def matmul_peak(size: int = 1024, seconds: float = 2.0) -> float:
-    """FLOP/s of a square fp32 matmul on this process's threads (best of a few timed batches)."""
+def matmul_peak(device: str = "cpu", precision: str = "fp32", seconds: float = 2.0) -> float:
+    """FLOP/s of a square matmul (1024² fp32 on CPU, 8192² on a GPU) in `precision` on `device`, on
+    this process's threads (best of a few timed batches; a GPU is synchronised around each batch)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size = 1024 if device == "cpu" else 8192
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize()
+
     for _ in range(3):
         a @ b
+    sync()
     best = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         for _ in range(5):
             a @ b
+        sync()
         best = max(best, 5 * 2 * size**3 / (time.perf_counter() - t))
     return best
 
@@ -207,6 +253,14 @@ def _chats(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
              "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows]
 
 
+def _load_dtype(spec: dict[str, Any]) -> Any:
+    """As kubetune loads: fp32 weights for full fine-tuning (bf16 autocast keeps fp32 masters), a bf16
+    frozen base under LoRA when training in bf16."""
+    import torch
+
+    return torch.bfloat16 if spec["precision"] == "bf16" and spec["method"] == "lora" else torch.float32
+
+
 def _lora_model(model: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -217,7 +271,8 @@ def _lora_model(model: Any) -> Any:
 def _common_args(spec: dict[str, Any], out: str) -> dict[str, Any]:
     return {"output_dir": out, "per_device_train_batch_size": spec["batch"], "max_steps": spec["steps"],
             "learning_rate": LR[spec["method"]], "lr_scheduler_type": "linear", "warmup_steps": 0,
-            "weight_decay": 0.0, "seed": SEED, "data_seed": SEED, "use_cpu": True, "bf16": False, "fp16": False,
+            "weight_decay": 0.0, "seed": SEED, "data_seed": SEED, "use_cpu": spec["device"] == "cpu",
+            "bf16": spec["precision"] == "bf16", "fp16": False,
             "gradient_checkpointing": False, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
             "disable_tqdm": True, "dataloader_num_workers": 0}
 
@@ -249,7 +304,7 @@ def child_plain(spec: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
         mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
         return {"input_ids": pad("input_ids", tok.pad_token_id), "attention_mask": mask, "labels": pad("labels", -100)}
 
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=_load_dtype(spec))
     if spec["method"] == "lora":
         model = _lora_model(model)
     args = TrainingArguments(**_common_args(spec, spec["out"]))
@@ -260,14 +315,13 @@ def child_plain(spec: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
 
 def child_trl(spec: dict[str, Any], meter: StepMeter) -> dict[str, Any]:
     """TRL's SFTTrainer with the same settings: completion-only loss, packing (its default strategy)."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(spec["model"])
     meter.pad = tok.pad_token_id
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=_load_dtype(spec))
     if spec["method"] == "lora":
         model = _lora_model(model)
     args = SFTConfig(**_common_args(spec, spec["out"]), max_length=spec["seq"], packing=True,
@@ -310,7 +364,7 @@ def kubetune_config(work: Path, model: Path, train: Path, args: argparse.Namespa
         "data": {"train": {"uri": str(train)}, "validationSplit": 0.0,
                  "quality": {"minRows": 4, "maxDuplicateFraction": 1.0, "maxTokenLengthFraction": 1.0}},
         "hyperparameters": {"maxSteps": args.steps, "learningRate": LR[method], "batchSizePerDevice": args.batch,
-                            "maxSeqLength": args.seq, "precision": "fp32", "loggingSteps": 1, "seed": SEED,
+                            "maxSeqLength": args.seq, "precision": args.precision, "loggingSteps": 1, "seed": SEED,
                             "packing": packing, "warmupRatio": 0.0, "weightDecay": 0.0,
                             "gradientCheckpointing": False, "lrScheduler": "linear"},
         "evaluation": {"metrics": ["loss"]},
@@ -341,7 +395,7 @@ def summarise(r: dict[str, Any], method: str, peak: float) -> dict[str, float]:
     return {"tps": tps, "best": best, "step": statistics.median(times), "rss": r["maxrss_gib"],
             "mfu": per_token * tps / peak, "best_mfu": per_token * best / peak, "gflops": per_token * tps / 1e9,
             "loss": r["losses"][-1] if r["losses"] else float("nan"), "tokens_per_step": statistics.mean(tokens),
-            "wall": r["wall"]}
+            "wall": r["wall"], **({"gpu": r["gpu_peak_gib"]} if r.get("gpu_peak_gib") is not None else {})}
 
 
 def spread(values: list[float]) -> str:
@@ -359,6 +413,11 @@ def main() -> None:
     p.add_argument("--contenders", default="kubetune,kubetune-pad,plain,trl")
     p.add_argument("--quick", action="store_true", help="the tiny offline Llama instead of SmolLM2-135M")
     p.add_argument("--model", type=Path, default=None, help="a local model directory (default SmolLM2-135M)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every contender trains")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: mixed precision (autocast, fp32 master weights) on every side; the matmul peak in bf16")
+    p.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS), default=None,
+                   help="train a random-init Llama of this size with SmolLM2's tokenizer (the GPU goal's model)")
     p.add_argument("--save", type=Path, default=None, help="also write every run's raw figures to this JSON file")
     p.add_argument("--load", type=Path, default=None, help="print the summary of a --save file instead of running")
     p.add_argument("--child", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
@@ -376,12 +435,17 @@ def main() -> None:
         return
 
 
+    if args.device == "cpu" and args.precision == "bf16":
+        print("note: on a CPU kubetune trains in fp32 whatever the precision (its rule for CPU runs), while the "
+              "plain and TRL scripts use bf16 autocast: a smoke test of the GPU path, not a comparison")
     sys.path.insert(0, str(REPO / "trainer"))
     if args.quick:
         from kubetune_trainer.offline_models import build_tiny_causal_lm
 
         cache = Path(os.environ.get("KUBETUNE_TEST_MODELS", Path.home() / ".cache" / "kubetune" / "test-models"))
         model = build_tiny_causal_lm(cache / "tiny-causal-lm")
+    elif args.random_llama:
+        model = build_random_llama(args.random_llama, args.model or MODEL)
     else:
         model = args.model or MODEL
         if not (model / "config.json").exists():
@@ -394,7 +458,7 @@ def main() -> None:
         contenders = [c for c in contenders if c != "trl"]
     methods = [m for m in args.methods.split(",") if m]
     rows = make_rows(args.rows, seed=5)
-    peaks = [matmul_peak()]
+    peaks = [matmul_peak(args.device, args.precision)]
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
         train = Path(tmp) / "train.jsonl"
@@ -408,7 +472,8 @@ def main() -> None:
                     work = Path(tmp) / f"{kind}-{method}-{i}"
                     work.mkdir()
                     spec: dict[str, Any] = {"model": str(model), "method": method, "steps": args.steps,
-                                            "batch": args.batch, "seq": args.seq, "out": str(work / "out")}
+                                            "batch": args.batch, "seq": args.seq, "out": str(work / "out"),
+                                            "device": args.device, "precision": args.precision}
                     if kind.startswith("kubetune"):
                         cfg = kubetune_config(work, model, train, args, method, packing=kind == "kubetune")
                         r = run_child("kubetune", {**spec, "config": str(cfg)}, work)
@@ -419,7 +484,7 @@ def main() -> None:
                     print(f"  repeat {i + 1} {method:4} {kind:12} {s['tps']:8.0f} tokens/s  step p50 {s['step']:6.2f} s"
                           f"  {s['tokens_per_step']:6.0f} tokens/step  RSS {s['rss']:5.2f} GiB  "
                           f"loss {s['loss']:.4f}  process {s['wall']:5.1f} s", flush=True)
-                    peaks.append(matmul_peak())
+                    peaks.append(matmul_peak(args.device, args.precision))
                     if args.save:  # after every run: a run stopped half-way (a busy machine) keeps its figures
                         save(args.save, args, peaks, "tiny" if args.quick else model.name, results)
     report(results, peaks, methods, contenders, args, "tiny Llama (--quick)" if args.quick else model.name)
@@ -440,10 +505,12 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], peaks: list[flo
     import torch
 
     peak = max(peaks)
-    print(f"\nFine-tuning on CPU: {model_name}, fp32, {args.steps} steps, "
+    device = getattr(args, "device", "cpu")
+    print(f"\nFine-tuning on {device.upper()}: {model_name}, {getattr(args, 'precision', 'fp32')}, {args.steps} steps, "
           f"batch {args.batch}, seq <= {args.seq}, {args.repeats} repeats, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"matmul peak (1024² fp32, best of {len(peaks)} measurements): {peak / 1e9:.0f} GFLOP/s "
+    square = "1024²" if device == "cpu" else "8192²"
+    print(f"matmul peak ({square} {getattr(args, 'precision', 'fp32')}, best of {len(peaks)} measurements): {peak / 1e9:.0f} GFLOP/s "
           f"(all: {', '.join(f'{x / 1e9:.0f}' for x in peaks)})")
     print("FLOPs/token: full 6·N, LoRA 4·N; N = weights in matmuls (tied head once); medians over repeats;")
     print("tokens/s = non-padding tokens of steps 2..N / their time; best step = the fastest of those steps'")
@@ -455,7 +522,8 @@ def report(results: dict[tuple[str, str], list[dict[str, Any]]], peaks: list[flo
     for (method, kind), ss in summaries.items():
         med = {k: statistics.median(s[k] for s in ss) for k in ss[0]}
         print(f"{method:6} {kind:13}{med['tps']:9.0f}{med['best']:10.0f}{med['step']:11.2f}{med['tokens_per_step']:9.0f}"
-              f"{med['rss']:13.2f}{med['gflops']:9.1f}{med['mfu']:7.1%}{med['best_mfu']:9.1%}{med['loss']:8.4f}")
+              f"{med['rss']:13.2f}{med['gflops']:9.1f}{med['mfu']:7.1%}{med['best_mfu']:9.1%}{med['loss']:8.4f}"
+              + (f"   GPU peak {med['gpu']:.2f} GiB" if med.get("gpu") is not None else ""))
     print("\nratios of tokens/s, median [min–max] over repeats (each repeat's runs against each other)")
     for method in methods:
         for other in ("kubetune-pad", "plain", "trl"):
