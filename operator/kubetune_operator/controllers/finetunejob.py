@@ -117,6 +117,14 @@ class PassingReports:
             self._wake(namespace, waiting)
 
 
+def _only_status_changed(read: Body, written: Body) -> bool:
+    """Whether `written` (a status patch's response) differs from `read` (the pass's read) only in what this
+    operator writes: same generation (spec), labels, annotations, deletion mark and trainer progress."""
+    before, after = read.get("metadata") or {}, written.get("metadata") or {}
+    return (all(before.get(k) == after.get(k) for k in ("generation", "labels", "annotations", "deletionTimestamp"))
+            and (read.get("status") or {}).get("progress") == (written.get("status") or {}).get("progress"))
+
+
 class FineTuneJobController:
     """Converges FineTuneJobs; `reconcile` is safe to call any number of times, from any trigger."""
 
@@ -221,8 +229,13 @@ class FineTuneJobController:
         if new != before:
             written = kube.patch_status(KIND, name, ns, merge_patch(before, new))
             version = (written.get("metadata") or {}).get("resourceVersion")
-            if version:
+            # kopf hands over only the newest of a burst of events: when someone else wrote between this
+            # pass's read and its patch (a spec change, an annotation, the trainer's progress), the
+            # event of this write carries their change too, so it must start a pass.
+            if version and _only_status_changed(body, written):
                 self.own_writes[(ns, name)] = str(version)
+            else:
+                self.own_writes.pop((ns, name), None)
             self.reports.note(ns, name, new)
         if old.get("phase") != new.get("phase"):
             log.info("%s/%s: phase %s -> %s", ns, name, old.get("phase"), new.get("phase"))
