@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from kubetune_operator.dev.localnode import pod_placement
 
-from tests.integration.ftj_support import apply, condition, jobs, status, wait_phase
+from tests.integration.ftj_support import apply, claim_dir, condition, jobs, status, wait_phase
 from tests.support import DevCluster, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -115,16 +115,6 @@ def gpu_node(local_cluster: Any, cluster: DevCluster) -> Iterator[str]:
     finally:
         assert local_cluster.stop_local_node(GPU_NODE) and not process.alive()
         assert cluster.kubectl("get", "node", GPU_NODE, check=False).returncode != 0, "the Node object is left"
-
-
-def claim_dir(cluster: DevCluster, ns: str, name: str) -> Path:
-    def bound() -> Any:
-        c = json.loads(cluster.kubectl("get", "pvc", name, "-n", ns, "-o", "json").stdout)
-        return c if c.get("status", {}).get("phase") == "Bound" else None
-
-    pvc = eventually(bound, timeout=60, what=f"claim {name} Bound")
-    pv = json.loads(cluster.kubectl("get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
-    return Path(pv["spec"]["hostPath"]["path"])
 
 
 def finetunejob(name: str, priority: int, max_steps: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 from tests.support import DevCluster, eventually
@@ -140,3 +141,14 @@ def running_admitted(jobs: list[dict[str, Any]]) -> int:
     return sum(int((j["metadata"].get("annotations") or {}).get("kubetune.io/admitted-gpus", 0)) for j in jobs
                if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                           for c in (j.get("status") or {}).get("conditions") or []))
+
+
+def claim_dir(cluster: DevCluster, ns: str, name: str) -> Path:
+    """The host directory of claim `name` once it is Bound (local-path volumes are host paths)."""
+    def bound() -> Any:
+        c = json.loads(cluster.kubectl("get", "pvc", name, "-n", ns, "-o", "json").stdout)
+        return c if c.get("status", {}).get("phase") == "Bound" else None
+
+    pvc = eventually(bound, timeout=60, what=f"claim {name} Bound")
+    pv = json.loads(cluster.kubectl("get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
+    return Path(pv["spec"]["hostPath"]["path"])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubetune_operator.dev.localnode import pod_placement
 
-from tests.integration.ftj_support import apply, status
+from tests.integration.ftj_support import apply, claim_dir, status
 from tests.support import DevCluster, eventually
 
 pytestmark = pytest.mark.integration
@@ -23,16 +23,6 @@ MODEL_CACHE = Path.home() / ".cache" / "kubetune" / "test-models"
 def rows(start: int, count: int) -> str:
     return "".join(json.dumps({"prompt": f"what is item {i}?", "completion": f"item {i} is number {i}"}) + "\n"
                    for i in range(start, start + count))
-
-
-def claim_dir(cluster: DevCluster, ns: str, name: str) -> Path:
-    def bound() -> Any:
-        c = json.loads(cluster.kubectl("get", "pvc", name, "-n", ns, "-o", "json").stdout)
-        return c if c.get("status", {}).get("phase") == "Bound" else None
-
-    pvc = eventually(bound, timeout=60, what=f"claim {name} Bound")
-    pv = json.loads(cluster.kubectl("get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
-    return Path(pv["spec"]["hostPath"]["path"])
 
 
 def events(cluster: DevCluster, ns: str, reason: str) -> list[dict[str, Any]]:

@@ -388,19 +388,7 @@ class LocalCluster:
         if state is None:
             return False
         mine = [p for p in state.processes if p.name == f"{LOCAL_NODE_PROCESS}-{name}"]
-        for p in mine:
-            if p.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while p.alive() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if p.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(p.pid, 0 if not p.alive() else os.WNOHANG)
-            state.processes.remove(p)
+        _stop_processes(state, mine, timeout)
         if not mine:
             return False  # not one of ours: its Node object is left alone
         state.save()
@@ -490,19 +478,7 @@ class LocalCluster:
         if state is None:
             return False
         mine = [p for p in state.processes if p.name == kq.KUEUE_PROCESS]
-        for p in mine:
-            if p.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while p.alive() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if p.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(p.pid, 0 if not p.alive() else os.WNOHANG)
-            state.processes.remove(p)
+        _stop_processes(state, mine, 30.0)
         state.kueue_ports = {}
         state.save()
         return bool(mine)
@@ -669,3 +645,21 @@ class LocalCluster:
         for p in state.processes:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(p.pid, os.WNOHANG)
+
+
+def _stop_processes(state: ClusterState, processes: list[Process], timeout: float) -> None:
+    """SIGTERM each of `processes` (started by this cluster) by pid, SIGKILL it after `timeout` seconds,
+    reap it, and drop it from `state` (the caller saves)."""
+    for p in processes:
+        if p.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while p.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if p.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p.pid, 0 if not p.alive() else os.WNOHANG)
+        state.processes.remove(p)
