@@ -63,16 +63,40 @@ def _finetunejobs(cfg: OperatorSettings) -> list[Body]:
     return kube.list_objects(API_VERSION, "FineTuneJob")
 
 
+# uid -> (resourceVersion, the parsed FineTuneJob or None when invalid): a cycle parses only the jobs that
+# changed since the last one (the models are only read). Replaced whole by each cycle, so it holds only
+# jobs that still exist.
+_parsed: dict[str, tuple[str, FineTuneJob | None]] = {}
+
+
+def _parse(body: Body) -> FineTuneJob | None:
+    meta = body.get("metadata") or {}
+    uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+    known = _parsed.get(uid)
+    if uid and version and known is not None and known[0] == version:
+        return known[1]
+    try:
+        ftj: FineTuneJob | None = FineTuneJob.model_validate(body)
+    except ValidationError:
+        ftj = None  # its own controller reports it (InvalidSpec); it holds no queue place
+    return ftj
+
+
 def read_snapshot(cfg: OperatorSettings) -> Snapshot:
     """One consistent view: admitted Jobs are read after the FineTuneJobs, so a run admitted meanwhile
     is counted as admitted (its Job), never as free capacity."""
+    global _parsed
     raw_ftjs = _finetunejobs(cfg)
+    parsed: dict[str, tuple[str, FineTuneJob | None]] = {}
     ftjs = []
     for body in raw_ftjs:
-        try:
-            ftjs.append(FineTuneJob.model_validate(body))
-        except ValidationError:
-            continue  # its own controller reports it (InvalidSpec); it holds no queue place
+        ftj = _parse(body)
+        meta = body.get("metadata") or {}
+        if meta.get("uid") and meta.get("resourceVersion"):
+            parsed[str(meta["uid"])] = (str(meta["resourceVersion"]), ftj)
+        if ftj is not None:
+            ftjs.append(ftj)
+    _parsed = parsed
     # Finished pods hold no GPUs (kube-scheduler does not count them either); leaving them out at the
     # server keeps a cycle's read small however many runs a cluster has completed.
     pods = kube.list_objects("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
