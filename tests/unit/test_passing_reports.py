@@ -23,11 +23,13 @@ def test_a_run_waits_for_another_jobs_validation_and_is_woken_by_its_report() ->
     assert r.validating("ns", "sha256:in", "sweep-a") is None  # its own validation is not "elsewhere"
     other = r.validating("ns", "sha256:in", "sweep-b")
     assert other is not None and (other.job, other.run, other.until) == ("sweep-a", 1, NOW + VALIDATION_WAIT)
+    r.wait_for("ns", "sha256:in", "sweep-b")
     assert r.validating("other-ns", "sha256:in", "sweep-b") is None and r.validating("ns", "sha256:x", "b") is None
     # Late events of sweep-a from before its validation (no phase yet, Pending) end nothing.
     r.note("ns", "sweep-a", {})
     r.note("ns", "sweep-a", {"phase": "Pending", "currentRun": {"number": 1}})
     assert woken == [] and r.validating("ns", "sha256:in", "sweep-c") is not None
+    r.wait_for("ns", "sha256:in", "sweep-c")
     r.note("ns", "sweep-a", PASSED)
     assert sorted(woken) == [("ns", "sweep-b"), ("ns", "sweep-c")]
     assert r.validating("ns", "sha256:in", "sweep-d") is None
@@ -38,13 +40,13 @@ def test_a_run_waits_for_another_jobs_validation_and_is_woken_by_its_report() ->
 def test_a_failed_or_deleted_validation_wakes_the_waiters_to_validate_their_own() -> None:
     r, woken = reports()
     r.started("ns", "sha256:in", "sweep-a", 1, NOW)
-    r.validating("ns", "sha256:in", "sweep-b")
+    r.wait_for("ns", "sha256:in", "sweep-b")
     r.note("ns", "sweep-a", {"phase": "Failed", "currentRun": {"number": 1},
                              "dataQuality": {"passed": False, "inputsDigest": "sha256:in"}})
     assert woken == [("ns", "sweep-b")] and r.find("ns", "sha256:in") is None
 
     r.started("ns", "sha256:in", "sweep-c", 1, NOW)
-    r.validating("ns", "sha256:in", "sweep-d")
+    r.wait_for("ns", "sha256:in", "sweep-d")
     r.forget("ns", "sweep-c")
     assert woken[-1] == ("ns", "sweep-d") and r.validating("ns", "sha256:in", "sweep-d") is None
 
@@ -52,7 +54,17 @@ def test_a_failed_or_deleted_validation_wakes_the_waiters_to_validate_their_own(
 def test_a_waiter_that_goes_away_is_not_woken() -> None:
     r, woken = reports()
     r.started("ns", "sha256:in", "sweep-a", 1, NOW)
-    r.validating("ns", "sha256:in", "sweep-b")
+    r.wait_for("ns", "sha256:in", "sweep-b")
     r.forget("ns", "sweep-b")
     r.note("ns", "sweep-a", PASSED)
     assert woken == []
+
+
+def test_a_run_that_starts_waiting_after_the_validation_ended_is_woken_at_once() -> None:
+    r, woken = reports()
+    r.wait_for("ns", "sha256:in", "sweep-b")  # nothing in flight (any more)
+    assert woken == [("ns", "sweep-b")]
+    r.started("ns", "sha256:in", "sweep-a", 1, NOW)
+    r.validating("ns", "sha256:in", "sweep-c")  # a lookup alone registers no waiter
+    r.note("ns", "sweep-a", PASSED)
+    assert woken == [("ns", "sweep-b")]

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubetune_operator.api.common import API_VERSION, GROUP, VERSION, SpecError
+from kubetune_operator.api.conditions import find_condition
 from kubetune_operator.api.finetunejob import PLURAL, FineTuneJob
 from kubetune_operator.api.wellknown import COMPONENT_TRAIN, LABEL_COMPONENT, LABEL_JOB
 from kubetune_operator.builders.checks import check_spec, validation_problems
@@ -97,13 +98,19 @@ class PassingReports:
             self._in_flight[(namespace, key)] = ValidationInFlight(job, run, now + VALIDATION_WAIT)
 
     def validating(self, namespace: str, key: str, job: str) -> ValidationInFlight | None:
-        """Another job's validation of inputs `key` in flight; `job` is woken when it ends."""
+        """Another job's validation of inputs `key` in flight, if any."""
         with self._mutex:
             other = self._in_flight.get((namespace, key))
-            if other is None or other.job == job:
-                return None
-            self._waiters.setdefault((namespace, key), set()).add(job)
-            return other
+            return None if other is None or other.job == job else other
+
+    def wait_for(self, namespace: str, key: str, job: str) -> None:
+        """Wake `job` when the validation of inputs `key` in flight ends (at once if it already has)."""
+        with self._mutex:
+            waiting = (namespace, key) in self._in_flight
+            if waiting:
+                self._waiters.setdefault((namespace, key), set()).add(job)
+        if not waiting:
+            self._wake(namespace, job)
 
     def _end(self, match: Callable[[tuple[str, str], ValidationInFlight], bool]) -> set[str]:
         woken: set[str] = set()
@@ -192,9 +199,13 @@ class FineTuneJobController:
         plan = lifecycle.decide(ftj, observed, now, self.policy)
         try:
             children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue)
+            inputs = observed.validation_inputs
             for action in plan.actions:
-                if isinstance(action, CreateValidation) and observed.validation_inputs:
-                    self.reports.started(namespace, observed.validation_inputs, name, action.run, now)
+                if isinstance(action, CreateValidation) and inputs:
+                    self.reports.started(namespace, inputs, name, action.run, now)
+            waits = find_condition(plan.status.conditions, "DataValidated")
+            if inputs and waits is not None and waits.reason == "WaitingForValidation":
+                self.reports.wait_for(namespace, inputs, name)  # only the runs that wait are woken
         except ApiException as e:
             if e.status == 409:  # a concurrent write; the next pass sees it
                 log.debug("conflict reconciling %s/%s: %s", namespace, name, kube.api_error_message(e))
