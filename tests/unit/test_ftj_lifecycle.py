@@ -469,3 +469,15 @@ def test_config_map_rows_are_counted_as_the_trainer_reads_them() -> None:
     assert data_rows(csv_text, "t.csv") == 2  # a quoted newline stays inside its record
     assert data_rows({"binaryData": {"t.parquet": "UEFS"}}, "t.parquet") is None
     assert data_rows(None, "t.jsonl") is None
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_a_pass_that_asks_for_no_pass_is_a_fixed_point(row: Row) -> None:
+    """The operator's own status write starts no pass (controllers/finetunejob: only other writers' changes
+    do), so a pass that creates nothing and asks for no wakeup now must leave nothing for a next pass over the
+    same cluster state to do: the next pass would only come with the next unrelated event."""
+    plan = decide(row.job, row.observed, row.now, POLICY)
+    if plan.actions or (plan.next_wakeup is not None and plan.next_wakeup <= row.now):
+        return
+    again = decide(row.job.model_copy(update={"status": plan.status}), row.observed, row.now, POLICY)
+    assert again.actions == [] and again.status == plan.status, (again.actions, again.status.phase)

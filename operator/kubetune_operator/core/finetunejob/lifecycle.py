@@ -504,6 +504,9 @@ class _Pass:
         })
         self.st.runs = [*self.st.runs, rec][-history.RUN_HISTORY_LIMIT:]
         self.plan.audit.append(self.audit_of(rec))
+        # What follows a run (a data change, a spec change after a failure, the schedule, retention) is
+        # decided by a pass over the recorded run; this pass's own status write starts none, so ask for it.
+        self.wake(self.now)
         self.condition("Running", False, reason, message)
         if result == "Cancelled":
             self.event(reason, message, warning=True)
