@@ -88,6 +88,11 @@ later runs are admitted only as earlier ones end: "all admitted" then includes p
 How many reconcile passes kubetune makes depends on how its events coalesce, so its CPU time and
 requests per run vary from run to run more than the limit's. The script asserts nothing; it
 prints figures.
+
+`--memory-profile` runs each kubetune operator under tracemalloc (benchmarks/traced_operator.py)
+and, when all its runs are admitted, prints where its live Python memory is: by the operator code
+that asked for it and by the package that allocated it. Tracing slows the operator several times,
+so only those tables of such a run mean something.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import urllib.request
 import uuid
 from collections import Counter
@@ -418,18 +424,24 @@ def peak_rss_mib(pid: int) -> float:
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path, namespace: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, namespace: str, env: dict[str, str] | None = None,
+                 trace: Path | None = None) -> None:
         self.kubeconfig, self.log, self.namespace = kubeconfig, log, namespace
         self.env = env or {}
+        self.trace = trace  # with a path: run under tracemalloc (benchmarks/traced_operator.py)
         self.metrics_port = self.health_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
+        entry = ["-m", "kubetune_operator"]
+        if self.trace is not None:
+            entry = [str(REPO / "benchmarks" / "traced_operator.py")]
+            env["KUBETUNE_TRACEMALLOC_FILE"] = str(self.trace)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubetune_operator", "--controllers", "finetunejob", "-n", self.namespace,
+                [sys.executable, *entry, "--controllers", "finetunejob", "-n", self.namespace,
                  "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 90
@@ -454,6 +466,20 @@ class Operator:
         assert self.proc is not None
         return peak_rss_mib(self.proc.pid)
 
+    def memory_snapshot(self, timeout: float = 300) -> tracemalloc.Snapshot | None:
+        """The traced operator's live Python allocations now (SIGUSR1; see traced_operator.py)."""
+        if self.trace is None or self.proc is None:
+            return None
+        done = self.trace.with_name(self.trace.name + ".done")
+        done.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while not done.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return None
+            time.sleep(0.5)
+        return tracemalloc.Snapshot.load(str(self.trace))
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -463,6 +489,29 @@ class Operator:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def memory_report(snapshot: tracemalloc.Snapshot, top: int = 12) -> str:
+    """Where the live Python memory is: by the innermost kubetune frame of each allocation (the operator
+    code that asked for it), and by the package of the innermost frame (the code that allocated it)."""
+    mine: Counter[str] = Counter()
+    package: Counter[str] = Counter()
+    for trace in snapshot.traces:
+        frames = list(reversed(trace.traceback))  # innermost first
+        ours = next((f for f in frames if "kubetune_operator" in f.filename), None)
+        mine[f"{ours.filename.split('kubetune_operator/')[-1]}:{ours.lineno}" if ours else "(no kubetune frame)"] \
+            += trace.size
+        inner = frames[0].filename if frames else "?"
+        parts = inner.split("site-packages/")
+        package[parts[1].split("/")[0] if len(parts) > 1 else
+                ("kubetune_operator" if "kubetune_operator" in inner else Path(inner).name)] += trace.size
+    total = sum(package.values())
+    lines = [f"  live Python allocations when all were admitted: {total / 2**20:.0f} MiB (tracemalloc)",
+             "    by the innermost kubetune_operator frame:"]
+    lines += [f"      {size / 2**20:7.1f} MiB  {where}" for where, size in mine.most_common(top)]
+    lines.append("    by the package that allocated:")
+    lines += [f"      {size / 2**20:7.1f} MiB  {name}" for name, size in package.most_common(top)]
+    return "\n".join(lines)
 
 
 def metric_sum(text: str, name: str) -> float:
@@ -536,7 +585,8 @@ def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: P
     namespace_with_data(api, ns, with_claim=True, data_sets=1 if side.shared_data else args.runs)
     if side.backend == "kueue":
         client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, VERSION, "gpuquotas", gpu_quota(args))
-    op = Operator(kubeconfig, root / f"operator-{side.short}.log", ns, dict(side.env))
+    op = Operator(kubeconfig, root / f"operator-{side.short}.log", ns, dict(side.env),
+                  trace=root / f"operator-{side.short}.tracemalloc" if args.memory_profile else None)
     try:
         op.start()
         if side.backend == "kueue":
@@ -591,6 +641,10 @@ def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: P
         ok = phase.wait_for(lambda: len(phase.admitted) >= phase.n, args.timeout)
         print(f"  {phase.name}: {len(phase.admitted)}/{phase.n} admitted at +{time.time() - phase.t0:.1f}s"
               + ("" if ok else " (timed out)"), flush=True)
+        if args.memory_profile:
+            snapshot = op.memory_snapshot()
+            print(memory_report(snapshot) if snapshot is not None else "  (no tracemalloc snapshot came back)",
+                  flush=True)
         ok = phase.wait_for(lambda: len(phase.ended) >= phase.n, args.timeout)
         print(f"  {phase.name}: {len(phase.ended)}/{phase.n} ended at +{time.time() - phase.t0:.1f}s"
               + ("" if ok else " (timed out)"), flush=True)
@@ -904,6 +958,9 @@ def main() -> None:
                    help="kubetune sides to measure, comma-separated: builtin, shared (built-in queue, one data "
                         "set for every run), kueue (Kueue is started only for kueue); the sides always run in "
                         "the order builtin, shared, kueue")
+    p.add_argument("--memory-profile", action="store_true",
+                   help="run each kubetune operator under tracemalloc and print where its memory is when all runs "
+                        "are admitted (tracing slows it several times: the run's other figures do not count)")
     p.add_argument("--keep", action="store_true", help="keep the state folder (logs, audit log) after the run")
     args = p.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

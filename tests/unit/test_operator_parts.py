@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.core.conditions import MESSAGE_LIMIT, set_condition
 from kubetune_operator.core.gang import GangRequest
 from kubetune_operator.core.queue.admission import gangs, gpu_nodes
@@ -62,6 +66,23 @@ def test_finished_jobs_hold_no_gpus_and_running_ones_do() -> None:
     assert [(g.gpus, g.nodes, g.admitted_type) for g in admitted] == [(16, 2, H100)]
     job["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
     assert gangs([job], [], []) == ([], [])
+
+
+def test_only_the_newest_attempt_of_a_run_waits_for_admission() -> None:
+    """A run whose attempt 1 is still suspended when attempt 2 exists (a retry racing its cleanup) waits
+    once, as attempt 2; runs of other jobs and other runs are not affected."""
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples/finetunejob-lora-instruction.yaml").read_text())
+    ftjs = [FineTuneJob.model_validate({**copy.deepcopy(example), "metadata": {"name": name, "namespace": "ns"}})
+            for name in ("a", "b")]
+
+    def job(owner: str, run: int, attempt: int) -> dict[str, Any]:
+        return {"metadata": {"name": f"{owner}-r{run}-a{attempt}", "namespace": "ns", "labels": {
+            "kubetune.io/finetunejob": owner, "kubetune.io/run": str(run), "kubetune.io/attempt": str(attempt)}},
+            "spec": {"suspend": True, "parallelism": 1}, "status": {}}
+
+    jobs = [job("a", 1, 2), job("a", 1, 1), job("a", 2, 1), job("b", 1, 1)]
+    waiting, admitted = gangs(jobs, ftjs, [])
+    assert sorted(g.job for g in waiting) == ["a-r1-a2", "a-r2-a1", "b-r1-a1"] and admitted == []
 
 
 def test_unready_and_cordoned_nodes_admit_nothing_but_still_say_a_gang_could_fit() -> None:

@@ -39,20 +39,28 @@ def resource(api_version: str, kind: str) -> Any:
     return dynamic().resources.get(api_version=api_version, kind=kind)
 
 
+def _json(response: Any) -> Body:
+    """The body of a raw response (`serialize=False`). The dynamic client's default wraps every nested
+    field of a response in a ResourceField and `to_dict` copies it back: decoding the lists an admission
+    cycle reads at 1,000 runs took 1.46 s that way against 0.24 s here (benchmarks/queue_snapshot.py)."""
+    body: Body = json.loads(response.data)
+    return body
+
+
 def apply(body: Body, field_manager: str = FIELD_MANAGER) -> Body:
     """Server-side apply `body` as `field_manager` (kubetune's by default; idempotent: creates or updates)."""
     res = resource(body["apiVersion"], body["kind"])
     meta = body["metadata"]
     out = res.server_side_apply(
         body=body, name=meta["name"], namespace=meta.get("namespace"), field_manager=field_manager,
-        force_conflicts=True,
+        force_conflicts=True, serialize=False,
     )
-    return dict(out.to_dict())
+    return _json(out)
 
 
 def get(api_version: str, kind: str, name: str, namespace: str | None = None) -> Body | None:
     try:
-        return dict(resource(api_version, kind).get(name=name, namespace=namespace).to_dict())
+        return _json(resource(api_version, kind).get(name=name, namespace=namespace, serialize=False))
     except NotFoundError:
         return None
 
@@ -61,9 +69,14 @@ def list_objects(
     api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
     field_selector: str | None = None,
 ) -> list[Body]:
-    out = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
-                                          field_selector=field_selector)
-    return [dict(item.to_dict()) for item in out.items]
+    """The objects of a kind as plain dicts, each with its apiVersion and kind (a list's items lack them)."""
+    out = _json(resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                field_selector=field_selector, serialize=False))
+    items: list[Body] = out.get("items") or []
+    for item in items:
+        item.setdefault("apiVersion", api_version)
+        item.setdefault("kind", kind)
+    return items
 
 
 class Forbidden:
@@ -122,15 +135,17 @@ def delete(api_version: str, kind: str, name: str, namespace: str | None = None,
 
 def patch_merge(api_version: str, kind: str, name: str, namespace: str | None, patch: Body) -> Body:
     res = resource(api_version, kind)
-    out = res.patch(body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json")
-    return dict(out.to_dict())
+    out = res.patch(body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json",
+                    serialize=False)
+    return _json(out)
 
 
 def patch_status(kind: str, name: str, namespace: str | None, patch: Body) -> Body:
     """JSON merge patch of a kubetune object's status subresource (namespace None: cluster-scoped)."""
     res = resource(f"{GROUP}/{VERSION}", kind)
-    out = res.status.patch(body={"status": patch}, name=name, namespace=namespace, content_type="application/merge-patch+json")
-    return dict(out.to_dict())
+    out = res.status.patch(body={"status": patch}, name=name, namespace=namespace,
+                           content_type="application/merge-patch+json", serialize=False)
+    return _json(out)
 
 
 def api_error_message(e: ApiException) -> str:

@@ -108,6 +108,7 @@ def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body],
         node = (pod.get("spec") or {}).get("nodeName")
         if job and node and LABEL_JOB in labels and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             placed[(pod["metadata"]["namespace"], job)].append((node, pod_gpus(pod)))
+    newest = _newest_attempts(jobs)
     waiting, admitted = [], []
     for job in jobs:
         meta = job["metadata"]
@@ -128,7 +129,7 @@ def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body],
         ftj = by_name.get((meta["namespace"], labels[LABEL_JOB]))
         if ftj is None or not (job.get("spec") or {}).get("suspend") or ftj.spec.run_policy.suspend:
             continue
-        if not _is_newest_attempt(job, jobs):
+        if int(labels.get(LABEL_ATTEMPT, 0)) != newest[_run_key(job)]:
             continue
         res, current = ftj.spec.resources, ftj.status.current_run
         queued_at = current.queued_at if current is not None and current.number == run else None
@@ -140,14 +141,20 @@ def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body],
     return waiting, admitted
 
 
-def _is_newest_attempt(job: Body, jobs: list[Body]) -> bool:
+def _run_key(job: Body) -> tuple[str, str, str]:
     meta = job["metadata"]
     labels = meta.get("labels") or {}
-    same = [j for j in jobs if j["metadata"]["namespace"] == meta["namespace"]
-            and (j["metadata"].get("labels") or {}).get(LABEL_JOB) == labels.get(LABEL_JOB)
-            and (j["metadata"].get("labels") or {}).get(LABEL_RUN) == labels.get(LABEL_RUN)]
-    newest = max(int((j["metadata"].get("labels") or {}).get(LABEL_ATTEMPT, 0)) for j in same)
-    return int(labels.get(LABEL_ATTEMPT, 0)) == newest
+    return meta["namespace"], labels.get(LABEL_JOB, ""), labels.get(LABEL_RUN, "")
+
+
+def _newest_attempts(jobs: list[Body]) -> dict[tuple[str, str, str], int]:
+    """The newest attempt number per (namespace, FineTuneJob, run), in one pass over the Jobs (a cycle
+    reads every training Job of the cluster: comparing each with all others was quadratic)."""
+    newest: dict[tuple[str, str, str], int] = {}
+    for job in jobs:
+        key, attempt = _run_key(job), int((job["metadata"].get("labels") or {}).get(LABEL_ATTEMPT, 0))
+        newest[key] = max(newest.get(key, attempt), attempt)
+    return newest
 
 
 def _checkpoint_at(ftj: FineTuneJob | None, run: int) -> datetime | None:
