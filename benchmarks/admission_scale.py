@@ -499,8 +499,14 @@ def memory_report(snapshot: tracemalloc.Snapshot, top: int = 12) -> str:
     for trace in snapshot.traces:
         frames = list(reversed(trace.traceback))  # innermost first
         ours = next((f for f in frames if "kubetune_operator" in f.filename), None)
-        mine[f"{ours.filename.split('kubetune_operator/')[-1]}:{ours.lineno}" if ours else "(no kubetune frame)"] \
-            += trace.size
+        if ours is not None:
+            where = f"{ours.filename.split('kubetune_operator/')[-1]}:{ours.lineno}"
+        else:  # kopf's watch streams, module code: name the innermost library, or say it is an import
+            lib = next((f.filename.split("site-packages/")[1].split("/")[0] for f in frames
+                        if "site-packages/" in f.filename), None)
+            imported = any("importlib" in f.filename for f in frames)
+            where = f"(no kubetune frame: {'imports' if imported else lib or 'other'})"
+        mine[where] += trace.size
         inner = frames[0].filename if frames else "?"
         parts = inner.split("site-packages/")
         package[parts[1].split("/")[0] if len(parts) > 1 else
