@@ -43,6 +43,7 @@ from kubetune_operator.builders.trainer_config import RunInputs
 from kubetune_operator.builders.training import build_training_job
 from kubetune_operator.core.queue import admission
 from kubetune_operator.core.queue.cycle import Settings, run_cycle
+from kubetune_operator.runtime import kube
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -104,13 +105,7 @@ def decode_dynamic(raw: bytes) -> list[Body]:
 
 
 def decode_raw(raw: bytes) -> list[Body]:
-    data = json.loads(raw)
-    kind = data["kind"][:-4]
-    for item in data["items"]:
-        item.setdefault("apiVersion", data["apiVersion"])
-        item.setdefault("kind", kind)
-    items: list[Body] = data["items"]
-    return items
+    return kube.list_items(json.loads(raw))  # as runtime.kube.list_objects decodes a response
 
 
 def one_cycle(responses: dict[str, bytes], decode: Callable[[bytes], list[Body]],

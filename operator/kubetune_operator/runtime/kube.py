@@ -69,12 +69,18 @@ def list_objects(
     api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
     field_selector: str | None = None,
 ) -> list[Body]:
-    """The objects of a kind as plain dicts, each with its apiVersion and kind (a list's items lack them)."""
-    out = _json(resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
-                                                field_selector=field_selector, serialize=False))
-    items: list[Body] = out.get("items") or []
+    """The objects of a kind as plain dicts, each with its apiVersion and kind (see `list_items`)."""
+    return list_items(_json(resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                            field_selector=field_selector, serialize=False)))
+
+
+def list_items(body: Body) -> list[Body]:
+    """The items of a decoded list response (`<Kind>List`), each given the apiVersion and kind the API
+    server leaves out of a list's items, as the dynamic client does."""
+    items: list[Body] = body.get("items") or []
+    kind = str(body.get("kind") or "").removesuffix("List")
     for item in items:
-        item.setdefault("apiVersion", api_version)
+        item.setdefault("apiVersion", body.get("apiVersion"))
         item.setdefault("kind", kind)
     return items
 
