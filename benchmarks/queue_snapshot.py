@@ -16,6 +16,14 @@ part that is the operator's alone, on list responses built the way the API serve
 
 Printed per size: milliseconds of each step (best of `--repeats`), the bytes of the responses, and
 the peak of Python allocations (tracemalloc, a separate pass) while one cycle's objects are alive.
+
+Then the operator's own read, `read_snapshot` + `run_cycle`, against an in-process list endpoint
+that serves the same responses in pages as the API server does (`limit` + `continue`): the first
+cycle (every FineTuneJob validated), a later one (none changed), the peak of Python allocations
+during a cycle and what stays allocated between cycles (the snapshot and the queue's per-job cache),
+read in pages of 500 (what the operator does) and in one piece. Against it, "whole bodies": the
+lists decoded whole and kept with the parsed FineTuneJobs, as the operator did before it read in
+pages and kept only `QueuedJob`s.
 The workload: N FineTuneJobs (the LoRA example), each with one training Job rendered by the
 operator's own builder (half admitted with one running pod, half suspended and waiting), on
 N/4 nodes × 8 GPUs. Nothing is asserted.
@@ -41,9 +49,11 @@ from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.wellknown import ANNOTATION_ADMITTED_GPUS, ANNOTATION_GPU_TYPE
 from kubetune_operator.builders.trainer_config import RunInputs
 from kubetune_operator.builders.training import build_training_job
+from kubetune_operator.controllers import queue_children
 from kubetune_operator.core.queue import admission
 from kubetune_operator.core.queue.cycle import Settings, run_cycle
 from kubetune_operator.runtime import kube
+from kubetune_operator.runtime.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -123,12 +133,85 @@ def one_cycle(responses: dict[str, bytes], decode: Callable[[bytes], list[Body]]
     lap("decode")
     ftjs = [FineTuneJob.model_validate(b) for b in lists["FineTuneJob"]]
     lap("parse")
-    waiting, admitted = admission.gangs(lists["Job"], ftjs, lists["Pod"])
+    waiting, admitted = admission.gangs(lists["Job"], [admission.QueuedJob.of(f) for f in ftjs], lists["Pod"])
     nodes = admission.gpu_nodes(lists["Node"], lists["Pod"], "nvidia.com/gpu.product")
     lap("gangs")
     result = run_cycle(waiting, admitted, nodes, [], NOW, Settings())
     lap("cycle")
     return lists, ftjs, result
+
+
+class Endpoint:
+    """One kind's list endpoint: the workload's response, served in pages of `limit` items, or in one
+    piece whatever the limit when `chunked` is off (as an API server may)."""
+
+    chunked = True
+
+    def __init__(self, raw: bytes | None) -> None:
+        body = json.loads(raw) if raw is not None else {"apiVersion": "v1", "kind": "List", "items": []}
+        self.head = {k: v for k, v in body.items() if k != "items"}
+        self.items = body["items"]
+        self.pages: dict[tuple[int | None, int], bytes] = {}
+
+    def get(self, *, limit: int | None = None, _continue: str | None = None, **_: Any) -> Any:
+        start = int(_continue or 0)
+        limit = limit if self.chunked else None
+        end = len(self.items) if not limit else min(start + limit, len(self.items))
+        if (limit, start) not in self.pages:  # encoded once: the server's encoding is not the operator's work
+            meta = {"continue": str(end)} if end < len(self.items) else {}
+            self.pages[(limit, start)] = json.dumps({**self.head, "metadata": meta,
+                                                     "items": self.items[start:end]}).encode()
+        return _Response(self.pages[(limit, start)])
+
+
+class _Response:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def operator_cycle(cfg: OperatorSettings) -> Any:
+    snapshot = queue_children.read_snapshot(cfg)
+    return snapshot, run_cycle(snapshot.waiting, snapshot.admitted, snapshot.nodes, snapshot.quotas, NOW, Settings())
+
+
+def measure_operator(responses: dict[str, bytes], repeats: int) -> None:
+    """`read_snapshot` + `run_cycle` as the operator runs them, over `Endpoint`s, per page size."""
+    endpoints = {kind: Endpoint(responses.get(kind)) for kind in ("FineTuneJob", "Job", "Pod", "Node", "GPUQuota")}
+    kube.resource = lambda api_version, kind: endpoints[kind]  # type: ignore[assignment]
+    cfg = OperatorSettings()
+    for label, chunked in ((f"pages of {kube.PAGE_SIZE}", True), ("one piece", False)):
+        Endpoint.chunked = chunked
+        first = later = float("inf")
+        for _ in range(repeats):
+            queue_children._parsed = {}
+            started = time.perf_counter()
+            operator_cycle(cfg)
+            first = min(first, time.perf_counter() - started)
+            started = time.perf_counter()
+            operator_cycle(cfg)
+            later = min(later, time.perf_counter() - started)
+        queue_children._parsed = {}
+        tracemalloc.start()
+        kept = operator_cycle(cfg)
+        retained, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del kept
+        print(f"  operator, {label:12}  first cycle {first * 1000:7.0f} ms  later cycle {later * 1000:7.0f} ms  "
+              f"peak allocations {peak / 2**20:6.0f} MiB  kept between cycles {retained / 2**20:6.1f} MiB")
+
+
+def whole_bodies_kept(responses: dict[str, bytes]) -> None:
+    """What the operator kept before: every list decoded whole, the FineTuneJobs' bodies and models."""
+    tracemalloc.start()
+    lists, ftjs, _ = one_cycle(responses, decode_raw)
+    peak = tracemalloc.get_traced_memory()[1]
+    kept_ftjs = lists["FineTuneJob"]
+    del lists
+    retained = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del kept_ftjs, ftjs
+    print(f"  whole bodies kept (before)  peak allocations {peak / 2**20:6.0f} MiB  kept between cycles "
+          f"{retained / 2**20:6.1f} MiB (FineTuneJob bodies and models)")
 
 
 def measure(n: int, repeats: int) -> None:
@@ -157,6 +240,8 @@ def measure(n: int, repeats: int) -> None:
         print(f"  {name:15} " + "  ".join(f"{step} {ms * 1000:7.0f} ms" for step, ms in steps.items())
               + f"  total {total * 1000:7.0f} ms  peak allocations {peak / 2**20:6.0f} MiB")
     print(f"  (the cycle admitted {admitted} gangs; parse is paid once per changed FineTuneJob, not per cycle)")
+    whole_bodies_kept(responses)
+    measure_operator(responses, repeats)
 
 
 def main() -> None:

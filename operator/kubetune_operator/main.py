@@ -37,8 +37,12 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING  # kopf's own per-handler events are noise to users
     settings.execution.max_workers = 16
+    # kopf's per-object worker keeps the object's last event body until it has idled this long; the
+    # handlers only queue a pass, so a short idle keeps fewer bodies alive (at 1,000 runs thousands of
+    # Jobs and Pods change within kopf's default 5 s) at the cost of a new asyncio task per burst.
+    settings.queueing.idle_timeout = 0.5
     # One handling per object at a time; errors are retried with back-off, never crash the process.
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
 
 
 def parse_args(argv: list[str]) -> tuple[settings.OperatorSettings, bool]:

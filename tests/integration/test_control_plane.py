@@ -212,3 +212,22 @@ def test_tls_is_verified_against_the_cluster_ca(cluster: DevCluster) -> None:
     out = cluster.kubectl("auth", "can-i", "create", "pods", "--as=system:serviceaccount:default:nobody",
                           check=False)
     assert out.stdout.strip() == "no", "RBAC must be on"
+
+
+def test_a_chunked_list_reads_every_page_of_the_api_server(
+    api_client: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kube.list_mapped` (how an admission cycle reads thousands of objects) follows the API server's
+    continue tokens to the last page."""
+    from kubernetes.dynamic import DynamicClient
+    from kubetune_operator.runtime import kube
+
+    core = client.CoreV1Api(api_client)
+    for i in range(7):
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": f"cm-{i}", "labels": {"chunk": "yes"}}})
+    monkeypatch.setattr(kube, "dynamic", lambda: DynamicClient(api_client))
+    names = kube.list_mapped("v1", "ConfigMap", lambda b: f"{b['kind']}/{b['metadata']['name']}", namespace,
+                             "chunk=yes", page_size=2)
+    assert sorted(names) == [f"ConfigMap/cm-{i}" for i in range(7)]
+    first = core.list_namespaced_config_map(namespace, label_selector="chunk=yes", limit=2)
+    assert len(first.items) == 2 and first.metadata._continue  # the server did page: 4 requests above

@@ -191,13 +191,14 @@ def test_never_over_admits_many_gangs_in_one_cycle() -> None:
 
 def test_priority_comes_from_run_policy_or_its_priority_class() -> None:
     from kubetune_operator.api import FineTuneJob
-    from kubetune_operator.core.queue.admission import priority
+    from kubetune_operator.core.queue.admission import QueuedJob, priority
 
     from tests.unit.test_api_cases import LORA, load_example, patched
 
     body = load_example(LORA)
-    assert priority(FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priority": 7})), {"high": 1000}) == 7
-    by_class = FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priorityClassName": "high"}))
+    by_number = QueuedJob.of(FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priority": 7})))
+    assert priority(by_number, {"high": 1000}) == 7
+    by_class = QueuedJob.of(FineTuneJob.model_validate(patched(body, {"spec.runPolicy.priorityClassName": "high"})))
     assert priority(by_class, {"high": 1000}) == 1000 and priority(by_class, {}) == 0
 
 

@@ -14,7 +14,7 @@ import yaml
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.core.conditions import MESSAGE_LIMIT, set_condition
 from kubetune_operator.core.gang import GangRequest
-from kubetune_operator.core.queue.admission import gangs, gpu_nodes
+from kubetune_operator.core.queue.admission import QueuedJob, gangs, gpu_nodes
 from kubetune_operator.core.queue.cycle import Gang, Settings, run_cycle
 from kubetune_operator.main import parse_args
 from kubetune_operator.runtime.settings import OperatorSettings
@@ -72,7 +72,8 @@ def test_only_the_newest_attempt_of_a_run_waits_for_admission() -> None:
     """A run whose attempt 1 is still suspended when attempt 2 exists (a retry racing its cleanup) waits
     once, as attempt 2; runs of other jobs and other runs are not affected."""
     example = yaml.safe_load((Path(__file__).parents[2] / "examples/finetunejob-lora-instruction.yaml").read_text())
-    ftjs = [FineTuneJob.model_validate({**copy.deepcopy(example), "metadata": {"name": name, "namespace": "ns"}})
+    ftjs = [QueuedJob.of(FineTuneJob.model_validate({**copy.deepcopy(example),
+                                                     "metadata": {"name": name, "namespace": "ns"}}))
             for name in ("a", "b")]
 
     def job(owner: str, run: int, attempt: int) -> dict[str, Any]:
@@ -134,3 +135,106 @@ def test_json_log_lines_carry_extra_fields_with_the_trainers_field_names() -> No
     line = json.loads(json_formatter().format(record))
     assert line["message"] == "phase Running" and line["reason"] == "Admitted" and line["level"] == "info"
     assert set(line) >= {"time", "level", "logger", "message"} and line["time"].endswith("Z")
+
+
+def test_admission_reads_the_same_from_slim_objects_as_from_whole_ones() -> None:
+    """A cycle keeps only what admission reads of each listed object (`slim_*`); the gangs, placements
+    and free GPUs it derives are the ones the whole objects give."""
+    from kubetune_operator.builders.trainer_config import RunInputs
+    from kubetune_operator.builders.training import build_training_job
+    from kubetune_operator.core.queue.admission import slim_finetunejob, slim_job, slim_node, slim_pod
+
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples/finetunejob-lora-instruction.yaml").read_text())
+    example["spec"]["resources"].update(nodes=2, gpusPerNode=4, gpuType=H100)
+    example["spec"]["output"]["accessMode"] = "ReadWriteMany"
+    bodies, jobs, pods = [], [], []
+    for i, state in enumerate(("admitted", "waiting", "finished")):
+        body = copy.deepcopy(example)
+        body["metadata"] = {"name": f"run-{i}", "namespace": "ns", "uid": f"u{i}", "resourceVersion": "7",
+                            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                            "managedFields": [{"manager": "kubectl"}]}
+        body["status"] = {"phase": "Queued", "currentRun": {"number": 1, "queuedAt": "2026-12-01T00:00:01Z"},
+                          "progress": {"step": 10, "lastCheckpointAt": "2026-12-01T00:05:00Z"},
+                          "conditions": [{"type": "Running", "status": "False", "reason": "Queued",
+                                          "lastTransitionTime": "2026-12-01T00:00:00Z"}]}
+        bodies.append(body)
+        job = build_training_job(FineTuneJob.model_validate(body), RunInputs(run=1, version=1, attempt=1,
+                                                                               resume=False), "trainer:test")
+        job["metadata"].update(creationTimestamp="2026-12-01T00:00:01Z", managedFields=[{"manager": "x"}])
+        job["spec"]["suspend"] = state == "waiting"
+        job["status"] = {"conditions": [{"type": "Complete", "status": "True"}] if state == "finished" else []}
+        if state == "admitted":
+            job["metadata"].setdefault("annotations", {}).update({
+                "kubetune.io/admitted-gpus": "8", "kubetune.io/gpu-type": H100, "kubetune.io/priority": "3"})
+            for k in range(2):
+                pods.append({"metadata": {"name": f"{job['metadata']['name']}-{k}", "namespace": "ns",
+                                          "labels": {**job["spec"]["template"]["metadata"]["labels"],
+                                                     "batch.kubernetes.io/job-name": job["metadata"]["name"]}},
+                             "spec": {**job["spec"]["template"]["spec"], "nodeName": f"h{k}"},
+                             "status": {"phase": "Running"}})
+        jobs.append(job)
+    notebook = {"metadata": {"name": "notebook", "namespace": "lab", "labels": {"app": "jupyter"}},
+                "spec": {"nodeName": "a0", "containers": [{"name": "c", "image": "i",
+                                                           "resources": {"requests": {"nvidia.com/gpu": "2"}}}]},
+                "status": {"phase": "Running"}}
+    web = {"metadata": {"name": "web", "namespace": "lab"}, "spec": {"nodeName": "a1", "containers": [
+        {"name": "c", "image": "i"}]}, "status": {"phase": "Running"}}
+    pods += [notebook, web]
+    nodes = copy.deepcopy(CLUSTER)
+    for n in nodes:
+        n["status"].update(images=[{"names": ["x" * 200], "sizeBytes": 1}], capacity={"cpu": "64"})
+        n["status"]["conditions"].append({"type": "MemoryPressure", "status": "False"})
+
+    whole_ftjs = [QueuedJob.of(FineTuneJob.model_validate(b)) for b in bodies]
+    slim_ftjs = [QueuedJob.of(FineTuneJob.model_validate(slim_finetunejob(b))) for b in bodies]
+    assert slim_ftjs == whole_ftjs and whole_ftjs[0].last_checkpoint_at is not None
+    slim_pods = [p for p in (slim_pod(p) for p in pods) if p is not None]
+    assert len(slim_pods) == 3  # the web pod holds no GPUs and is not kubetune's: it changes no count
+    whole = gangs(jobs, whole_ftjs, pods)
+    assert gangs([slim_job(j) for j in jobs], slim_ftjs, slim_pods) == whole
+    assert [(g.name, g.placement) for g in whole[1]] == [("run-0", (("h0", 4), ("h1", 4)))]
+    assert [g.name for g in whole[0]] == ["run-1"]
+    type_label = "nvidia.com/gpu.product"
+    assert gpu_nodes([slim_node(n, type_label) for n in nodes], slim_pods, type_label) == gpu_nodes(
+        nodes, pods, type_label)
+    bad = copy.deepcopy(bodies[0])
+    bad["spec"]["resources"]["nodes"] = 0
+    with pytest.raises(ValueError):  # an invalid spec stays invalid once slimmed: it holds no queue place
+        FineTuneJob.model_validate(slim_finetunejob(bad))
+
+
+class _Pages:
+    """A list endpoint serving `items` in pages, whose continue token expires once (410) if asked."""
+
+    def __init__(self, items: list[dict[str, Any]], expire_once: bool = False) -> None:
+        self.items, self.expire_once, self.calls = items, expire_once, []
+
+    def get(self, *, limit: int | None, _continue: str | None, serialize: bool, **_: Any) -> Any:
+        from types import SimpleNamespace
+
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.dynamic.exceptions import api_exception
+
+        self.calls.append((limit, _continue))
+        if _continue is not None and self.expire_once:
+            self.expire_once = False
+            raise api_exception(ApiException(status=410, reason="Gone"))
+        start = int(_continue or 0)
+        end = len(self.items) if limit is None else start + limit
+        meta = {"continue": str(end)} if end < len(self.items) else {}
+        return SimpleNamespace(data=json.dumps({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": meta,
+                                                "items": self.items[start:end]}).encode())
+
+
+@pytest.mark.parametrize("expire", [False, True])
+def test_a_chunked_list_reads_every_page_and_restarts_whole_when_its_token_expires(
+        monkeypatch: pytest.MonkeyPatch, expire: bool) -> None:
+    from kubetune_operator.runtime import kube
+
+    items = [{"metadata": {"name": f"cm-{i}"}} for i in range(7)]
+    pages = _Pages(items, expire_once=expire)
+    monkeypatch.setattr(kube, "resource", lambda api_version, kind: pages)
+    names = kube.list_mapped("v1", "ConfigMap", lambda b: None if b["metadata"]["name"] == "cm-3" else
+                             f"{b['kind']}/{b['metadata']['name']}", page_size=3)
+    assert names == [f"ConfigMap/cm-{i}" for i in range(7) if i != 3]
+    assert pages.calls == ([(3, None), (3, "3"), (None, None)] if expire else [(3, None), (3, "3"), (3, "6")])

@@ -27,9 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
-from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.gpuquota import PendingJob
 from kubetune_operator.controllers import kueue_children as kio
 from kubetune_operator.controllers import queue_children as io
@@ -37,6 +35,7 @@ from kubetune_operator.controllers.queue import GPUQueue
 from kubetune_operator.core import names
 from kubetune_operator.core.gang import Decision, GangRequest
 from kubetune_operator.core.queue import kueue
+from kubetune_operator.core.queue.admission import QueuedJob
 from kubetune_operator.runtime import clock, events, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
 from kubetune_operator.runtime.wakeups import KickedLoop
@@ -89,11 +88,11 @@ class KueueAdmission:
             kio.require_kueue()
             snapshot = io.read_snapshot(self.cfg)
             self.capacity.snapshot = snapshot  # what `preview` reads until the next sync
-            ftjs = _parsed(list(snapshot.ftjs.values()))
-            priorities = {f.spec.run_policy.priority for f in ftjs if f.spec.run_policy.priority is not None}
+            ftjs = list(snapshot.ftjs.values())
+            priorities = {f.priority for f in ftjs if f.priority is not None}
             compiled = kueue.compile_quotas(
                 snapshot.gpuquotas, snapshot.quotas, self.cfg.gpu_type_label, self.cfg.admission_preemption,
-                self.cfg.admission_no_quota, {str(f.metadata.namespace) for f in ftjs}, priorities)
+                self.cfg.admission_no_quota, {f.namespace for f in ftjs}, priorities)
             self.applier.apply(compiled.objects)
             existing = {kind: kio.managed(kind) for kind in kio.KINDS}
             for gone in self.applier.prune(compiled.keys(), existing):
@@ -101,16 +100,16 @@ class KueueAdmission:
             flavor_types = {kueue.flavor_name(g.gpu_type): g.gpu_type for q in snapshot.gpuquotas for g in q.spec.gpus}
             workloads = kio.workloads(self.cfg.namespaces)
             by_job = {(w["metadata"]["namespace"], job): w for w in workloads if (job := kueue.owner_job(w))}
-            self._set_active(by_job, {(str(f.metadata.namespace), str(f.metadata.name)): f for f in ftjs})
+            self._set_active(by_job, snapshot.ftjs)
             verdicts = self._verdicts(snapshot.waiting, by_job, compiled, flavor_types)
             self._publish(snapshot, existing.get("ClusterQueue", []), compiled, flavor_types, verdicts)
             changed = {k for k, v in verdicts.items() if self.verdicts.get(k) != v}
             changed |= set(self.verdicts) - set(verdicts)
             for key in sorted(changed):
                 v = verdicts.get(key)
-                if v is not None and v.reason == "Preempted" and (body := snapshot.ftjs.get(key[:2])) is not None:
+                if v is not None and v.reason == "Preempted" and (ftj := snapshot.ftjs.get(key[:2])) is not None:
                     metrics.PREEMPTIONS.labels("kueue").inc()
-                    events.post(body, "Preempted", f"run {key[2]}: {v.message}; it checkpointed and waits in the "
+                    events.post(ftj.ref(), "Preempted", f"run {key[2]}: {v.message}; it checkpointed and waits in the "
                                 "queue, then resumes from the checkpoint", warning=True)
             self.verdicts = verdicts
             metrics.ADMISSION_CYCLE_SECONDS.observe(time.monotonic() - started)
@@ -119,13 +118,13 @@ class KueueAdmission:
         return verdicts
 
     def _set_active(self, by_job: dict[tuple[str, str], dict[str, Any]],
-                    ftjs: dict[tuple[str, str], FineTuneJob]) -> None:
+                    ftjs: dict[tuple[str, str], QueuedJob]) -> None:
         for (ns, job), wl in by_job.items():
             parsed = names.parse_attempt_name(job)
             owner = ftjs.get((ns, parsed[0])) if parsed else None
             if owner is None or kueue.is_finished(wl):
                 continue
-            want = not owner.spec.run_policy.suspend
+            want = not owner.suspend
             if (wl.get("spec") or {}).get("active", True) is not want:
                 kio.set_active(wl, want)
 
@@ -198,13 +197,3 @@ class KueueAdmission:
         kopf.on.event("kubetune.io", "v1alpha1", "gpuquotas", id="kueue_quota_event")(kick)
         kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads", id="kueue_workload_event")(kick)
         kopf.on.event("kueue.x-k8s.io", "v1beta2", "clusterqueues", id="kueue_clusterqueue_event")(kick)
-
-
-def _parsed(bodies: list[dict[str, Any]]) -> list[FineTuneJob]:
-    out = []
-    for body in bodies:
-        try:
-            out.append(FineTuneJob.model_validate(body))
-        except ValidationError:
-            continue  # its own controller reports the invalid spec; it holds no queue place
-    return out

@@ -45,7 +45,7 @@ class Snapshot:
     admitted: list[Gang]
     quotas: list[Quota]
     gpuquotas: list[GPUQuota]
-    ftjs: dict[tuple[str, str], Body]  # raw FineTuneJobs, for events
+    ftjs: dict[tuple[str, str], view.QueuedJob]  # the valid FineTuneJobs, by (namespace, name)
 
 
 def node_signature(node: Body, type_label: str) -> tuple[Any, ...]:
@@ -57,58 +57,61 @@ def node_signature(node: Body, type_label: str) -> tuple[Any, ...]:
             bool((node.get("spec") or {}).get("unschedulable")), ready)
 
 
-def _finetunejobs(cfg: OperatorSettings) -> list[Body]:
-    if cfg.namespaces:
-        return [b for ns in cfg.namespaces for b in kube.list_objects(API_VERSION, "FineTuneJob", ns)]
-    return kube.list_objects(API_VERSION, "FineTuneJob")
+# uid -> (resourceVersion, what the queue keeps of the FineTuneJob, or None when invalid): a cycle validates
+# only the jobs that changed since the last one. Replaced whole by each cycle, so it holds only jobs that
+# still exist.
+_parsed: dict[str, tuple[str, view.QueuedJob | None]] = {}
 
 
-# uid -> (resourceVersion, the parsed FineTuneJob or None when invalid): a cycle parses only the jobs that
-# changed since the last one (the models are only read). Replaced whole by each cycle, so it holds only
-# jobs that still exist.
-_parsed: dict[str, tuple[str, FineTuneJob | None]] = {}
-
-
-def _parse(body: Body) -> FineTuneJob | None:
+def _queued(body: Body, seen: dict[str, tuple[str, view.QueuedJob | None]]) -> view.QueuedJob | None:
     meta = body.get("metadata") or {}
     uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
     known = _parsed.get(uid)
     if uid and version and known is not None and known[0] == version:
-        return known[1]
-    try:
-        ftj: FineTuneJob | None = FineTuneJob.model_validate(body)
-    except ValidationError:
-        ftj = None  # its own controller reports it (InvalidSpec); it holds no queue place
-    return ftj
+        entry = known[1]
+    else:
+        try:
+            entry = view.QueuedJob.of(FineTuneJob.model_validate(view.slim_finetunejob(body)))
+        except ValidationError:
+            entry = None  # its own controller reports it (InvalidSpec); it holds no queue place
+    if uid and version:
+        seen[uid] = (version, entry)
+    return entry
+
+
+def _finetunejobs(cfg: OperatorSettings, seen: dict[str, tuple[str, view.QueuedJob | None]]) -> list[view.QueuedJob]:
+    def queued(body: Body) -> view.QueuedJob | None:
+        return _queued(body, seen)
+
+    if cfg.namespaces:
+        return [q for ns in cfg.namespaces for q in kube.list_mapped(API_VERSION, "FineTuneJob", queued, ns)]
+    return kube.list_mapped(API_VERSION, "FineTuneJob", queued)
 
 
 def read_snapshot(cfg: OperatorSettings) -> Snapshot:
     """One consistent view: admitted Jobs are read after the FineTuneJobs, so a run admitted meanwhile
-    is counted as admitted (its Job), never as free capacity."""
+    is counted as admitted (its Job), never as free capacity.
+
+    Every list is read in pages and each object is cut down to what admission reads as its page arrives
+    (`core.queue.admission.slim_*`), so a cycle holds one page of whole bodies at a time and keeps only
+    `QueuedJob`s between cycles (benchmarks/queue_snapshot.py: the peak at 5,000 runs)."""
     global _parsed
-    raw_ftjs = _finetunejobs(cfg)
-    parsed: dict[str, tuple[str, FineTuneJob | None]] = {}
-    ftjs = []
-    for body in raw_ftjs:
-        ftj = _parse(body)
-        meta = body.get("metadata") or {}
-        if meta.get("uid") and meta.get("resourceVersion"):
-            parsed[str(meta["uid"])] = (str(meta["resourceVersion"]), ftj)
-        if ftj is not None:
-            ftjs.append(ftj)
-    _parsed = parsed
+    seen: dict[str, tuple[str, view.QueuedJob | None]] = {}
+    ftjs = _finetunejobs(cfg, seen)
+    _parsed = seen
     # Finished pods hold no GPUs (kube-scheduler does not count them either); leaving them out at the
     # server keeps a cycle's read small however many runs a cluster has completed.
-    pods = kube.list_objects("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
-    jobs = kube.list_objects("batch/v1", "Job", None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
+    pods = kube.list_mapped("v1", "Pod", view.slim_pod, field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    jobs = kube.list_mapped("batch/v1", "Job", view.slim_job, None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
     classes = {}
-    if any(f.spec.run_policy.priority_class_name for f in ftjs):
+    if any(f.priority_class_name for f in ftjs):
         classes = {c["metadata"]["name"]: int(c.get("value") or 0)
                    for c in kube.list_objects("scheduling.k8s.io/v1", "PriorityClass")}
     waiting, admitted = view.gangs(jobs, ftjs, pods, classes)
     if cfg.namespaces:  # admit only in watched namespaces; count GPUs held everywhere
         waiting = [g for g in waiting if g.namespace in cfg.namespaces]
-    nodes = view.gpu_nodes(kube.list_objects("v1", "Node"), pods, cfg.gpu_type_label)
+    nodes = view.gpu_nodes(kube.list_mapped("v1", "Node", lambda n: view.slim_node(n, cfg.gpu_type_label)), pods,
+                           cfg.gpu_type_label)
     gpuquotas = []
     for body in kube.list_objects(API_VERSION, "GPUQuota"):
         try:
@@ -117,7 +120,7 @@ def read_snapshot(cfg: OperatorSettings) -> Snapshot:
             log.warning("GPUQuota %s is not valid and is ignored: %s", body["metadata"]["name"], e)
     namespaces = kube.list_objects("v1", "Namespace") if any(q.spec.namespace_selector for q in gpuquotas) else []
     return Snapshot(nodes, waiting, admitted, view.quotas(gpuquotas, namespaces), gpuquotas,
-                    {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in raw_ftjs})
+                    {(f.namespace, f.name): f for f in ftjs})
 
 
 def admit(result: CycleResult, type_label: str) -> None:
@@ -143,11 +146,11 @@ def preempt(result: CycleResult, snapshot: Snapshot) -> None:
         metrics.PREEMPTIONS.labels(reason).inc()
         victim = snapshot.ftjs.get((p.victim.namespace, p.victim.name))
         if victim is not None:
-            events.post(victim, "Preempted", f"run {p.victim.run} preempted: {p.message}; it checkpoints, stops and "
+            events.post(victim.ref(), "Preempted", f"run {p.victim.run} preempted: {p.message}; it checkpoints, stops and "
                         "waits in the queue, then resumes from the checkpoint", warning=True)
         preemptor = snapshot.ftjs.get((p.preemptor.namespace, p.preemptor.name))
         if preemptor is not None:
-            events.post(preemptor, "Preempting", f"run {p.preemptor.run} preempts {p.victim.label()}: {p.message}")
+            events.post(preemptor.ref(), "Preempting", f"run {p.preemptor.run} preempts {p.victim.label()}: {p.message}")
 
 
 def _patch_job(gang: Gang, patch: Body) -> None:

@@ -10,9 +10,12 @@ one before it: the queue never over-admits and never forgets an admission.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kubetune_operator.api.common import API_VERSION
 from kubetune_operator.api.finetunejob import FineTuneJob
 from kubetune_operator.api.gpuquota import GPUQuota, LabelSelector
 from kubetune_operator.api.wellknown import (
@@ -21,6 +24,7 @@ from kubetune_operator.api.wellknown import (
     ANNOTATION_PRIORITY,
     GPU_RESOURCE,
     LABEL_ATTEMPT,
+    LABEL_COMPONENT,
     LABEL_JOB,
     LABEL_RUN,
 )
@@ -28,6 +32,99 @@ from kubetune_operator.core.conditions import parse_time
 from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota
 
 Body = dict[str, Any]
+_OWN_ANNOTATIONS = (ANNOTATION_ADMITTED_GPUS, ANNOTATION_GPU_TYPE, ANNOTATION_PRIORITY)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """What the queue keeps of a valid FineTuneJob between cycles: the fields admission reads, about
+    0.5 KiB, instead of the parsed model or the body (tens of KiB each, held for every job of the
+    cluster). Built by `of` from the validated model, so an invalid spec never gets one."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    nodes: int
+    gpus_per_node: int
+    gpu_type: str | None
+    priority: int | None
+    priority_class_name: str | None
+    suspend: bool
+    current_run: int | None  # status.currentRun.number
+    queued_at: datetime | None  # status.currentRun.queuedAt
+    last_checkpoint_at: datetime | None  # status.progress.lastCheckpointAt
+
+    @classmethod
+    def of(cls, ftj: FineTuneJob) -> QueuedJob:
+        meta, res, policy = ftj.metadata, ftj.spec.resources, ftj.spec.run_policy
+        current, progress = ftj.status.current_run, ftj.status.progress
+        return cls(str(meta.namespace or ""), str(meta.name), str(meta.uid or ""), str(meta.resource_version or ""),
+                   res.nodes, res.gpus_per_node, res.gpu_type, policy.priority, policy.priority_class_name,
+                   policy.suspend, current.number if current is not None else None,
+                   current.queued_at if current is not None else None,
+                   progress.last_checkpoint_at if progress is not None else None)
+
+    def ref(self) -> Body:
+        """The FineTuneJob as an event's involvedObject reads it (runtime.events.post)."""
+        return {"apiVersion": API_VERSION, "kind": "FineTuneJob", "metadata": {
+            "name": self.name, "namespace": self.namespace, "uid": self.uid, "resourceVersion": self.resource_version}}
+
+
+def slim_finetunejob(body: Body) -> Body:
+    """A FineTuneJob body without what admission never reads (managedFields, annotations such as
+    kubectl's last-applied copy of the spec, the status but for currentRun and progress), for
+    validating into a `QueuedJob`: the spec is validated whole, as its controller does."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "generation",
+                                              "creationTimestamp", "labels") if k in meta},
+            "spec": body.get("spec"),
+            "status": {k: status[k] for k in ("currentRun", "progress") if k in status}}
+
+
+def slim_job(job: Body) -> Body:
+    """A training Job with only what `gangs` reads: its names, labels, kubetune's admission annotations,
+    creation time, suspend, parallelism and whether it finished (a Job's pod template and managedFields
+    are most of its body)."""
+    meta, spec = job.get("metadata") or {}, job.get("spec") or {}
+    ann = meta.get("annotations") or {}
+    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                         "labels": meta.get("labels") or {},
+                         "annotations": {k: ann[k] for k in _OWN_ANNOTATIONS if k in ann},
+                         "creationTimestamp": meta.get("creationTimestamp")},
+            "spec": {"suspend": spec.get("suspend"), "parallelism": spec.get("parallelism")},
+            "status": {"conditions": [{"type": c.get("type"), "status": "True"} for c in
+                                      (job.get("status") or {}).get("conditions") or []
+                                      if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"]}}
+
+
+def slim_pod(pod: Body) -> Body | None:
+    """A pod with only what admission reads (names, labels, node, phase, GPU requests); None for a pod
+    that holds no GPUs and is not kubetune's (it changes no count)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    labels = meta.get("labels") or {}
+    gpus = pod_gpus(pod)
+    if not gpus and LABEL_JOB not in labels:
+        return None
+    keep = {k: labels[k] for k in (LABEL_JOB, LABEL_COMPONENT, "batch.kubernetes.io/job-name", "job-name")
+            if k in labels}
+    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": keep},
+            "spec": {"nodeName": spec.get("nodeName"),
+                     "containers": [{"resources": {"limits": {GPU_RESOURCE: gpus}}}] if gpus else []},
+            "status": {"phase": (pod.get("status") or {}).get("phase")}}
+
+
+def slim_node(node: Body, type_label: str) -> Body:
+    """A node with only what `gpu_nodes` reads: name, GPU type label, allocatable GPUs, cordon, Ready."""
+    meta, status = node.get("metadata") or {}, node.get("status") or {}
+    labels = meta.get("labels") or {}
+    return {"metadata": {"name": meta.get("name"), "labels": {type_label: labels[type_label]} if type_label in labels
+                         else {}},
+            "spec": {"unschedulable": (node.get("spec") or {}).get("unschedulable")},
+            "status": {"allocatable": {GPU_RESOURCE: (status.get("allocatable") or {}).get(GPU_RESOURCE, 0)},
+                       "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]}}
 
 
 def quantity(value: Any) -> int:
@@ -86,21 +183,20 @@ def _finished(job: Body) -> bool:
                for c in (job.get("status") or {}).get("conditions") or [])
 
 
-def priority(ftj: FineTuneJob, classes: dict[str, int]) -> int:
+def priority(ftj: QueuedJob, classes: dict[str, int]) -> int:
     """A run's queue priority: runPolicy.priority, else the value of its runPolicy.priorityClassName
     (scheduling.k8s.io PriorityClass), else 0."""
-    policy = ftj.spec.run_policy
-    if policy.priority is not None:
-        return policy.priority
-    return classes.get(policy.priority_class_name or "", 0)
+    if ftj.priority is not None:
+        return ftj.priority
+    return classes.get(ftj.priority_class_name or "", 0)
 
 
-def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body],
+def gangs(jobs: list[Body], ftjs: Sequence[QueuedJob], pods: list[Body],
           priority_classes: dict[str, int] | None = None) -> tuple[list[Gang], list[Gang]]:
     """(waiting, admitted) gangs from the training Jobs. A Job with the admission annotations holds its
     GPUs until it finishes (read from the Job alone: its FineTuneJob may be in a namespace this operator
     does not watch); a suspended Job without them waits, if its FineTuneJob is known and not suspended."""
-    by_name = {(f.metadata.namespace, f.metadata.name): f for f in ftjs}
+    by_name = {(f.namespace, f.name): f for f in ftjs}
     placed: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     for pod in pods:
         labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -127,15 +223,14 @@ def gangs(jobs: list[Body], ftjs: list[FineTuneJob], pods: list[Body],
                 placement=tuple(sorted(placed.get((meta["namespace"], meta["name"]), [])))))
             continue
         ftj = by_name.get((meta["namespace"], labels[LABEL_JOB]))
-        if ftj is None or not (job.get("spec") or {}).get("suspend") or ftj.spec.run_policy.suspend:
+        if ftj is None or not (job.get("spec") or {}).get("suspend") or ftj.suspend:
             continue
         if int(labels.get(LABEL_ATTEMPT, 0)) != newest[_run_key(job)]:
             continue
-        res, current = ftj.spec.resources, ftj.status.current_run
-        queued_at = current.queued_at if current is not None and current.number == run else None
+        queued_at = ftj.queued_at if ftj.current_run == run else None
         waiting.append(Gang(
-            namespace=meta["namespace"], name=str(ftj.metadata.name), run=run, job=meta["name"],
-            nodes=res.nodes, gpus_per_node=res.gpus_per_node, gpu_type=res.gpu_type,
+            namespace=meta["namespace"], name=ftj.name, run=run, job=meta["name"],
+            nodes=ftj.nodes, gpus_per_node=ftj.gpus_per_node, gpu_type=ftj.gpu_type,
             priority=priority(ftj, priority_classes or {}),
             queued_at=queued_at or parse_time(meta.get("creationTimestamp"))))
     return waiting, admitted
@@ -157,13 +252,10 @@ def _newest_attempts(jobs: list[Body]) -> dict[tuple[str, str, str], int]:
     return newest
 
 
-def _checkpoint_at(ftj: FineTuneJob | None, run: int) -> datetime | None:
-    if ftj is None:
+def _checkpoint_at(ftj: QueuedJob | None, run: int) -> datetime | None:
+    if ftj is None or ftj.current_run != run:
         return None
-    progress, current = ftj.status.progress, ftj.status.current_run
-    if progress is None or current is None or current.number != run:
-        return None
-    return progress.last_checkpoint_at
+    return ftj.last_checkpoint_at
 
 
 def selects(selector: LabelSelector, labels: dict[str, str]) -> bool:
