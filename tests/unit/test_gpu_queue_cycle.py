@@ -213,3 +213,24 @@ def test_the_preview_fails_a_new_request_fast_but_not_a_run_already_queued() -> 
     queued = q.preview(GangRequest("team-a", "wide", 1, 3, 8, H100))  # its Job is in the queue
     assert not queued.never and "room for 2 of its 3 pods" in queued.message
     assert q.preview(GangRequest("team-a", "new", 1, 3, 8, H100)).never
+
+
+def test_the_free_gpu_index_finds_the_best_fit_the_full_scan_finds() -> None:
+    """`_FreeGPUs.best_fit` (buckets by free count, kept as the cycle changes free GPUs) answers what
+    scanning every node of the type answers: the fewest free GPUs that still hold the pod, then the
+    first name; over random changes, including counts below zero (pods left on a cordoned node)."""
+    import random
+
+    from kubetune_operator.core.queue.cycle import _FreeGPUs
+
+    rng = random.Random(7)
+    type_of = {f"n{i:03d}": rng.choice(["H100", "A100", ""]) for i in range(60)}
+    free = _FreeGPUs({n: rng.randint(0, 8) for n in type_of}, type_of)
+    for _ in range(2_000):
+        node = rng.choice(list(type_of))
+        free[node] -= rng.randint(-3, 3)
+        gpu_type, need = rng.choice(["H100", "A100", "", "B200"]), rng.randint(1, 9)
+        fits = [n for n, t in type_of.items() if t == gpu_type and free[n] >= need]
+        expected = min(fits, key=lambda n: (free[n], n)) if fits else None
+        assert free.best_fit(gpu_type, need) == expected
+    assert sorted(n for buckets in free.by_count.values() for b in buckets.values() for n in b) == sorted(type_of)
