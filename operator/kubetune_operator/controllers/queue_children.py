@@ -7,6 +7,7 @@ Jobs that the next snapshot reads as admitted or waiting, as they are.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -80,9 +81,7 @@ def _queued(body: Body, seen: dict[str, tuple[str, view.QueuedJob | None]]) -> v
 
 
 def _finetunejobs(cfg: OperatorSettings, seen: dict[str, tuple[str, view.QueuedJob | None]]) -> list[view.QueuedJob]:
-    def queued(body: Body) -> view.QueuedJob | None:
-        return _queued(body, seen)
-
+    queued = functools.partial(_queued, seen=seen)
     if cfg.namespaces:
         return [q for ns in cfg.namespaces for q in kube.list_mapped(API_VERSION, "FineTuneJob", queued, ns)]
     return kube.list_mapped(API_VERSION, "FineTuneJob", queued)

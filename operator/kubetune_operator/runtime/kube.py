@@ -72,9 +72,13 @@ def list_objects(
     api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
     field_selector: str | None = None,
 ) -> list[Body]:
-    """The objects of a kind as plain dicts, each with its apiVersion and kind (see `list_items`)."""
-    return list_items(_json(resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
-                                                            field_selector=field_selector, serialize=False)))
+    """The objects of a kind as plain dicts, each with its apiVersion and kind (see `list_items`), in one
+    response (the lists of one object's children are small; `list_mapped` pages the large ones)."""
+    return list_mapped(api_version, kind, _whole, namespace, label_selector, field_selector, page_size=None)
+
+
+def _whole(body: Body) -> Body:
+    return body
 
 
 def list_items(body: Body) -> list[Body]:

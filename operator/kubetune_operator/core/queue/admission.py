@@ -24,7 +24,6 @@ from kubetune_operator.api.wellknown import (
     ANNOTATION_PRIORITY,
     GPU_RESOURCE,
     LABEL_ATTEMPT,
-    LABEL_COMPONENT,
     LABEL_JOB,
     LABEL_RUN,
 )
@@ -108,8 +107,7 @@ def slim_pod(pod: Body) -> Body | None:
     gpus = pod_gpus(pod)
     if not gpus and LABEL_JOB not in labels:
         return None
-    keep = {k: labels[k] for k in (LABEL_JOB, LABEL_COMPONENT, "batch.kubernetes.io/job-name", "job-name")
-            if k in labels}
+    keep = {k: labels[k] for k in (LABEL_JOB, "batch.kubernetes.io/job-name", "job-name") if k in labels}
     return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": keep},
             "spec": {"nodeName": spec.get("nodeName"),
                      "containers": [{"resources": {"limits": {GPU_RESOURCE: gpus}}}] if gpus else []},
