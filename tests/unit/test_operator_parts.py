@@ -203,6 +203,70 @@ def test_admission_reads_the_same_from_slim_objects_as_from_whole_ones() -> None
         FineTuneJob.model_validate(slim_finetunejob(bad))
 
 
+def _train_job(uid: str, rv: str, admitted: bool, created: str = "2026-12-01T00:00:09Z") -> dict[str, Any]:
+    ann = {"kubetune.io/admitted-gpus": "8", "kubetune.io/gpu-type": H100} if admitted else {}
+    return {"metadata": {"name": f"job-{uid}", "namespace": "ns", "uid": uid, "resourceVersion": rv,
+                         "labels": {"kubetune.io/finetunejob": f"ftj-{uid}", "kubetune.io/run": "1",
+                                    "kubetune.io/attempt": "1"},
+                         "annotations": ann, "creationTimestamp": created},
+            "spec": {"suspend": not admitted, "parallelism": 1}, "status": {}}
+
+
+def test_a_cycle_reads_its_own_admissions_over_a_watch_cache_that_lags() -> None:
+    """The watch cache may still hold a Job as it was before the last cycle admitted (or preempted) it;
+    the queue's own write is laid over it until the cache has that resourceVersion or a newer one, so
+    the next cycle counts the admitted Job's GPUs and never admits into them again (over-admission)."""
+    from kubetune_operator.core.queue.admission import slim_job, with_own_writes
+
+    # Two H100 nodes of 8; job-a (created last) was admitted by the last cycle, b and c wait for 8 each.
+    cached = {u: slim_job(_train_job(u, "10", admitted=False, created=f"2026-12-01T00:00:0{i}Z"))
+              for i, u in enumerate(("b", "c", "a"))}
+    written = {"a": (100.0, slim_job(_train_job("a", "12", admitted=True)))}
+    ftjs = [QueuedJob("ns", f"ftj-{u}", u, "1", 1, 8, H100, 0, None, False, 1, None, None) for u in "abc"]
+    nodes = gpu_nodes(CLUSTER, [], "nvidia.com/gpu.product")
+    now = datetime(2026, 12, 1, 0, 1, tzinfo=UTC)
+    stale = run_cycle(*gangs(list(cached.values()), ftjs, []), nodes, [], now, Settings())
+    assert [g.job for g, _ in stale.admit] == ["job-b", "job-c"]  # with job-a running: 24 GPUs on 16
+    jobs = with_own_writes(cached, written, now=101.0)
+    waiting, admitted = gangs(jobs, ftjs, [])
+    assert [g.job for g in admitted] == ["job-a"] and [g.job for g in waiting] == ["job-b", "job-c"]
+    result = run_cycle(waiting, admitted, nodes, [], now, Settings())
+    assert [g.job for g, _ in result.admit] == ["job-b"]  # the other H100 node; job-c waits
+    assert "a" in written  # not caught up yet: rv 11 is older than the write
+    cached["a"] = slim_job(_train_job("a", "11", admitted=False))
+    assert with_own_writes(cached, written, now=102.0)[2]["metadata"]["resourceVersion"] == "12"
+    cached["a"] = slim_job(_train_job("a", "13", admitted=True))  # the cache has the write, and newer
+    assert with_own_writes(cached, written, now=103.0)[2]["metadata"]["resourceVersion"] == "13"
+    assert written == {}
+
+
+def test_a_written_job_the_cache_has_not_seen_is_kept_for_a_grace_period() -> None:
+    """A Job admitted from a listed snapshot that the cache has not received yet still holds its GPUs;
+    one that was deleted is forgotten after the grace period."""
+    from kubetune_operator.core.queue.admission import slim_job, with_own_writes
+
+    written = {"c": (100.0, slim_job(_train_job("c", "5", admitted=True)))}
+    assert [j["metadata"]["uid"] for j in with_own_writes({}, written, now=130.0, grace=60)] == ["c"]
+    assert with_own_writes({}, written, now=161.0, grace=60) == [] and written == {}
+
+
+def test_the_watch_cache_keeps_live_pods_and_valid_finetunejobs_only() -> None:
+    """What the kopf indices keep: a finished pod and an invalid FineTuneJob are dropped ({} makes kopf
+    discard the object's earlier entry, where None would keep it)."""
+    from kubetune_operator.controllers.queue_children import index_finetunejob, index_pod
+
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "p1", "labels": {"kubetune.io/finetunejob": "x"}},
+           "spec": {"nodeName": "h0", "containers": [{"resources": {"limits": {"nvidia.com/gpu": "8"}}}]},
+           "status": {"phase": "Running"}}
+    assert list(index_pod(pod)) == ["p1"]
+    assert index_pod({**pod, "status": {"phase": "Succeeded"}}) == {}
+    body = yaml.safe_load((Path(__file__).parents[2] / "examples/finetunejob-lora-instruction.yaml").read_text())
+    body["metadata"].update(namespace="ns", uid="f1", resourceVersion="3")
+    assert index_finetunejob(body)["f1"].name == body["metadata"]["name"]
+    body["spec"]["resources"]["nodes"] = 0
+    assert index_finetunejob(body) == {}
+
+
 class _Pages:
     """A list endpoint serving `items` in pages, whose continue token expires once (410) if asked."""
 

@@ -14,6 +14,7 @@ event that can change the answer (a training Job, a Node, a GPUQuota) and every
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -24,8 +25,10 @@ from typing import Any, Protocol
 
 import kopf
 
+from kubetune_operator.api.wellknown import COMPONENT_TRAIN, LABEL_COMPONENT
 from kubetune_operator.controllers import queue_children as io
 from kubetune_operator.core.gang import Decision, GangRequest
+from kubetune_operator.core.queue import admission as view
 from kubetune_operator.core.queue import cycle
 from kubetune_operator.runtime import clock, metrics
 from kubetune_operator.runtime.settings import OperatorSettings
@@ -52,6 +55,64 @@ def _decision(v: cycle.Verdict) -> Decision:
     return Decision(v.admitted, v.reason, v.message, v.gpu_type, v.position)
 
 
+class WatchCache:
+    """Admission's view of FineTuneJobs, training Jobs, pods and nodes, kept from the operator's own
+    watches (kopf indices, one per kind, holding what `queue_children.index_*` keeps of each object)
+    instead of listed from the API server every cycle: at 1,000 runs a cycle's lists took 2-4 s of a
+    2-core API server (docs/benchmarks.md), and client-go controllers (Kueue's among them) read
+    informer caches the same way.
+
+    kopf fills every index from its initial list before it runs any handler, so the cache is ready from
+    the first handler call that hands it the indices (`attach`); until then `read` returns None and the
+    cycle lists. Indices are changed by kopf's event loop only, so `read` copies them there. With
+    --namespace kopf watches those namespaces only; `queue_children.read_snapshot` lists the Jobs and
+    pods of all the others, which hold GPUs too."""
+
+    INDICES = ("gpu_queue_finetunejobs", "gpu_queue_jobs", "gpu_queue_pods", "gpu_queue_nodes")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._indices: tuple[Any, ...] | None = None
+
+    def attach(self, kwargs: dict[str, Any]) -> None:
+        """From a kopf handler running in the event loop: keep the loop and the (filled) indices."""
+        if self._indices is None and all(name in kwargs for name in self.INDICES):
+            self._loop = asyncio.get_running_loop()
+            self._indices = tuple(kwargs[name] for name in self.INDICES)
+            log.info("GPU queue: reading FineTuneJobs, training Jobs, pods and nodes from the watch caches")
+
+    def read(self, timeout: float = 30.0) -> tuple[list[Any], dict[str, Any], list[Any], list[Any]] | None:
+        """(FineTuneJobs, training Jobs by uid, pods, nodes) as the caches hold them now; None before ready."""
+        if self._indices is None or self._loop is None or self._loop.is_closed():
+            return None
+        indices = self._indices
+
+        async def copy() -> tuple[list[Any], dict[str, Any], list[Any], list[Any]]:
+            ftjs, jobs, pods, nodes = ({k: v for k in index for v in index[k]} for index in indices)
+            return list(ftjs.values()), jobs, list(pods.values()), list(nodes.values())
+
+        return asyncio.run_coroutine_threadsafe(copy(), self._loop).result(timeout)
+
+    def register(self, type_label: str) -> None:
+        """The four kopf indices (async: pure and quick, no executor thread per event)."""
+        async def finetunejobs(body: kopf.Body, **_: Any) -> dict[str, Any]:
+            return io.index_finetunejob(dict(body))
+
+        async def jobs(body: kopf.Body, **_: Any) -> dict[str, Any]:
+            return io.index_job(dict(body))
+
+        async def pods(body: kopf.Body, **_: Any) -> dict[str, Any]:
+            return io.index_pod(dict(body))
+
+        async def nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
+            return io.index_node(dict(body), type_label)
+
+        kopf.index("kubetune.io", "v1alpha1", "finetunejobs", id=self.INDICES[0])(finetunejobs)
+        kopf.index("batch", "v1", "jobs", labels={LABEL_COMPONENT: COMPONENT_TRAIN}, id=self.INDICES[1])(jobs)
+        kopf.index("", "v1", "pods", id=self.INDICES[2])(pods)
+        kopf.index("", "v1", "nodes", id=self.INDICES[3])(nodes)
+
+
 class GPUQueue:
     """The built-in backend. `on_change(namespace, name)` wakes a FineTuneJob whose verdict changed."""
 
@@ -63,6 +124,9 @@ class GPUQueue:
         self.on_change = on_change
         self.verdicts: dict[cycle.Key, cycle.Verdict] = {}
         self.snapshot: io.Snapshot | None = None
+        self.cache = WatchCache()
+        # The cycles' own Job patches, by uid: (monotonic time, slim Job), until the cache has them.
+        self.written: dict[str, tuple[float, io.Body]] = {}
         self._cycle_lock = threading.Lock()
         self.loop = KickedLoop("gpu-queue", self.run_once, cfg.admission_period_seconds)
 
@@ -93,12 +157,17 @@ class GPUQueue:
         """Read, decide, act. One at a time (the snapshot must not change under a cycle's own writes)."""
         with self._cycle_lock:
             started = time.monotonic()
-            snapshot = io.read_snapshot(self.cfg)
+            snapshot = io.read_snapshot(self.cfg, self._cached())
             now = clock.now()
             result = cycle.run_cycle(snapshot.waiting, snapshot.admitted, snapshot.nodes, snapshot.quotas, now,
                                      self.settings)
-            io.admit(result, self.cfg.gpu_type_label)
-            io.preempt(result, snapshot)
+            written: list[io.Body] = []
+            try:
+                io.admit(result, self.cfg.gpu_type_label, written)
+                io.preempt(result, snapshot, written)
+            finally:  # even when a patch failed half-way: the ones before it happened
+                for job in written:
+                    self.written[str(job["metadata"]["uid"])] = (time.monotonic(), view.slim_job(job))
             io.publish_quotas(result, snapshot, now)
             # What the next preview sees: this cycle's admissions hold GPUs, its victims no longer do.
             victims = {p.victim.key for p in result.preempt}
@@ -114,20 +183,31 @@ class GPUQueue:
             self.on_change(namespace, name)
         return result
 
+    def _cached(self) -> io.Cached | None:
+        """The watch caches with this queue's own recent writes laid over them; None before they are ready."""
+        read = self.cache.read()
+        if read is None:
+            return None
+        ftjs, jobs, pods, nodes = read
+        return io.Cached(ftjs, view.with_own_writes(jobs, self.written, time.monotonic()), pods, nodes)
+
     def register(self) -> None:
         """Start the cycle loop with the operator and stop it on shutdown; kick it on Node and GPUQuota events."""
         self.loop.register()
+        self.cache.register(self.cfg.gpu_type_label)
 
         seen: dict[str, tuple[Any, ...]] = {}
 
-        def node_changed(name: str, type: str, body: kopf.Body, **_: Any) -> None:
+        async def node_changed(name: str, type: str, body: kopf.Body, **kwargs: Any) -> None:
+            self.cache.attach(kwargs)
             # Heartbeats arrive every few seconds per node: only what admission reads kicks a cycle.
             signature = io.node_signature(dict(body), self.cfg.gpu_type_label) if type != "DELETED" else ()
             if seen.get(name) != signature:
                 seen[name] = signature
                 self.kick()
 
-        def kick(**_: Any) -> None:
+        async def kick(**kwargs: Any) -> None:
+            self.cache.attach(kwargs)
             self.kick()
 
         kopf.on.event("", "v1", "nodes", id="gpu_queue_node_event")(node_changed)

@@ -87,21 +87,74 @@ def _finetunejobs(cfg: OperatorSettings, seen: dict[str, tuple[str, view.QueuedJ
     return kube.list_mapped(API_VERSION, "FineTuneJob", queued)
 
 
-def read_snapshot(cfg: OperatorSettings) -> Snapshot:
+@dataclass
+class Cached:
+    """What the operator's watch caches hold for admission (`controllers.queue.WatchCache`): the valid
+    FineTuneJobs, the training Jobs (slim, by uid, the queue's own recent writes laid over them), the
+    live pods that hold GPUs or are kubetune's, and the nodes (slim)."""
+
+    ftjs: list[view.QueuedJob]
+    jobs: list[Body]
+    pods: list[Body]
+    nodes: list[Body]
+
+
+# ---- what the watch caches keep of each object (kopf index functions: {key: value}; {} drops the object)
+
+def index_finetunejob(body: Body) -> dict[str, view.QueuedJob]:
+    try:
+        return {str(body["metadata"]["uid"]): view.QueuedJob.of(FineTuneJob.model_validate(view.slim_finetunejob(body)))}
+    except ValidationError:
+        return {}  # its own controller reports it (InvalidSpec); it holds no queue place
+
+
+def index_job(body: Body) -> dict[str, Body]:
+    return {str(body["metadata"]["uid"]): view.slim_job(body)}
+
+
+def index_pod(body: Body) -> dict[str, Body]:
+    # Finished pods hold no GPUs (kube-scheduler does not count them either).
+    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return {}
+    pod = view.slim_pod(body)
+    return {str(body["metadata"]["uid"]): pod} if pod is not None else {}
+
+
+def index_node(body: Body, type_label: str) -> dict[str, Body]:
+    return {str(body["metadata"]["uid"]): view.slim_node(body, type_label)}
+
+
+def read_snapshot(cfg: OperatorSettings, cached: Cached | None = None) -> Snapshot:
     """One consistent view: admitted Jobs are read after the FineTuneJobs, so a run admitted meanwhile
     is counted as admitted (its Job), never as free capacity.
 
-    Every list is read in pages and each object is cut down to what admission reads as its page arrives
-    (`core.queue.admission.slim_*`), so a cycle holds one page of whole bodies at a time and keeps only
-    `QueuedJob`s between cycles (benchmarks/queue_snapshot.py: the peak at 5,000 runs)."""
+    With `cached` (the operator's watch caches, once kopf has listed every kind) FineTuneJobs, training
+    Jobs, pods and nodes come from memory and only the few GPUQuotas, PriorityClasses and Namespaces
+    are read from the API server. Without it every list is read in pages and each object is cut down to
+    what admission reads as its page arrives (`core.queue.admission.slim_*`), so a cycle holds one page
+    of whole bodies at a time and keeps only `QueuedJob`s between cycles (benchmarks/queue_snapshot.py:
+    the peak at 5,000 runs)."""
     global _parsed
-    seen: dict[str, tuple[str, view.QueuedJob | None]] = {}
-    ftjs = _finetunejobs(cfg, seen)
-    _parsed = seen
-    # Finished pods hold no GPUs (kube-scheduler does not count them either); leaving them out at the
-    # server keeps a cycle's read small however many runs a cluster has completed.
-    pods = kube.list_mapped("v1", "Pod", view.slim_pod, field_selector="status.phase!=Succeeded,status.phase!=Failed")
-    jobs = kube.list_mapped("batch/v1", "Job", view.slim_job, None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
+    if cached is not None:
+        ftjs, jobs, pods, node_list = cached.ftjs, cached.jobs, cached.pods, cached.nodes
+        if cfg.namespaces:
+            # kopf watches only these namespaces, while Jobs and pods everywhere hold GPUs: the other
+            # namespaces are listed (a field selector leaves the watched ones out at the server).
+            others = ",".join(f"metadata.namespace!={ns}" for ns in cfg.namespaces)
+            pods = pods + kube.list_mapped("v1", "Pod", view.slim_pod,
+                                           field_selector=f"status.phase!=Succeeded,status.phase!=Failed,{others}")
+            jobs = jobs + kube.list_mapped("batch/v1", "Job", view.slim_job, None,
+                                           f"{LABEL_COMPONENT}={COMPONENT_TRAIN}", others)
+    else:
+        seen: dict[str, tuple[str, view.QueuedJob | None]] = {}
+        ftjs = _finetunejobs(cfg, seen)
+        _parsed = seen
+        # Finished pods hold no GPUs (kube-scheduler does not count them either); leaving them out at the
+        # server keeps a cycle's read small however many runs a cluster has completed.
+        pods = kube.list_mapped("v1", "Pod", view.slim_pod,
+                                field_selector="status.phase!=Succeeded,status.phase!=Failed")
+        jobs = kube.list_mapped("batch/v1", "Job", view.slim_job, None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
+        node_list = kube.list_mapped("v1", "Node", lambda n: view.slim_node(n, cfg.gpu_type_label))
     classes = {}
     if any(f.priority_class_name for f in ftjs):
         classes = {c["metadata"]["name"]: int(c.get("value") or 0)
@@ -109,8 +162,7 @@ def read_snapshot(cfg: OperatorSettings) -> Snapshot:
     waiting, admitted = view.gangs(jobs, ftjs, pods, classes)
     if cfg.namespaces:  # admit only in watched namespaces; count GPUs held everywhere
         waiting = [g for g in waiting if g.namespace in cfg.namespaces]
-    nodes = view.gpu_nodes(kube.list_mapped("v1", "Node", lambda n: view.slim_node(n, cfg.gpu_type_label)), pods,
-                           cfg.gpu_type_label)
+    nodes = view.gpu_nodes(node_list, pods, cfg.gpu_type_label)
     gpuquotas = []
     for body in kube.list_objects(API_VERSION, "GPUQuota"):
         try:
@@ -122,8 +174,9 @@ def read_snapshot(cfg: OperatorSettings) -> Snapshot:
                     {(f.namespace, f.name): f for f in ftjs})
 
 
-def admit(result: CycleResult, type_label: str) -> None:
-    """Annotate and un-suspend each admitted gang's Job in one patch (pinning an untyped gang to its type)."""
+def admit(result: CycleResult, type_label: str, written: list[Body]) -> None:
+    """Annotate and un-suspend each admitted gang's Job in one patch (pinning an untyped gang to its type).
+    Appends each Job as the API server answered its patch to `written`, as it goes."""
     for gang, gpu_type in result.admit:
         patch: Body = {"metadata": {"annotations": {
             ANNOTATION_ADMITTED_GPUS: str(gang.gpus), ANNOTATION_GPU_TYPE: gpu_type,
@@ -132,13 +185,14 @@ def admit(result: CycleResult, type_label: str) -> None:
         if gpu_type and gang.gpu_type is None and gang.gpus_per_node:
             # Pin the gang to the type it was admitted on (allowed while the Job never ran).
             patch["spec"]["template"] = {"spec": {"nodeSelector": {type_label: gpu_type}}}
-        _patch_job(gang, patch)
+        written += _patch_job(gang, patch)
 
 
-def preempt(result: CycleResult, snapshot: Snapshot) -> None:
-    """Suspend each victim's Job (its trainers get SIGTERM, checkpoint and exit 42), with an event on both."""
+def preempt(result: CycleResult, snapshot: Snapshot, written: list[Body]) -> None:
+    """Suspend each victim's Job (its trainers get SIGTERM, checkpoint and exit 42), with an event on both.
+    Appends each Job as the API server answered its patch to `written`, as it goes."""
     for p in result.preempt:
-        _patch_job(p.victim, {"metadata": {"annotations": {
+        written += _patch_job(p.victim, {"metadata": {"annotations": {
             ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None, ANNOTATION_PREEMPTED: p.message}},
             "spec": {"suspend": True}})
         reason = "priority" if p.preemptor.priority > p.victim.priority else "reclaim"
@@ -152,12 +206,13 @@ def preempt(result: CycleResult, snapshot: Snapshot) -> None:
             events.post(preemptor.ref(), "Preempting", f"run {p.preemptor.run} preempts {p.victim.label()}: {p.message}")
 
 
-def _patch_job(gang: Gang, patch: Body) -> None:
+def _patch_job(gang: Gang, patch: Body) -> list[Body]:
     try:
-        kube.patch_merge("batch/v1", "Job", gang.job, gang.namespace, patch)
+        return [kube.patch_merge("batch/v1", "Job", gang.job, gang.namespace, patch)]
     except ApiException as e:
         if e.status != 404:  # gone meanwhile (deleted run): the next snapshot no longer has it
             raise
+        return []
 
 
 def publish_quotas(result: CycleResult, snapshot: Snapshot, now: datetime) -> None:

@@ -84,19 +84,51 @@ def slim_finetunejob(body: Body) -> Body:
 
 
 def slim_job(job: Body) -> Body:
-    """A training Job with only what `gangs` reads: its names, labels, kubetune's admission annotations,
-    creation time, suspend, parallelism and whether it finished (a Job's pod template and managedFields
+    """A training Job with only what `gangs` reads: its names, uid and resourceVersion, labels, kubetune's
+    admission annotations, creation time, suspend, parallelism and whether it finished (a Job's pod template and managedFields
     are most of its body)."""
     meta, spec = job.get("metadata") or {}, job.get("spec") or {}
     ann = meta.get("annotations") or {}
-    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
-                         "labels": meta.get("labels") or {},
+    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                         "resourceVersion": meta.get("resourceVersion"), "labels": meta.get("labels") or {},
                          "annotations": {k: ann[k] for k in _OWN_ANNOTATIONS if k in ann},
                          "creationTimestamp": meta.get("creationTimestamp")},
             "spec": {"suspend": spec.get("suspend"), "parallelism": spec.get("parallelism")},
             "status": {"conditions": [{"type": c.get("type"), "status": "True"} for c in
                                       (job.get("status") or {}).get("conditions") or []
                                       if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"]}}
+
+
+def with_own_writes(cached: dict[str, Body], written: dict[str, tuple[float, Body]], now: float,
+                    grace: float = 60.0) -> list[Body]:
+    """The training Jobs of a watch cache (slim, by uid) with the queue's own last writes laid over the
+    copies the cache has not caught up with yet, so a cycle never reads a Job it admitted one cycle ago
+    as waiting, or as holding no GPUs (Kueue's scheduler "assumes" its admissions in its cache the same
+    way until the informer confirms them).
+
+    `written`: uid -> (monotonic time of the write, slim Job from the patch's answer); entries the cache
+    has caught up with (its resourceVersion is the written one or newer: resourceVersions compare as
+    integers, KEP-5504) are dropped from it. A Job the cache does not hold (not seen yet, or deleted)
+    keeps its written copy for `grace` seconds: counted as holding its GPUs rather than forgotten."""
+    for uid, (at, job) in list(written.items()):
+        seen = cached.get(uid)
+        if seen is None:
+            if now - at > grace:
+                del written[uid]
+        elif _caught_up(str(seen["metadata"].get("resourceVersion") or ""),
+                        str(job["metadata"].get("resourceVersion") or "")):
+            del written[uid]
+    jobs = [written[uid][1] if uid in written else job for uid, job in cached.items()]
+    return jobs + [job for uid, (_, job) in written.items() if uid not in cached]
+
+
+def _caught_up(seen: str, written: str) -> bool:
+    if seen == written:
+        return True
+    try:
+        return int(seen) > int(written)
+    except ValueError:
+        return False  # not comparable: wait for the written version itself (or the grace period)
 
 
 def slim_pod(pod: Body) -> Body | None:
