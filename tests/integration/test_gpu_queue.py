@@ -6,6 +6,7 @@ contract is the trainer tests' (tests/trainer/test_resume.py)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -81,6 +82,10 @@ def test_a_quota_caps_a_namespace_and_its_status_says_so(cluster: DevCluster, na
     wait_phase(cluster, namespace, "first", "Succeeded")
     wait_phase(cluster, namespace, "second", "Running", timeout=30)
     eventually(lambda: quota_status(cluster, name).get("pendingJobCount") == 0, timeout=30, what="queue drained")
+    # Once kopf has listed every kind, cycles read the watch caches, not the API server.
+    reads = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^kubetune_admission_snapshots_total\{source="(\w+)"\} (\S+)$', operator.metrics(), re.M)}
+    assert reads.get("cache", 0) > 3 * reads.get("list", 0), reads
 
 
 def test_a_gang_over_several_nodes_starts_whole(cluster: DevCluster, namespace: str, operator: Any) -> None:

@@ -157,7 +157,9 @@ class GPUQueue:
         """Read, decide, act. One at a time (the snapshot must not change under a cycle's own writes)."""
         with self._cycle_lock:
             started = time.monotonic()
-            snapshot = io.read_snapshot(self.cfg, self._cached())
+            cached = self._cached()
+            metrics.ADMISSION_SNAPSHOTS.labels("list" if cached is None else "cache").inc()
+            snapshot = io.read_snapshot(self.cfg, cached)
             now = clock.now()
             result = cycle.run_cycle(snapshot.waiting, snapshot.admitted, snapshot.nodes, snapshot.quotas, now,
                                      self.settings)

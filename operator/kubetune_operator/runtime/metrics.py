@@ -34,6 +34,11 @@ ADMISSION_CYCLE_SECONDS = Histogram(
     "kubetune_admission_cycle_duration_seconds", "Time of one admission cycle over the whole GPU queue.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+ADMISSION_SNAPSHOTS = Counter(
+    "kubetune_admission_snapshots_total",
+    "Admission cycles by where they read FineTuneJobs, Jobs, pods and nodes: the operator's watch caches "
+    "(cache) or lists from the API server (list: before kopf has listed every kind).", ["source"],
+)
 LEADER = Gauge(
     "kubetune_operator_leader",
     "1 while this operator process acts (it holds the leader Lease, or runs without leader election); "
