@@ -67,10 +67,12 @@ before and after is printed too).
 Run order, and why: kubetune (builtin), kubetune+kueue, limit, limit+v, each in its own namespace
 and each after the previous one has ended. Kueue runs only during its phase, so it costs the other
 sides no CPU, and the builtin operator is stopped before Kueue starts. Objects of earlier phases
-stay in etcd, and both operators list the cluster's Pods and training Jobs (not only their
-namespace's) in every admission cycle / Kueue sync, so the Kueue side reads the builtin side's
-finished Jobs and pods too (about 2N small objects more; the limits list nothing); its cluster also
-holds the Workloads. The limits come last, as before, so they are measured on the fullest etcd.
+stay in etcd. The built-in queue reads its own namespace from its watch caches and lists the other
+namespaces' live pods and training Jobs each cycle (the operator runs with -n); the Kueue side lists
+the cluster's, so it reads the builtin side's finished Jobs and pods too (about 2N small objects
+more; the limits list nothing); its cluster also holds the Workloads. The limits come last, as
+before, so they are measured on the fullest etcd; `--limits` picks them (`none`: only the kubetune
+sides, for a long run that needs only the operator's figures).
 
 Known limits: everything shares one machine (2 cores here), so the control plane's own work
 (job controller, scheduler, kwok) slows every side alike, and the figures are those of this
@@ -964,6 +966,9 @@ def main() -> None:
                    help="kubetune sides to measure, comma-separated: builtin, shared (built-in queue, one data "
                         "set for every run), kueue (Kueue is started only for kueue); the sides always run in "
                         "the order builtin, shared, kueue")
+    p.add_argument("--limits", default="limit,limit+v",
+                   help="bare-Job limits to measure after the kubetune sides, comma-separated: limit, limit+v, "
+                        "or none (a long run at 5,000 that only needs the operator's figures)")
     p.add_argument("--memory-profile", action="store_true",
                    help="run each kubetune operator under tracemalloc and print where its memory is when all runs "
                         "are admitted (tracing slows it several times: the run's other figures do not count)")
@@ -972,6 +977,9 @@ def main() -> None:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or any(b not in BACKENDS for b in backends):
         p.error(f"--backends takes one or more of {', '.join(BACKENDS)}")
+    limits = [x.strip() for x in args.limits.split(",") if x.strip() and x.strip() != "none"]
+    if any(x not in ("limit", "limit+v") for x in limits):
+        p.error("--limits takes limit, limit+v (comma-separated) or none")
     if not 1 <= args.gpus_per_run <= args.gpus_per_node:
         p.error("--gpus-per-run must be at least 1 and fit on one node (--gpus-per-node)")
     if args.runs < 1 or args.nodes < 1:
@@ -1000,7 +1008,7 @@ def main() -> None:
         phases: list[Phase] = []
         kueue_up_s: float | None = None
         sides = [SIDES[b] for b in BACKENDS if b in backends]
-        total = len(sides) + 2
+        total = len(sides) + len(limits)
         for side in sides:
             print(f"phase {len(phases) + 1}/{total}: {side.phase} (admission backend {side.backend})", flush=True)
             if side.backend != "kueue":
@@ -1016,13 +1024,15 @@ def main() -> None:
             finally:
                 cluster.stop_kueue()  # the limits run without it: it would watch their Jobs too
             time.sleep(3)
-        print(f"phase {len(phases) + 1}/{total}: limit (bare Jobs: create suspended, un-suspend)", flush=True)
-        phases.append(run_limit(args, state.kubeconfig, pids, validation=False))
-        time.sleep(3)
-        print(f"phase {len(phases) + 1}/{total}: limit+v (bare validation Job, then bare Job: create suspended, "
-              "un-suspend)", flush=True)
-        phases.append(run_limit(args, state.kubeconfig, pids, validation=True))
-        time.sleep(1)
+        if "limit" in limits:
+            print(f"phase {len(phases) + 1}/{total}: limit (bare Jobs: create suspended, un-suspend)", flush=True)
+            phases.append(run_limit(args, state.kubeconfig, pids, validation=False))
+            time.sleep(3)
+        if "limit+v" in limits:
+            print(f"phase {len(phases) + 1}/{total}: limit+v (bare validation Job, then bare Job: create "
+                  "suspended, un-suspend)", flush=True)
+            phases.append(run_limit(args, state.kubeconfig, pids, validation=True))
+            time.sleep(1)
         agents = count_requests(audit_log, phases)
         report(args, phases, agents, setup_s, load_before, kueue_up_s)
     finally:
