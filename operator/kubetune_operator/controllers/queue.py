@@ -88,8 +88,9 @@ class WatchCache:
         indices = self._indices
 
         async def copy() -> tuple[list[Any], dict[str, Any], list[Any], list[Any]]:
-            ftjs, jobs, pods, nodes = ({k: v for k in index for v in index[k]} for index in indices)
-            return list(ftjs.values()), jobs, list(pods.values()), list(nodes.values())
+            ftjs, jobs, pods, nodes = indices  # keyed by uid: one value per key
+            return ([v for k in ftjs for v in ftjs[k]], {k: v for k in jobs for v in jobs[k]},
+                    [v for k in pods for v in pods[k]], [v for k in nodes for v in nodes[k]])
 
         return asyncio.run_coroutine_threadsafe(copy(), self._loop).result(timeout)
 

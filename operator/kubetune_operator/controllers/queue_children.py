@@ -64,17 +64,18 @@ def node_signature(node: Body, type_label: str) -> tuple[Any, ...]:
 _parsed: dict[str, tuple[str, view.QueuedJob | None]] = {}
 
 
+def _validated(body: Body) -> view.QueuedJob | None:
+    try:
+        return view.QueuedJob.of(FineTuneJob.model_validate(view.slim_finetunejob(body)))
+    except ValidationError:
+        return None  # its own controller reports it (InvalidSpec); it holds no queue place
+
+
 def _queued(body: Body, seen: dict[str, tuple[str, view.QueuedJob | None]]) -> view.QueuedJob | None:
     meta = body.get("metadata") or {}
     uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
     known = _parsed.get(uid)
-    if uid and version and known is not None and known[0] == version:
-        entry = known[1]
-    else:
-        try:
-            entry = view.QueuedJob.of(FineTuneJob.model_validate(view.slim_finetunejob(body)))
-        except ValidationError:
-            entry = None  # its own controller reports it (InvalidSpec); it holds no queue place
+    entry = known[1] if uid and version and known is not None and known[0] == version else _validated(body)
     if uid and version:
         seen[uid] = (version, entry)
     return entry
@@ -102,10 +103,8 @@ class Cached:
 # ---- what the watch caches keep of each object (kopf index functions: {key: value}; {} drops the object)
 
 def index_finetunejob(body: Body) -> dict[str, view.QueuedJob]:
-    try:
-        return {str(body["metadata"]["uid"]): view.QueuedJob.of(FineTuneJob.model_validate(view.slim_finetunejob(body)))}
-    except ValidationError:
-        return {}  # its own controller reports it (InvalidSpec); it holds no queue place
+    queued = _validated(body)
+    return {str(body["metadata"]["uid"]): queued} if queued is not None else {}
 
 
 def index_job(body: Body) -> dict[str, Body]:
@@ -113,11 +112,24 @@ def index_job(body: Body) -> dict[str, Body]:
 
 
 def index_pod(body: Body) -> dict[str, Body]:
-    # Finished pods hold no GPUs (kube-scheduler does not count them either).
-    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    if (body.get("status") or {}).get("phase") in _FINISHED:
         return {}
     pod = view.slim_pod(body)
     return {str(body["metadata"]["uid"]): pod} if pod is not None else {}
+
+
+# Finished pods hold no GPUs (kube-scheduler does not count them either); lists leave them out at the
+# server, which keeps a cycle's read small however many runs a cluster has completed.
+_FINISHED = ("Succeeded", "Failed")
+
+
+def _gpu_holders(other_than: list[str]) -> tuple[list[Body], list[Body]]:
+    """(live pods, training Jobs), slim, listed in pages; `other_than`: namespaces left out at the server."""
+    fields = [f"status.phase!={p}" for p in _FINISHED] + [f"metadata.namespace!={ns}" for ns in other_than]
+    pods = kube.list_mapped("v1", "Pod", view.slim_pod, field_selector=",".join(fields))
+    jobs = kube.list_mapped("batch/v1", "Job", view.slim_job, None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}",
+                            ",".join(fields[len(_FINISHED):]) or None)
+    return pods, jobs
 
 
 def index_node(body: Body, type_label: str) -> dict[str, Body]:
@@ -139,21 +151,14 @@ def read_snapshot(cfg: OperatorSettings, cached: Cached | None = None) -> Snapsh
         ftjs, jobs, pods, node_list = cached.ftjs, cached.jobs, cached.pods, cached.nodes
         if cfg.namespaces:
             # kopf watches only these namespaces, while Jobs and pods everywhere hold GPUs: the other
-            # namespaces are listed (a field selector leaves the watched ones out at the server).
-            others = ",".join(f"metadata.namespace!={ns}" for ns in cfg.namespaces)
-            pods = pods + kube.list_mapped("v1", "Pod", view.slim_pod,
-                                           field_selector=f"status.phase!=Succeeded,status.phase!=Failed,{others}")
-            jobs = jobs + kube.list_mapped("batch/v1", "Job", view.slim_job, None,
-                                           f"{LABEL_COMPONENT}={COMPONENT_TRAIN}", others)
+            # namespaces are listed.
+            other_pods, other_jobs = _gpu_holders(cfg.namespaces)
+            pods, jobs = pods + other_pods, jobs + other_jobs
     else:
         seen: dict[str, tuple[str, view.QueuedJob | None]] = {}
         ftjs = _finetunejobs(cfg, seen)
         _parsed = seen
-        # Finished pods hold no GPUs (kube-scheduler does not count them either); leaving them out at the
-        # server keeps a cycle's read small however many runs a cluster has completed.
-        pods = kube.list_mapped("v1", "Pod", view.slim_pod,
-                                field_selector="status.phase!=Succeeded,status.phase!=Failed")
-        jobs = kube.list_mapped("batch/v1", "Job", view.slim_job, None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}")
+        pods, jobs = _gpu_holders([])
         node_list = kube.list_mapped("v1", "Node", lambda n: view.slim_node(n, cfg.gpu_type_label))
     classes = {}
     if any(f.priority_class_name for f in ftjs):

@@ -85,8 +85,8 @@ def slim_finetunejob(body: Body) -> Body:
 
 def slim_job(job: Body) -> Body:
     """A training Job with only what `gangs` reads: its names, uid and resourceVersion, labels, kubetune's
-    admission annotations, creation time, suspend, parallelism and whether it finished (a Job's pod template and managedFields
-    are most of its body)."""
+    admission annotations, creation time, suspend, parallelism and whether it finished (a Job's pod
+    template and managedFields are most of its body)."""
     meta, spec = job.get("metadata") or {}, job.get("spec") or {}
     ann = meta.get("annotations") or {}
     return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
