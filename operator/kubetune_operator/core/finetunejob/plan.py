@@ -6,6 +6,7 @@ Actions say what to do, not how: the controller renders each with the builders a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,8 +61,9 @@ class Observed:
     created: datetime | None = None  # the FineTuneJob's creationTimestamp
     jobs: list[Body] = field(default_factory=list)  # batch/v1 Jobs labelled with the job's name
     pods: list[Body] = field(default_factory=list)
-    config_maps: list[Body] = field(default_factory=list)
-    services: list[Body] = field(default_factory=list)
+    # Read on first use by the controller (most passes never look at them).
+    config_maps: Sequence[Body] = field(default_factory=list)
+    services: Sequence[Body] = field(default_factory=list)
     job_events: dict[str, list[Body]] = field(default_factory=dict)  # Job name -> its Events (FailedCreate)
     missing: list[Missing] = field(default_factory=list)  # referenced objects that do not exist
     secrets: dict[str, Any] = field(default_factory=dict)  # SQL Secrets by name (None: absent)
