@@ -302,3 +302,29 @@ def test_a_chunked_list_reads_every_page_and_restarts_whole_when_its_token_expir
                              f"{b['kind']}/{b['metadata']['name']}", page_size=3)
     assert names == [f"ConfigMap/cm-{i}" for i in range(7) if i != 3]
     assert pages.calls == ([(3, None), (3, "3"), (None, None)] if expire else [(3, None), (3, "3"), (3, "6")])
+
+
+def test_a_run_pod_starts_a_pass_only_when_its_problem_appears_changes_or_clears() -> None:
+    from kubetune_operator.controllers.finetunejob import PodProblems
+
+    def pod(phase: str, scheduled: bool = True, waiting: str | None = None) -> dict[str, Any]:
+        conditions = [] if scheduled else [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                            "message": "0/2 nodes are available"}]
+        statuses = [{"name": "trainer", "state": {"waiting": {"reason": waiting}}}] if waiting else []
+        return {"metadata": {"name": "ft-r1-a1-0", "creationTimestamp": "2026-12-01T00:00:00Z"},
+                "status": {"phase": phase, "conditions": conditions, "containerStatuses": statuses}}
+
+    seen = PodProblems()
+    steps = [  # (event, pod) -> starts a pass
+        (("ADDED", pod("Pending")), False),  # its Job's status (active) says it
+        (("MODIFIED", pod("Pending", scheduled=False)), True),  # Unschedulable: only the pod says so
+        (("MODIFIED", pod("Pending", scheduled=False)), False),  # the same problem again
+        (("MODIFIED", pod("Pending", waiting="ImagePullBackOff")), True),  # another problem
+        (("MODIFIED", pod("Running")), True),  # cleared: the pass takes the waitReason away
+        (("MODIFIED", pod("Succeeded")), False),  # its Job's succeeded count says it
+        (("DELETED", pod("Succeeded")), False),
+    ]
+    assert [seen.changed(event, "uid-1", body) for (event, body), _ in steps] == [want for _, want in steps]
+    assert seen.changed("MODIFIED", "uid-2", pod("Pending", waiting="CreateContainerConfigError")) is True
+    assert seen.changed("DELETED", "uid-2", pod("Pending", waiting="CreateContainerConfigError")) is True
+    assert seen._reason == {}  # nothing kept for pods without a problem

@@ -1,7 +1,7 @@
 """The FineTuneJob controller: lock → observe → decide (core, pure) → act → patch status when it changed.
 
-Triggers: any watch event of a FineTuneJob, of a Job or Pod labelled with a FineTuneJob's name, the
-wakeup each decision asks for (a back-off's end, a deadline, a TTL, a schedule tick) and a slow
+Triggers: any watch event of a FineTuneJob or of a Job labelled with a FineTuneJob's name, an event of
+such a Pod whose problem appears, changes or clears (`PodProblems`), the wakeup each decision asks for (a back-off's end, a deadline, a TTL, a schedule tick) and a slow
 safety resync (settings.resync_seconds). `on.event` handlers keep no state on the object (no progress
 annotations, no finalizer), so a job deleted while the operator is down goes away at once; its
 children follow by owner references. Everything a pass needs is in the cluster: killing the operator
@@ -31,6 +31,7 @@ from kubetune_operator.controllers.audit import emit as emit_audit
 from kubetune_operator.controllers.audit import sinks as audit_sinks
 from kubetune_operator.controllers.kueue import KueueAdmission, resolve_backend
 from kubetune_operator.controllers.queue import Admission, GPUQueue
+from kubetune_operator.core.children import pod_problem
 from kubetune_operator.core.conditions import merge_patch
 from kubetune_operator.core.finetunejob import lifecycle, validity
 from kubetune_operator.core.finetunejob.plan import CreateValidation, ReusableReport, ValidationInFlight
@@ -124,6 +125,35 @@ class PassingReports:
             self._wake(namespace, waiting)
 
 
+class PodProblems:
+    """Which watch events of a run's pods start a pass: a problem appearing, changing or clearing.
+
+    A pass reads pods for two things: what a stuck pod is stuck on (core.children.pod_problem: not
+    schedulable, an image it cannot pull, a missing Secret) and what an ended pod said (exit code,
+    termination message). Every other change of a pod (created, scheduled, started, ready, ended,
+    deleted) also changes its Job's status (active, ready, succeeded, failed counts, conditions), and
+    that Job's event starts the pass, which then lists the pods; the Job controller counts a pod only
+    once the API server has its new state, so that list has it. Passing every pod event on as well
+    cost a run about one more pass (five reads) in the admission benchmark (docs/benchmarks.md). This is
+    controller-runtime's event predicate, with the one piece of state it needs: the problem each pod
+    showed last (kept only while it has one). A restart forgets it; kopf's first list then sends
+    every pod again, and a pod still stuck starts a pass.
+    """
+
+    def __init__(self) -> None:
+        self._reason: dict[str, str] = {}  # pod uid -> its problem's reason, while it has one
+        self._mutex = threading.Lock()  # kopf calls sync handlers from several threads
+
+    def changed(self, event_type: str | None, uid: str, pod: Mapping[str, Any]) -> bool:
+        problem = None if event_type == "DELETED" else pod_problem(dict(pod))
+        reason = problem.reason if problem is not None else None
+        with self._mutex:
+            before = self._reason.pop(uid, None)
+            if reason is not None:
+                self._reason[uid] = reason
+        return reason != before
+
+
 def _only_status_changed(read: Body, written: Body) -> bool:
     """Whether `written` (a status patch's response) differs from `read` (the pass's read) only in what this
     operator writes: same generation (spec), labels, annotations, deletion mark and trainer progress."""
@@ -154,6 +184,7 @@ class FineTuneJobController:
         self.admission: Admission = KueueAdmission(cfg, wake) if backend == "kueue" else GPUQueue(cfg, wake)
         self.audit = audit_sinks(cfg)
         self.reports = PassingReports(self.wakeups.enqueue)
+        self.pod_problems = PodProblems()
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.forget(namespace, name)
@@ -313,6 +344,10 @@ def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) 
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def child_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    if namespace is not None:
-        _active().wakeups.enqueue(namespace, labels[LABEL_JOB])
+def child_pod_event(type: str | None, body: Mapping[str, Any], uid: str | None, labels: Mapping[str, str],
+                    namespace: str | None, **_: Any) -> None:
+    if namespace is None:
+        return
+    c = _active()
+    if c.pod_problems.changed(type, uid or "", body):  # the rest reaches the pass through its Job's events
+        c.wakeups.enqueue(namespace, labels[LABEL_JOB])
