@@ -1,10 +1,11 @@
 """The FineTuneJob controller: lock → observe → decide (core, pure) → act → patch status when it changed.
 
 Triggers: any watch event of a FineTuneJob or of a Job labelled with a FineTuneJob's name, an event of
-such a Pod whose problem appears, changes or clears (`PodProblems`), the wakeup each decision asks for (a back-off's end, a deadline, a TTL, a schedule tick) and a slow
-safety resync (settings.resync_seconds). `on.event` handlers keep no state on the object (no progress
-annotations, no finalizer), so a job deleted while the operator is down goes away at once; its
-children follow by owner references. Everything a pass needs is in the cluster: killing the operator
+such a Pod whose problem appears, changes or clears (`PodProblems`), the wakeup each decision asks
+for (a back-off's end, a deadline, a TTL, a schedule tick) and a slow safety resync
+(settings.resync_seconds). `on.event` handlers keep no state on the object (no progress annotations,
+no finalizer), so a job deleted while the operator is down goes away at once; its children follow by
+owner references. Everything a pass needs is in the cluster: killing the operator
 at any point and starting it again leaves the same children and the same runs.
 """
 
@@ -133,9 +134,8 @@ class PodProblems:
     termination message). Every other change of a pod (created, scheduled, started, ready, ended,
     deleted) also changes its Job's status (active, ready, succeeded, failed counts, conditions), and
     that Job's event starts the pass, which then lists the pods; the Job controller counts a pod only
-    once the API server has its new state, so that list has it. Passing every pod event on as well
-    cost a run about one more pass (five reads) in the admission benchmark (docs/benchmarks.md). This is
-    controller-runtime's event predicate, with the one piece of state it needs: the problem each pod
+    once the API server has its new state, so that list has it. Each pass a pod event adds costs five
+    reads (docs/benchmarks.md, "Fewer requests per pass"). This is controller-runtime's event predicate, with the one piece of state it needs: the problem each pod
     showed last (kept only while it has one). A restart forgets it; kopf's first list then sends
     every pod again, and a pod still stuck starts a pass.
     """

@@ -135,7 +135,7 @@ class ReadOnDemand(Sequence[Body]):
     """A list of API objects read on its first use, at most once per pass.
 
     A pass reads a job's ConfigMaps and Services only to delete a finished run's children and to read a
-    run's config when it ends; listing them on every pass was two of its ~eight reads
+    run's config when it ends; listing them on every pass was two of its seven reads
     (docs/benchmarks.md, "Fewer requests per pass"). Reading later in the same pass is no less
     consistent than reading first: every list of a pass is a separate read anyway."""
 
