@@ -86,6 +86,12 @@ def test_a_quota_caps_a_namespace_and_its_status_says_so(cluster: DevCluster, na
     reads = {m.group(1): float(m.group(2)) for m in re.finditer(
         r'^kubetune_admission_snapshots_total\{source="(\w+)"\} (\S+)$', operator.metrics(), re.M)}
     assert reads.get("cache", 0) > 3 * reads.get("list", 0), reads
+    # Passes read a job's Jobs from the operator's watch (controllers.finetunejob_cache): every pass runs
+    # after kopf's first list, so none lists them; the pods are listed only while their watch is behind.
+    child_reads = {(m.group(1), m.group(2)): float(m.group(3)) for m in re.finditer(
+        r'^kubetune_finetunejob_child_reads_total\{kind="(\w+)",source="(\w+)"\} (\S+)$', operator.metrics(), re.M)}
+    assert child_reads.get(("Job", "cache"), 0) > 0 and child_reads.get(("Job", "list"), 0) == 0, child_reads
+    assert child_reads.get(("Pod", "cache"), 0) > child_reads.get(("Pod", "list"), 0), child_reads
 
 
 def test_a_gang_over_several_nodes_starts_whole(cluster: DevCluster, namespace: str, operator: Any) -> None:

@@ -6,7 +6,9 @@ for (a back-off's end, a deadline, a TTL, a schedule tick) and a slow safety res
 (settings.resync_seconds). `on.event` handlers keep no state on the object (no progress annotations,
 no finalizer), so a job deleted while the operator is down goes away at once; its children follow by
 owner references. Everything a pass needs is in the cluster: killing the operator
-at any point and starting it again leaves the same children and the same runs.
+at any point and starting it again leaves the same children and the same runs. A pass reads the
+job's Jobs and Pods from the operator's watches, its own writes laid over them
+(controllers.finetunejob_cache), and the FineTuneJob itself with a GET.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from kubetune_operator.builders.checks import check_spec, validation_problems
 from kubetune_operator.controllers import finetunejob_children as children
 from kubetune_operator.controllers.audit import emit as emit_audit
 from kubetune_operator.controllers.audit import sinks as audit_sinks
+from kubetune_operator.controllers.finetunejob_cache import ChildCache
 from kubetune_operator.controllers.kueue import KueueAdmission, resolve_backend
 from kubetune_operator.controllers.queue import Admission, GPUQueue
 from kubetune_operator.core.children import pod_problem
@@ -133,10 +136,10 @@ class PodProblems:
     schedulable, an image it cannot pull, a missing Secret) and what an ended pod said (exit code,
     termination message). Every other change of a pod (created, scheduled, started, ready, ended,
     deleted) also changes its Job's status (active, ready, succeeded, failed counts, conditions), and
-    that Job's event starts the pass, which then lists the pods; the Job controller counts a pod only
-    once the API server has its new state, so that list has it. Each pass a pod event adds costs five
-    reads (docs/benchmarks.md, "Fewer requests per pass"). This is controller-runtime's event predicate, with the one piece of state it needs: the problem each pod
-    showed last (kept only while it has one). A restart forgets it; kopf's first list then sends
+    that Job's event starts the pass. The Job controller counts a pod as ended only once the API server
+    has its end; a pass whose cached pods are behind that count lists them (finetunejob_cache.pods_behind),
+    so it reads the exit code and message. This is controller-runtime's event predicate, with the one
+    piece of state it needs: the problem each pod showed last (kept only while it has one). A restart forgets it; kopf's first list then sends
     every pod again, and a pod still stuck starts a pass.
     """
 
@@ -185,12 +188,16 @@ class FineTuneJobController:
         self.audit = audit_sinks(cfg)
         self.reports = PassingReports(self.wakeups.enqueue)
         self.pod_problems = PodProblems()
+        # Each job's Jobs and Pods from kopf's watches, with this operator's writes laid over
+        # (controllers.finetunejob_cache): a pass reads them there instead of listing a namespace.
+        self.watched = ChildCache()
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.forget(namespace, name)
         self.locks.forget(namespace, name)
         self.reports.forget(namespace, name)
         self.own_writes.pop((namespace, name), None)
+        self.watched.forget(namespace, name)
         metrics.record_phase(namespace, name, None)
 
     def is_own_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
@@ -225,11 +232,13 @@ class FineTuneJobController:
         except SpecError as e:
             self.reject(body, str(e))
             return None
-        observed = children.observe(ftj, body, self.admission, self.reports.find, self.reports.validating)
+        observed = children.observe(ftj, body, self.admission, self.reports.find, self.reports.validating,
+                                    self.watched)
         now = clock.now()
         plan = lifecycle.decide(ftj, observed, now, self.policy)
         try:
-            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue)
+            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue,
+                               self.watched)
             inputs = observed.validation_inputs
             for action in plan.actions:
                 if isinstance(action, CreateValidation) and inputs:
@@ -249,7 +258,8 @@ class FineTuneJobController:
                 ftj, plan.status, "InvalidChild",
                 f"the API server rejected a child of this job: {kube.api_error_message(e)}; fix spec.pod "
                 "(or the field it names) and apply it: the spec change starts a new run", now, observed)
-            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue)
+            children.carry_out(ftj, plan.actions, self.image(ftj), self.cfg.rendezvous_port, self.kueue,
+                               self.watched)
         self.write(body, raw_status, plan)
         return plan.next_wakeup
 
@@ -325,6 +335,7 @@ def finetunejob_event(type: str, name: str, namespace: str | None, status: Mappi
     if namespace is None:
         return
     c = _active()
+    c.watched.ready = True  # kopf runs handlers only once its index functions have the first lists
     if type == "DELETED":
         c.forget(namespace, name)
         return
@@ -334,10 +345,29 @@ def finetunejob_event(type: str, name: str, namespace: str | None, status: Mappi
         c.wakeups.enqueue(namespace, name)
 
 
+# The watch cache of a job's children (controllers.finetunejob_cache) is filled by index functions,
+# because kopf runs those for its whole first list before any handler; they keep nothing in kopf's
+# own index ({}). Deletions come through the event handlers (kopf calls no index function for them).
+@kopf.index("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT}, id="kubetune-finetunejob-jobs")
+async def index_child_job(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    _active().watched.seen(body)
+    return {}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, id="kubetune-finetunejob-pods")
+async def index_child_pod(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    _active().watched.seen(body)
+    return {}
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT})
-def child_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+def child_job_event(type: str | None, body: Mapping[str, Any], labels: Mapping[str, str], namespace: str | None,
+                    **_: Any) -> None:
     if namespace is not None:
         c = _active()
+        c.watched.ready = True
+        if type == "DELETED":
+            c.watched.gone(body)
         c.wakeups.enqueue(namespace, labels[LABEL_JOB])
         if labels.get(LABEL_COMPONENT) == COMPONENT_TRAIN:
             c.admission.kick()  # a training Job appeared, finished or was suspended: the queue's answer changes
@@ -349,5 +379,8 @@ def child_pod_event(type: str | None, body: Mapping[str, Any], uid: str | None, 
     if namespace is None:
         return
     c = _active()
+    c.watched.ready = True
+    if type == "DELETED":
+        c.watched.gone(body)
     if c.pod_problems.changed(type, uid or "", body):  # the rest reaches the pass through its Job's events
         c.wakeups.enqueue(namespace, labels[LABEL_JOB])

@@ -36,6 +36,7 @@ from kubetune_operator.builders.training import (
     build_validation_job,
 )
 from kubetune_operator.controllers import kueue_children as kio
+from kubetune_operator.controllers.finetunejob_cache import ChildCache, pods_behind
 from kubetune_operator.core import names, references
 from kubetune_operator.core.children import job_state, live_pods
 from kubetune_operator.core.conditions import parse_time
@@ -55,7 +56,7 @@ from kubetune_operator.core.finetunejob.plan import (
     ValidationInFlight,
 )
 from kubetune_operator.core.gang import GangRequest
-from kubetune_operator.runtime import kube
+from kubetune_operator.runtime import kube, metrics
 
 if TYPE_CHECKING:
     from kubetune_operator.controllers.queue import Admission
@@ -65,15 +66,16 @@ Body = dict[str, Any]
 
 def observe(ftj: FineTuneJob, body: Body, admission: Admission,
             reports: Callable[[str, str], ReusableReport | None] = lambda ns, key: None,
-            validating: Callable[[str, str, str], ValidationInFlight | None] = lambda ns, key, job: None) -> Observed:
+            validating: Callable[[str, str, str], ValidationInFlight | None] = lambda ns, key, job: None,
+            cache: ChildCache | None = None) -> Observed:
     """Read the job's children, the objects its spec names and what admission says of its gang: whether it
     could ever fit (before its Job exists) or the queue's verdict (while its newest Job is suspended).
     `reports` and `validating` give a passing report of the same inputs, and another job's validation
-    of them in flight (controllers.finetunejob.PassingReports)."""
+    of them in flight (controllers.finetunejob.PassingReports). Jobs and Pods come from `cache` (the
+    operator's watch, controllers.finetunejob_cache) when it has them, else from a list."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
     selector = f"{LABEL_JOB}={name}"
-    jobs = kube.list_objects("batch/v1", "Job", ns, selector)
-    pods = kube.list_objects("v1", "Pod", ns, selector)
+    jobs, pods = read_children(ns, name, cache)
     events = {j["metadata"]["name"]: kube.events_of(ns, "Job", j["metadata"]["name"]) for j in jobs
               if job_state(j) == "Active" and not live_pods(pods, j["metadata"]["name"])}
     seen: dict[tuple[str, str], Any] = {}
@@ -131,6 +133,28 @@ def observe(ftj: FineTuneJob, body: Body, admission: Admission,
         changed_by=spec_manager(body))
 
 
+def read_children(ns: str, name: str, cache: ChildCache | None) -> tuple[list[Body], list[Body]]:
+    """The Jobs and Pods labelled with FineTuneJob `name`: from `cache` when it is filled, else (and for
+    the pods, when the cache's pods are behind its Jobs: `pods_behind`) listed from the API server.
+    Every CHECK_SECONDS the cached children are read back by name, to drop deletions the watch missed."""
+    selector = f"{LABEL_JOB}={name}"
+    if cache is not None:
+        stale = cache.stale_names(ns, name)
+        for kind, names_ in (stale or {}).items():
+            for child in names_:
+                cache.checked(kind, ns, name, child, kube.get("batch/v1" if kind == "Job" else "v1", kind, child, ns))
+    jobs = cache.children("Job", ns, name) if cache is not None else None
+    pods = cache.children("Pod", ns, name) if cache is not None else None
+    metrics.CHILD_READS.labels("Job", "list" if jobs is None else "cache").inc()
+    if jobs is None:
+        jobs = kube.list_objects("batch/v1", "Job", ns, selector)
+    behind = pods is not None and pods_behind(jobs, pods)
+    metrics.CHILD_READS.labels("Pod", "list" if pods is None or behind else "cache").inc()
+    if pods is None or behind:
+        pods = kube.list_objects("v1", "Pod", ns, selector)
+    return jobs, pods
+
+
 class ReadOnDemand(Sequence[Body]):
     """A list of API objects read on its first use, at most once per pass.
 
@@ -175,12 +199,21 @@ def spec_manager(body: Body) -> str | None:
     return latest[1] if latest is not None else None
 
 
-def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int, kueue: bool = False) -> None:
+def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_port: int, kueue: bool = False,
+              cache: ChildCache | None = None) -> None:
     """Do `actions` in order. ApiException propagates (422: the server refused a child built from the spec).
 
     With `kueue`, training Jobs carry Kueue's queue label and are suspended and resumed through their
-    Workload's `spec.active` (Kueue would un-suspend a Job whose Workload it admitted)."""
+    Workload's `spec.active` (Kueue would un-suspend a Job whose Workload it admitted). Each write of a
+    Job, as the API server answered it, is recorded in `cache` (ChildCache.wrote, deleted) for the next
+    passes to see before the watch brings it."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
+
+    def apply(obj: Body) -> Body:
+        written = kube.apply(obj)
+        if cache is not None:
+            cache.wrote(ns, name, written)
+        return written
     rbac_done = False
     for action in actions:
         if isinstance(action, EnsureRBAC):
@@ -193,16 +226,16 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
         elif isinstance(action, CreateValidation):
             inputs = RunInputs(run=action.run, version=action.version, attempt=1, resume=False, trigger=action.trigger)
             rendered = build_trainer_config(ftj, inputs)
-            kube.apply(build_config_map(ftj, inputs, rendered))
-            kube.apply(build_validation_job(ftj, inputs, image, rendered))
+            apply(build_config_map(ftj, inputs, rendered))
+            apply(build_validation_job(ftj, inputs, image, rendered))
         elif isinstance(action, CreateAttempt):
-            create_attempt(ftj, action, image, rendezvous_port, kueue)
+            create_attempt(ftj, action, image, rendezvous_port, kueue, apply)
         elif isinstance(action, CreateCheckData):
             inputs = RunInputs(run=action.run, version=action.version, attempt=1, resume=False, trigger="DataChange")
             for obj in build_check_data(ftj, inputs, image, action.name, action.count_rows):
-                kube.apply(obj)
+                apply(obj)
         elif isinstance(action, CreatePrune):
-            kube.apply(build_prune_job(ftj, list(action.versions), image))
+            apply(build_prune_job(ftj, list(action.versions), image))
         elif isinstance(action, SetSuspended):
             if kueue and names.parse_attempt_name(action.job) is not None:
                 # Kueue starts and stops training Jobs; kubetune (de)activates their Workload, and its sync
@@ -214,16 +247,22 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             patch: Body = {"spec": {"suspend": action.suspend}}
             if action.release:
                 patch["metadata"] = {"annotations": {ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None}}
-            kube.patch_merge("batch/v1", "Job", action.job, ns, patch)
+            written = kube.patch_merge("batch/v1", "Job", action.job, ns, patch)
+            if cache is not None:
+                cache.wrote(ns, name, written)
         elif isinstance(action, Delete):
-            kube.delete(action.api_version, action.kind, action.name, ns)
+            found = kube.delete(action.api_version, action.kind, action.name, ns)
+            if cache is not None:
+                cache.deleted(action.kind, ns, name, action.name, found)
         else:  # pragma: no cover - a new action type without its I/O is a programming error
             raise TypeError(f"{name}: no I/O for action {action!r}")
 
 
 def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvous_port: int,
-                   kueue: bool = False) -> None:
-    """ConfigMap, headless Service and the suspended Indexed Job of one attempt."""
+                   kueue: bool = False, apply: Callable[[Body], Body] | None = None) -> None:
+    """ConfigMap, headless Service and the suspended Indexed Job of one attempt, each through `apply`
+    (default kube.apply)."""
+    apply = apply or kube.apply
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
     inputs = RunInputs(run=action.run, version=action.version, attempt=action.attempt, resume=action.resume,
                        trigger=action.trigger)
@@ -235,6 +274,6 @@ def create_attempt(ftj: FineTuneJob, action: CreateAttempt, image: str, rendezvo
         original = TrainerConfig.from_json(first["data"]["config.json"])
         rendered.config = original.model_copy(update={"attempt": action.attempt,
                                                       "resume_from": rendered.config.resume_from})
-    kube.apply(build_config_map(ftj, inputs, rendered))
-    kube.apply(build_headless_service(ftj, action.run))
-    kube.apply(build_training_job(ftj, inputs, image, rendezvous_port, rendered=rendered, kueue=kueue))
+    apply(build_config_map(ftj, inputs, rendered))
+    apply(build_headless_service(ftj, action.run))
+    apply(build_training_job(ftj, inputs, image, rendezvous_port, rendered=rendered, kueue=kueue))

@@ -39,6 +39,12 @@ ADMISSION_SNAPSHOTS = Counter(
     "Admission cycles by where they read FineTuneJobs, Jobs, pods and nodes: the operator's watch caches "
     "(cache) or lists from the API server (list: before kopf has listed every kind).", ["source"],
 )
+CHILD_READS = Counter(
+    "kubetune_finetunejob_child_reads_total",
+    "Reads of a FineTuneJob's Jobs and Pods by a pass, by kind and source: the operator's watch (cache) or a "
+    "list from the API server (list: before kopf's first list, or pods behind their Job's count of ended pods).",
+    ["kind", "source"],
+)
 LEADER = Gauge(
     "kubetune_operator_leader",
     "1 while this operator process acts (it holds the leader Lease, or runs without leader election); "
