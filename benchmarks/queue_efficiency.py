@@ -4,8 +4,9 @@ The same workload (many small runs, some large gangs, durations drawn once from 
 played through two admission policies on a fixed pool of GPU nodes, in simulated time:
 
 - kubetune: `core.queue.cycle.run_cycle` itself (priority, fair share, placement per node, backfill
-  with its age limit; no preemption, all runs have one priority), called at every arrival and
-  completion, as the queue controller does on events;
+  with its backfill limit, `backfillAfterSeconds × (1 + 2 × the head's share of the pool)`; no
+  preemption, all runs have one priority), called at every arrival and completion, as the queue
+  controller does on events;
 - strict FIFO: admit in arrival order and stop at the first run that does not fit (Kueue's
   StrictFIFO, a plain batch queue), with the same per-node placement.
 
@@ -119,17 +120,17 @@ def main() -> None:
     runs = workload(a.runs, a.seed, a.hours)
     print(f"pool: {a.nodes} nodes × 8 H100; {a.runs} runs arriving over {a.hours:g} h (seed {a.seed}): "
           f"{sum(1 for r in runs if r.gpus_per_node == 8)} gangs of 8-GPU pods, the rest 1–4 GPUs")
-    print(f"{'policy':34} {'util. while queued':>19} {'overall':>8} {'makespan':>9} {'mean wait':>10} "
+    print(f"{'policy':46} {'util. while queued':>19} {'overall':>8} {'makespan':>9} {'mean wait':>10} "
           f"{'max wait 32-GPU':>16}")
     fifo = simulate(runs, nodes, "fifo", Settings(preemption=False))
     rows = [("strict FIFO", fifo)]
     for label, after in (("kubetune, backfillAfterSeconds=600", 600), ("kubetune, backfillAfterSeconds=3600", 3600),
-                         ("kubetune, backfillAfterSeconds=14400", 14400),
+                         ("kubetune, backfillAfterSeconds=14400 (default)", 14400),
                          ("kubetune, backfill never held", 10**9)):
         rows.append((label, simulate(runs, nodes, "kubetune",
                                      Settings(preemption=False, backfill_after=timedelta(seconds=after)))))
     for label, r in rows:
-        print(f"{label:34} {r['utilisation_while_waiting']:>18.1%} {r['overall_utilisation']:>8.1%} "
+        print(f"{label:46} {r['utilisation_while_waiting']:>18.1%} {r['overall_utilisation']:>8.1%} "
               f"{r['makespan_h']:>8.2f}h {r['mean_wait_min']:>8.1f}min {r['max_wait_32gpu_h']:>15.2f}h "
               f"(makespan / FIFO {r['makespan_h'] / fifo['makespan_h']:.3f})")
 

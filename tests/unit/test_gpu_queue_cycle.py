@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota, Settings, run_cycle
+from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota, Settings, backfill_limit, run_cycle
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -123,6 +123,73 @@ def test_a_held_head_leaves_the_rest_of_the_pool_to_backfill() -> None:
     r = run_cycle(waiting, held, nodes(2), [], NOW, Settings(preemption=False, backfill_after=timedelta(minutes=10)))
     assert admitted_names(r) == ["small"]  # on h1; h0's 4 free GPUs are held for the head
     assert r.verdicts[("team-a", "small2", 1)].reason == "WaitingForHigherPriority"
+
+
+def test_the_backfill_limit_grows_with_the_share_of_the_pool_a_gang_asks_for() -> None:
+    """backfill_after × (1 + 2 × share): a hold idles the free GPUs of the nodes it drains, more the larger the
+    gang, so a larger gang holds later; never later than 3 × backfill_after."""
+    hour = timedelta(hours=1)
+    assert backfill_limit(hour, 8, 32) == timedelta(hours=1.5)  # a quarter of the pool
+    assert backfill_limit(hour, 16, 32) == timedelta(hours=2)  # half
+    assert backfill_limit(hour, 32, 32) == backfill_limit(hour, 64, 32) == timedelta(hours=3)  # all, or more
+    assert backfill_limit(hour, 8, 0) == timedelta(hours=3)  # no schedulable node of its type
+    assert backfill_limit(hour, 1, 1000) == timedelta(hours=1, seconds=7.2)
+
+
+def test_a_head_past_its_limit_holds_the_freest_nodes_that_could_hold_its_pods() -> None:
+    # 4 nodes × 8 (32 GPUs): h0 full, h1 2 free, h2 4 free, h3 4 free but other pods keep 4 of its 8, so it
+    # can never hold an 8-GPU pod. The head asks for 2 × 8, half the pool: its limit is 2 × 1 h.
+    pool = [*nodes(3), NodeGPUs("h3", H100, 8, used_by_others=4)]
+    running = [gang("x", gpn=8, ns="o", admitted=H100, on=(("h0", 8),)),
+               gang("y", gpn=6, ns="o", admitted=H100, on=(("h1", 6),)),
+               gang("z", gpn=4, ns="o", admitted=H100, on=(("h2", 4),))]
+    small = [gang("s1", gpn=1, age_s=60), gang("s2", gpn=4, age_s=50), gang("s3", gpn=2, age_s=40)]
+    settings = Settings(preemption=False, backfill_after=timedelta(hours=1))
+    r = run_cycle([gang("head", nodes=2, age_s=2 * 3600 - 60), *small], running, pool, [], NOW, settings)
+    assert admitted_names(r) == ["s1", "s2", "s3"] and r.held == {}  # 1 h 59 m: every small run backfills
+    r = run_cycle([gang("head", nodes=2, age_s=2 * 3600), *small], running, pool, [], NOW, settings)
+    # 2 h: h2's 4 and h1's 2 free GPUs are held (the 2 schedulable nodes with the most free GPUs that could
+    # hold an 8-GPU pod; not h3); s1 and s3 backfill on h3, s2 fits only on held GPUs.
+    assert r.held == {"h1": 2, "h2": 4}
+    assert admitted_names(r) == ["s1", "s3"]
+    v = r.verdicts[("team-a", "s2", 1)]
+    assert v.reason == "WaitingForHigherPriority" and v.message == (
+        f"waiting for 4 GPUs of type {H100} (1 pod(s) × 4): the free GPUs are held for team-a/head run 1, which "
+        "has waited 2h, past its backfill limit (2h for 16 of 32 GPUs)")
+    # A one-node head is a quarter of this pool: it holds after 1 h 30 m, on the single freest node; s1 goes
+    # to h1, s2 to h3, and s3 would fit only on h2.
+    r = run_cycle([gang("one", age_s=5400), *small], running, pool, [], NOW, settings)
+    assert r.held == {"h2": 4} and admitted_names(r) == ["s1", "s2"]
+    assert r.verdicts[("team-a", "s3", 1)].reason == "WaitingForHigherPriority"
+    r = run_cycle([gang("one", age_s=5340), *small], running, pool, [], NOW, settings)
+    assert r.held == {} and admitted_names(r) == ["s1", "s2", "s3"]  # 1 h 29 m
+
+
+def test_the_head_is_admitted_under_a_continuous_stream_of_small_runs() -> None:
+    """2 nodes × 8; a 2 × 8 gang waits behind a stream of 4-GPU runs (two every 10 minutes, 30 minutes each:
+    more than the pool can take), which keeps both nodes busy for ever. Without a hold the gang never
+    starts; with backfill_after 1 h it holds after 3 h (it asks for the whole pool) and starts when the
+    runs already on its nodes end: those admitted at 2 h 40 m and 2 h 50 m, at 3 h 20 m."""
+    step = timedelta(minutes=10)
+
+    def admitted_at(settings: Settings) -> timedelta | None:
+        waiting = [gang("big", nodes=2, age_s=0)]
+        running = {g.name: (g, step * e) for g, e in  # name -> (gang, ends at)
+                   ((gang(f"r{i}", gpn=4, ns="o", admitted=H100), 1 + i // 2) for i in range(4))}
+        for k in range(1, 24 * 6 + 1):
+            t = step * k
+            running = {n: (g, end) for n, (g, end) in running.items() if end > t}
+            waiting += [gang(f"s{k}-{j}", gpn=4, age_s=-t.total_seconds()) for j in range(2)]
+            r = run_cycle(waiting, [g for g, _ in running.values()], nodes(2), [], NOW + t, settings)
+            for g, _ in r.admit:
+                if g.name == "big":
+                    return t
+                waiting.remove(g)
+                running[g.name] = (replace(g, admitted_type=H100), t + 3 * step)
+        return None
+
+    assert admitted_at(Settings(preemption=False, backfill_after=timedelta(days=365))) is None  # starved for 24 h
+    assert admitted_at(Settings(preemption=False, backfill_after=timedelta(hours=1))) == timedelta(hours=3, minutes=20)
 
 
 def test_borrowing_up_to_the_limit_and_fair_share_by_weight() -> None:

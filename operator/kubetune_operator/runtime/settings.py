@@ -79,8 +79,12 @@ class OperatorSettings(BaseSettings):
                              "or kept waiting with reason NoQuota (deny).",
     )
     admission_backfill_after_seconds: float = Field(
-        600.0, ge=0, le=86400,
-        description="A run waiting for capacity this long reserves its GPU type: smaller runs stop backfilling.",
+        14400.0, ge=0, le=86400,
+        description="Backfill limit of a run that asks for a small part of its GPU type's GPUs: once it has waited "
+                    "this long for capacity, the free GPUs of the nodes it will start on are held for it and "
+                    "smaller runs backfill only around them. A run asking for a share s of the type's schedulable "
+                    "GPUs waits this × (1 + 2s) first: twice this for half the pool, at most three times "
+                    "(docs/gpu-queue.md).",
     )
     admission_preemption: bool = Field(
         True, description="Suspend lower-priority runs, and reclaim borrowed GPUs, to admit a run that does not fit.",
