@@ -156,6 +156,42 @@ def test_preemption_suspends_the_lower_priority_run_which_resumes_later(cluster:
     assert st["currentRun"]["attempts"] == 1
 
 
+def test_smaller_runs_backfill_until_the_head_has_waited_past_its_limit_then_gpus_are_held_for_it(
+        cluster: DevCluster, namespace: str, operator_for: Any) -> None:
+    """Backfill without starving the head (core.queue.cycle.backfill_limit): with backfillAfterSeconds
+    20, a head of 16 of the 32 H100 holds GPUs after 20 × (1 + 2 × 16/32) = 40 s of waiting. Before
+    that a 4-GPU run that fits goes ahead of it; after it, GPUs freed are kept for the head, a new
+    4-GPU run waits for them with reason WaitingForHigherPriority, and the head starts first."""
+    operator_for([namespace], env={"KUBETUNE_ADMISSION_PREEMPTION": "false",
+                                   "KUBETUNE_ADMISSION_BACKFILL_AFTER_SECONDS": "20"})
+    create_data(cluster, namespace)
+    quarter = {"nodes": 1, "gpusPerNode": 4, "gpuType": H100}
+    to_queue(cluster, namespace, "big", resources={"nodes": 3, "gpusPerNode": 8, "gpuType": H100})
+    wait_phase(cluster, namespace, "big", "Running")
+    to_queue(cluster, namespace, "small-1", resources=quarter)
+    wait_phase(cluster, namespace, "small-1", "Running")
+    to_queue(cluster, namespace, "head", resources={"nodes": 2, "gpusPerNode": 8, "gpuType": H100})
+    wait_phase(cluster, namespace, "head", "Queued")
+    queued = time.monotonic()
+    to_queue(cluster, namespace, "small-2", resources=quarter)  # fits the last 4 GPUs: backfills
+    wait_phase(cluster, namespace, "small-2", "Running", timeout=30)
+    assert status(cluster, namespace, "head")["phase"] == "Queued"
+    time.sleep(max(0.0, 45 - (time.monotonic() - queued)))  # past the head's 40 s limit
+    finish_pods(cluster, namespace, train_selector("small-1"), "Succeeded", count=1, message=manifest(1),
+                rank0_message_only=True)
+    wait_phase(cluster, namespace, "small-1", "Succeeded")
+    to_queue(cluster, namespace, "small-3", resources=quarter)  # 4 GPUs are free, but held for the head
+    st = eventually(lambda: (s := status(cluster, namespace, "small-3")).get("phase") == "Queued"
+                    and condition(s, "Admitted").get("reason") == "WaitingForHigherPriority" and s,
+                    timeout=30, what="the new small run waits for the GPUs held for the head")
+    assert f"held for {namespace}/head" in st["currentRun"]["waitReason"], st["currentRun"]["waitReason"]
+    assert "past its backfill limit (40s for 16 of 32 GPUs)" in st["currentRun"]["waitReason"]
+    finish_pods(cluster, namespace, train_selector("big"), "Succeeded", count=3, message=manifest(1),
+                rank0_message_only=True)
+    wait_phase(cluster, namespace, "head", "Running", timeout=30)
+    wait_phase(cluster, namespace, "small-3", "Running", timeout=30)  # then the rest backfills again
+
+
 def test_a_quota_borrows_idle_gpus_and_the_owner_reclaims_them(cluster: DevCluster, namespace: str,
                                                                 other_namespace: str, operator_for: Any,
                                                                 quota: Any) -> None:

@@ -221,6 +221,11 @@ ROWS = [
         Observed(jobs=[V_OK, preempted_job("team-b/urgent run 1 needs it")], pods=[V_OK_POD], admission=FULL),
         "Queued", ("Admitted", "False", "Preempted"),
         check=lambda p: "preempted (team-b/urgent run 1 needs it)" in p.status.current_run.wait_reason),
+    Row("preempted, before the queue's verdict on it: no longer Admitted, already", ftj(status=running(startTime=ts(-600))),
+        Observed(jobs=[V_OK, preempted_job("team-b/urgent run 1 needs it")], pods=[V_OK_POD]),
+        "Queued", ("Admitted", "False", "Preempted"),
+        check=lambda p: p.status.current_run.wait_reason == "preempted (team-b/urgent run 1 needs it); waiting for "
+        "the GPU queue's next admission cycle"),
     Row("training", ftj(status=running(startTime=ts(-60))),
         Observed(jobs=[V_OK, j := job("train")], pods=[V_OK_POD, pod(j)]), "Running", ("Running", "True", "Running")),
     Row("attempt 1 failed (exit 1): back-off, wake at its end", ftj(status=running(startTime=ts(-60))),

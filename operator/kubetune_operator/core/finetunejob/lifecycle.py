@@ -886,6 +886,8 @@ class _Pass:
         if decision is None or decision.admitted:
             text = "admitted: starting" if decision is not None else "waiting for the GPU queue's next admission cycle"
             self.wait(f"preempted ({preempted}); {text}" if preempted else text)
+            if preempted:  # the cycle that preempted it gives its verdict only in the next cycle
+                self.condition("Admitted", False, "Preempted", f"preempted ({preempted}); {text}")
             self.condition("Running", False, "Queued", text)
             self.wake(self.now + ADMISSION_RECHECK)  # the queue un-suspends it; its Job event wakes this run
             return

@@ -538,8 +538,10 @@ def _admit_one(gang: Gang, quota: Quota | None, owner: dict[str, list[Quota]], s
 
 
 def _hours(d: timedelta) -> str:
-    """`8h`, `5h 30m`, `45m`: a wait or a limit, to the minute."""
-    minutes = max(int(d.total_seconds() // 60), 0)
+    """`8h`, `5h 30m`, `45m`, `40s`: a wait or a limit, to the minute (to the second under one)."""
+    if d.total_seconds() < 60:
+        return f"{max(int(d.total_seconds()), 0)}s"
+    minutes = int(d.total_seconds() // 60)
     h, m = divmod(minutes, 60)
     return " ".join(p for p in (f"{h}h" if h else "", f"{m}m" if m or not h else "") if p)
 
