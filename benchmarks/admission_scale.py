@@ -105,6 +105,7 @@ import datetime
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -674,6 +675,11 @@ def run_kubetune(args: argparse.Namespace, side: Side, kubeconfig: Path, root: P
         phase.extra["data reports reused"] = f"{metric_sum(metrics, 'kubetune_data_validations_reused_total'):.0f}"
         phase.extra["reconcile passes (mean ms)"] = (f"{passes:.0f} ({1000 * pass_s / passes:.0f})" if passes
                                                      else "n/a")
+        reads = {(m.group(1), m.group(2)): float(m.group(3)) for m in re.finditer(
+            r'^kubetune_finetunejob_child_reads_total\{kind="(\w+)",source="(\w+)"\} (\S+)$', metrics, re.M)}
+        phase.extra["a pass's Jobs / Pods from the watch (of all reads)"] = " / ".join(
+            f"{reads.get((kind, 'cache'), 0):.0f} of {reads.get((kind, 'cache'), 0) + reads.get((kind, 'list'), 0):.0f}"
+            for kind in ("Job", "Pod"))
         if not passes:
             phase.extra["metric names"] = ", ".join(sorted({ln.split("{")[0].split(" ")[0] for ln in metrics.splitlines()
                                                             if ln.startswith("kubetune_")}))[:400]
