@@ -60,7 +60,26 @@ def test_a_cache_answers_only_once_the_watch_has_listed_and_keeps_what_a_pass_re
     assert kept["spec"] == {"suspend": True, "parallelism": 2,
                             "template": {"spec": {"nodeSelector": {"nvidia.com/gpu.product": "H100"}}}}
     (kept_pod,) = cache.children("Pod", NS, "ft") or []
-    assert "spec" not in kept_pod and kept_pod["status"] == {"phase": "Running"}
+    assert "spec" not in kept_pod and kept_pod["status"] == {"phase": "Running", "conditions": []}
+    # Of an ended pod: what core.children reads (exit code, message, waiting reasons), not the rest.
+    ended = pod("ft-r1-a1-1", "ft-r1-a1", "Failed", uid="p2")
+    ended["metadata"].update(ownerReferences=[{"kind": "Job"}], generateName="ft-r1-a1-",
+                             annotations={"batch.kubernetes.io/job-completion-index": "1"})
+    terminated = {"terminated": {"exitCode": 42, "message": "preempted at step 40", "reason": "Error"}}
+    ended["status"].update(podIP="10.0.0.1", qosClass="Guaranteed", conditions=[{"type": "Ready", "status": "False"}],
+                           containerStatuses=[{"name": "trainer", "state": terminated, "lastState": {},
+                                               "restartCount": 0, "image": "kubetune/trainer:1",
+                                               "imageID": "sha256:x", "resources": {"limits": {"cpu": "1"}},
+                                               "volumeMounts": [{"name": "data", "mountPath": "/data"}]}])
+    cache.seen(ended)
+    kept_ended = next(p for p in cache.children("Pod", NS, "ft") or [] if p["metadata"]["name"] == "ft-r1-a1-1")
+    assert kept_ended["metadata"] == {"name": "ft-r1-a1-1", "namespace": NS, "uid": "p2", "resourceVersion": "5",
+                                      "labels": ended["metadata"]["labels"],
+                                      "annotations": {"batch.kubernetes.io/job-completion-index": "1"}}
+    assert kept_ended["status"] == {"phase": "Failed", "conditions": [{"type": "Ready", "status": "False"}],
+                                    "containerStatuses": [{"name": "trainer", "state": terminated, "lastState": {},
+                                                           "restartCount": 0}]}
+    cache.gone(ended)
     assert cache.children("Job", NS, "another") == []
     assert cache.size() == 2
 

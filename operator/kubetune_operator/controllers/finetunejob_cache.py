@@ -56,14 +56,25 @@ GRACE_SECONDS = 60.0
 CHECK_SECONDS = 1800.0
 
 
+_POD_META = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "creationTimestamp",
+             "deletionTimestamp")
+_CONTAINER_STATUS = ("name", "state", "lastState", "restartCount")
+
+
 def slim(body: Mapping[str, Any]) -> Body:
-    """What a pass reads of a Job or Pod: metadata without managedFields, status, and a Job's spec
-    without its pod template but for the template's nodeSelector (Kueue's flavor label,
-    core.finetunejob.lifecycle.admitted_now). A fraction of the object's size: the pod template and
-    managedFields are most of it."""
+    """What a pass reads of a Job or Pod (core.children, core.finetunejob.lifecycle): metadata without
+    managedFields; a Job's status, and its spec without the pod template but for the template's
+    nodeSelector (Kueue's flavor label, lifecycle.admitted_now); a Pod's phase, conditions and, per
+    container, its name, state, last state and restarts. A fraction of the objects' size: the pod
+    template, managedFields and the containers' image, resources and mounts are most of it."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    out: Body = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": meta,
-                 "status": dict(body.get("status") or {})}
+    status = dict(body.get("status") or {})
+    if body.get("kind") == "Pod":
+        meta = {k: v for k, v in meta.items() if k in _POD_META}
+        status = {"phase": status.get("phase"), "conditions": status.get("conditions") or [],
+                  **{kind: [{k: cs[k] for k in _CONTAINER_STATUS if k in cs} for cs in status.get(kind) or []]
+                     for kind in ("initContainerStatuses", "containerStatuses") if status.get(kind)}}
+    out: Body = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": meta, "status": status}
     if body.get("kind") == "Job":
         spec = {k: v for k, v in (body.get("spec") or {}).items() if k != "template"}
         selector = (((body.get("spec") or {}).get("template") or {}).get("spec") or {}).get("nodeSelector")
