@@ -335,7 +335,9 @@ def finetunejob_event(type: str, name: str, namespace: str | None, status: Mappi
     if namespace is None:
         return
     c = _active()
-    c.watched.ready = True  # kopf runs handlers only once its index functions have the first lists
+    # kopf runs handlers only once its index functions have the first lists, and a pass runs only for a
+    # job this handler has tracked: from here on the watch cache answers.
+    c.watched.ready = True
     if type == "DELETED":
         c.forget(namespace, name)
         return
@@ -365,7 +367,6 @@ def child_job_event(type: str | None, body: Mapping[str, Any], labels: Mapping[s
                     **_: Any) -> None:
     if namespace is not None:
         c = _active()
-        c.watched.ready = True
         if type == "DELETED":
             c.watched.gone(body)
         c.wakeups.enqueue(namespace, labels[LABEL_JOB])
@@ -379,7 +380,6 @@ def child_pod_event(type: str | None, body: Mapping[str, Any], uid: str | None, 
     if namespace is None:
         return
     c = _active()
-    c.watched.ready = True
     if type == "DELETED":
         c.watched.gone(body)
     if c.pod_problems.changed(type, uid or "", body):  # the rest reaches the pass through its Job's events

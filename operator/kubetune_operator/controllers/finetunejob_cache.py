@@ -12,7 +12,7 @@ What makes it as safe as the lists it replaces:
 
 - **Filled before the first pass.** The objects arrive through kopf index functions, which kopf runs
   for its whole first list before any handler; passes start only from handlers, so the first pass
-  already sees every child (`ready` is set by the first handler). Until then, and in processes that
+  already sees every child (`ready` is set by the first FineTuneJob handler). Until then, and in processes that
   run no kopf (unit tests, `kubetune` commands), `children()` answers None and the pass lists.
 - **Own writes laid over.** A pass's creates, patches and deletes of Jobs (`wrote`, `deleted`) are
   answered by the API server at once but reach the watch later; until the watch holds that
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune_operator.api.wellknown import LABEL_JOB
+from kubetune_operator.core.children import ENDED_PHASES, caught_up, pods_of
 
 Body = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, FineTuneJob name)
@@ -83,18 +84,15 @@ def slim(body: Mapping[str, Any]) -> Body:
     return out
 
 
-def _version(body: Mapping[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:  # not an integer: treat as unknown (oldest), the overlay then waits for GRACE
-        return 0
+def _version(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
 
 @dataclass
 class _Written:
     body: Body | None  # None: deleted by this operator
     uid: str | None
-    version: int
+    version: str  # resourceVersion of the answer ("" for a delete)
     at: float
 
 
@@ -128,7 +126,7 @@ class ChildCache:
                 self._drop(key, meta)
                 # A write of ours older than the deletion is answered too: the watch delivered it, then its end.
                 written = (self._written.get(key) or {}).get(str(meta.get("name")))
-                if written is not None and written.body is not None and written.version <= _version(body):
+                if written is not None and written.body is not None and caught_up(_version(body), written.version):
                     del self._written[key][str(meta.get("name"))]
 
     # ---- from this operator's writes
@@ -153,7 +151,7 @@ class ChildCache:
                 return
             now = (self._seen.get(key) or {}).get(name) or {}
             uid = (now.get("metadata") or {}).get("uid")
-            self._written.setdefault(key, {})[name] = _Written(None, uid, 0, self._clock())
+            self._written.setdefault(key, {})[name] = _Written(None, uid, "", self._clock())
 
     # ---- for a pass
 
@@ -169,9 +167,9 @@ class ChildCache:
             written = self._written.get(key) or {}
             for name, w in list(written.items()):
                 watched = view.get(name)
-                caught_up = (w.body is None and (watched is None or watched["metadata"].get("uid") != w.uid)) \
-                    or (w.body is not None and watched is not None and _version(watched) >= w.version)
-                if caught_up or now - w.at > GRACE_SECONDS:
+                delivered = (w.body is None and (watched is None or watched["metadata"].get("uid") != w.uid)) \
+                    or (w.body is not None and watched is not None and caught_up(_version(watched), w.version))
+                if delivered or now - w.at > GRACE_SECONDS:
                     del written[name]
                 elif w.body is None:
                     view.pop(name, None)
@@ -201,7 +199,7 @@ class ChildCache:
                 return
             if current is None:
                 self._drop(key, {"name": name, "uid": cached["metadata"].get("uid")})
-            elif _version(current) > _version(cached):
+            elif not caught_up(_version(cached), _version(current)):  # the read is newer than the watch
                 self._seen[key][name] = slim(current)
 
     def forget(self, namespace: str, job: str) -> None:
@@ -240,19 +238,14 @@ class ChildCache:
 def pods_behind(jobs: list[Body], pods: list[Body]) -> bool:
     """Whether some Job counts more ended pods than `pods` holds ended for it (the pods' watch is behind
     the Jobs'): status.succeeded + status.failed + status.uncountedTerminatedPods, against the pods in
-    phase Succeeded or Failed labelled with its name (batch.kubernetes.io/job-name)."""
-    ended: dict[str, int] = {}
-    for pod in pods:
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            labels = pod["metadata"].get("labels") or {}
-            owner = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
-            if owner:
-                ended[owner] = ended.get(owner, 0) + 1
+    phase Succeeded or Failed of that Job (core.children.pods_of)."""
     for job in jobs:
         status = job.get("status") or {}
         uncounted = status.get("uncountedTerminatedPods") or {}
         counted = int(status.get("succeeded") or 0) + int(status.get("failed") or 0) \
             + len(uncounted.get("succeeded") or []) + len(uncounted.get("failed") or [])
-        if counted > ended.get(job["metadata"].get("name", ""), 0):
+        ended = sum(1 for p in pods_of(pods, job["metadata"].get("name", ""))
+                    if (p.get("status") or {}).get("phase") in ENDED_PHASES)
+        if counted > ended:
             return True
     return False

@@ -209,11 +209,14 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
     passes to see before the watch brings it."""
     ns, name = str(ftj.metadata.namespace), str(ftj.metadata.name)
 
-    def apply(obj: Body) -> Body:
-        written = kube.apply(obj)
+    def record(written: Body) -> Body:
         if cache is not None:
             cache.wrote(ns, name, written)
         return written
+
+    def apply(obj: Body) -> Body:
+        return record(kube.apply(obj))
+
     rbac_done = False
     for action in actions:
         if isinstance(action, EnsureRBAC):
@@ -247,9 +250,7 @@ def carry_out(ftj: FineTuneJob, actions: list[Action], image: str, rendezvous_po
             patch: Body = {"spec": {"suspend": action.suspend}}
             if action.release:
                 patch["metadata"] = {"annotations": {ANNOTATION_ADMITTED_GPUS: None, ANNOTATION_GPU_TYPE: None}}
-            written = kube.patch_merge("batch/v1", "Job", action.job, ns, patch)
-            if cache is not None:
-                cache.wrote(ns, name, written)
+            record(kube.patch_merge("batch/v1", "Job", action.job, ns, patch))
         elif isinstance(action, Delete):
             found = kube.delete(action.api_version, action.kind, action.name, ns)
             if cache is not None:

@@ -29,6 +29,7 @@ from kubetune_operator.api.wellknown import (
     GPU_RESOURCE,
     LABEL_COMPONENT,
 )
+from kubetune_operator.core.children import ENDED_PHASES
 from kubetune_operator.core.conditions import merge_patch, set_condition
 from kubetune_operator.core.queue import admission as view
 from kubetune_operator.core.queue.cycle import CycleResult, Gang, NodeGPUs, Quota
@@ -112,23 +113,20 @@ def index_job(body: Body) -> dict[str, Body]:
 
 
 def index_pod(body: Body) -> dict[str, Body]:
-    if (body.get("status") or {}).get("phase") in _FINISHED:
+    if (body.get("status") or {}).get("phase") in ENDED_PHASES:
         return {}
     pod = view.slim_pod(body)
     return {str(body["metadata"]["uid"]): pod} if pod is not None else {}
 
 
-# Finished pods hold no GPUs (kube-scheduler does not count them either); lists leave them out at the
-# server, which keeps a cycle's read small however many runs a cluster has completed.
-_FINISHED = ("Succeeded", "Failed")
-
-
 def _gpu_holders(other_than: list[str]) -> tuple[list[Body], list[Body]]:
-    """(live pods, training Jobs), slim, listed in pages; `other_than`: namespaces left out at the server."""
-    fields = [f"status.phase!={p}" for p in _FINISHED] + [f"metadata.namespace!={ns}" for ns in other_than]
+    """(live pods, training Jobs), slim, listed in pages; `other_than`: namespaces left out at the server.
+    Ended pods hold no GPUs; the list leaves them out at the server, which keeps a cycle's read small
+    however many runs a cluster has completed."""
+    fields = [f"status.phase!={p}" for p in ENDED_PHASES] + [f"metadata.namespace!={ns}" for ns in other_than]
     pods = kube.list_mapped("v1", "Pod", view.slim_pod, field_selector=",".join(fields))
     jobs = kube.list_mapped("batch/v1", "Job", view.slim_job, None, f"{LABEL_COMPONENT}={COMPONENT_TRAIN}",
-                            ",".join(fields[len(_FINISHED):]) or None)
+                            ",".join(fields[len(ENDED_PHASES):]) or None)
     return pods, jobs
 
 

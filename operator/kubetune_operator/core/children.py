@@ -27,6 +27,8 @@ STALL_AFTER = timedelta(minutes=5)
 # Container waiting reasons that do not resolve by themselves (kubelet's names).
 IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
 CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+# Pod phases after which a pod runs nothing again (and holds no GPUs: kube-scheduler does not count it).
+ENDED_PHASES = ("Succeeded", "Failed")
 SCHEDULING_FIX = ("make a node fit the pod (spec.resources, spec.pod.nodeSelector, spec.pod.tolerations, "
                   "spec.pod.affinity) or free capacity on one")
 
@@ -53,7 +55,7 @@ def pod_problem(pod: Body) -> ChildProblem | None:
     """The reason `pod` cannot run, or None while it is scheduled and its containers start or run."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     name = meta.get("name", "?")
-    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+    if meta.get("deletionTimestamp") or status.get("phase") in ENDED_PHASES:
         return None
     created = parse_time(meta.get("creationTimestamp"))
     for c in status.get("conditions") or []:
@@ -188,3 +190,15 @@ def rank0_message(job: Body, pods: list[Body]) -> str:
 
 def live_pods(pods: list[Body], job_name: str) -> list[Body]:
     return [p for p in pods_of(pods, job_name) if not p["metadata"].get("deletionTimestamp")]
+
+
+def caught_up(seen: str, written: str) -> bool:
+    """Whether a watched copy at resourceVersion `seen` holds a write answered at `written` (the same
+    version or a newer one). resourceVersions compare as integers (KEP-5504); two that are not integers
+    compare only for equality, so a caller waits for the written version itself (or its grace period)."""
+    if seen == written:
+        return True
+    try:
+        return int(seen) > int(written)
+    except ValueError:
+        return False

@@ -27,6 +27,7 @@ from kubetune_operator.api.wellknown import (
     LABEL_JOB,
     LABEL_RUN,
 )
+from kubetune_operator.core.children import caught_up
 from kubetune_operator.core.conditions import parse_time
 from kubetune_operator.core.queue.cycle import Gang, NodeGPUs, Quota
 
@@ -115,20 +116,11 @@ def with_own_writes(cached: dict[str, Body], written: dict[str, tuple[float, Bod
         if seen is None:
             if now - at > grace:
                 del written[uid]
-        elif _caught_up(str(seen["metadata"].get("resourceVersion") or ""),
-                        str(job["metadata"].get("resourceVersion") or "")):
+        elif caught_up(str(seen["metadata"].get("resourceVersion") or ""),
+                       str(job["metadata"].get("resourceVersion") or "")):
             del written[uid]
     jobs = [written[uid][1] if uid in written else job for uid, job in cached.items()]
     return jobs + [job for uid, (_, job) in written.items() if uid not in cached]
-
-
-def _caught_up(seen: str, written: str) -> bool:
-    if seen == written:
-        return True
-    try:
-        return int(seen) > int(written)
-    except ValueError:
-        return False  # not comparable: wait for the written version itself (or the grace period)
 
 
 def slim_pod(pod: Body) -> Body | None:
